@@ -1,0 +1,196 @@
+"""The `drkit` command: one thin command per stage. Each turns its options into the stage's
+config and calls the stage's ``run``; heavy modules are imported inside the commands so that
+`drkit --help` stays fast.
+
+Exit codes: 0 success; 1 bad input or failed stage; 2 usage error (or a stage not built yet);
+3 a batch stage could not process any of its inputs; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import __version__, log
+from .errors import DrkitError, NotImplementedYet
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode="rich",
+                  help="drkit: dynamic representations (DRs) of facial actions from a still image.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"drkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="More output; tracebacks on error."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors; no progress bars."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    log.set_verbosity(0 if quiet else 2 if verbose else 1)
+
+
+@app.command()
+def preprocess(
+    inputs: List[Path] = typer.Argument(..., help="Video files, folders of videos (recursive), "
+                                        "or folders of image frames (one sequence each)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Face store to create or add to (Zarr folder)."),
+    size: int = typer.Option(224, help="Crop side in pixels."),
+    backend: str = typer.Option("dlib", help="Face backend: dlib (offline default) or insightface."),
+    model_root: Optional[Path] = typer.Option(None, help="Model folder: for insightface the root "
+                                              "holding models/buffalo_l/; for dlib a folder with "
+                                              "shape_predictor_68_face_landmarks.dat."),
+    align: bool = typer.Option(True, "--align/--no-align", help="Rotate crops so the eyes are level."),
+    fps: float = typer.Option(25.0, help="Frame rate of image-folder sequences."),
+    workers: int = typer.Option(1, help="Processes working on different videos at once."),
+    shard: Optional[str] = typer.Option(None, help="I/N: process only the I-th of N deterministic "
+                                        "parts of the inputs (0-based), for parallel batch jobs."),
+    redetect_every: int = typer.Option(30, help="Re-run the face detector every N frames while "
+                                       "tracking (and whenever the track is lost)."),
+    naive: bool = typer.Option(False, help="Detect on every frame instead of tracking (slower)."),
+    overwrite: bool = typer.Option(False, help="Redo videos that are already complete in the store."),
+) -> None:
+    """Detect, track and crop faces from videos into a face store.
+
+    Output: a Zarr v3 store with one group per video holding masked face crops, 68 landmarks,
+    source frame indices and per-frame detection info (format: docs/formats.md). Rerunning
+    resumes; unreadable files are reported and skipped.
+    """
+    from .stages import preprocess as stage
+    s = stage.run(stage.PreprocessConfig(
+        inputs=[str(p) for p in inputs], out=str(out), size=size, backend=backend,
+        model_root=str(model_root) if model_root else None, align=align, fps=fps,
+        workers=workers, shard=shard, redetect_every=redetect_every, naive=naive,
+        overwrite=overwrite))
+    fps_s = s.frames / s.seconds if s.seconds else 0.0
+    tail = f", {len(s.no_face)} without any face" if s.no_face else ""
+    log.console.print(f"preprocess: {len(s.ok)} ok, {len(s.skipped)} skipped (already done), "
+                      f"{len(s.failed)} failed{tail}; {s.frames} frames written in "
+                      f"{s.seconds:.1f} s ({fps_s:.0f} frames/s) -> {s.store}")
+    for path, reason in s.failed.items():
+        log.console.print(f"  failed: {path}: {reason}")
+
+
+@app.command()
+def inspect(
+    store: Path = typer.Argument(..., help="A drkit store (face store or DR store)."),
+    video: Optional[str] = typer.Option(None, "--video", help="Video id for --frame."),
+    frame: Optional[int] = typer.Option(None, "--frame", help="Source frame index to draw."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="PNG to write for --video/--frame."),
+) -> None:
+    """Summarise a store (videos, frames, fps, faces found), or draw one frame with landmarks."""
+    from rich.table import Table
+    from .stages import inspect as stage
+    from .store import open_store
+    if video is not None or frame is not None or out is not None:
+        if video is None or frame is None or out is None:
+            raise typer.BadParameter("--video, --frame and -o go together")
+        p = stage.render_frame(store, video, frame, out)
+        log.info(f"wrote {p}")
+        return
+    st = open_store(store)
+    rows = stage.summary_rows(st)
+    t = Table(title=f"{st.path} ({st.kind} store, schema v{st.meta['schema_version']}, "
+                    f"drkit {st.meta.get('drkit_version')})")
+    for c in ("video", "frames", "source frames", "fps", "faces found %"):
+        t.add_column(c, justify="left" if c == "video" else "right")
+    for r in rows:
+        t.add_row(r["video"], str(r["frames"]), str(r["source_frames"]), f"{r['fps']:.2f}",
+                  f"{r['faces_pct']:.1f}")
+    n, m = sum(r["frames"] for r in rows), sum(r["source_frames"] for r in rows)
+    t.add_row("[bold]total", f"[bold]{n}", f"[bold]{m}", "", f"[bold]{100 * n / m if m else 0:.1f}")
+    from rich.console import Console
+    Console().print(t)
+    print(f"params: {st.params}")
+    for path, reason in st.failed.items():
+        print(f"failed: {path}: {reason}")
+    if st.partial_leftovers():
+        print(f"unfinished (scratch in _partial/, redone by the next run): "
+              f"{', '.join(st.partial_leftovers())}")
+
+
+def _not_yet(stage: str) -> None:
+    raise NotImplementedYet(f"`drkit {stage}` is not implemented yet in drkit {__version__}")
+
+
+@app.command("train-dr")
+def train_dr(
+    stores: List[Path] = typer.Argument(..., help="Face stores to train on."),
+    out: Path = typer.Option(..., "-o", "--out", help="Checkpoint folder to write."),
+    T: int = typer.Option(5, "--T", help="Frames on each side of the centre (window 2T+1)."),
+    stride: int = typer.Option(2, help="Stride in frames at 25 fps (scaled with each video's fps)."),
+) -> None:
+    """Train a DR network (UNet) with the rank loss on windows of 2T+1 frames.
+
+    Output: a checkpoint folder (weights + every setting needed to use them) and a metrics log."""
+    _not_yet("train-dr")
+
+
+@app.command("rank-eval")
+def rank_eval(
+    ckpt: Path = typer.Argument(..., help="DR checkpoint from train-dr."),
+    stores: List[Path] = typer.Argument(..., help="Face stores to evaluate on."),
+) -> None:
+    """Ranking accuracy of a DR checkpoint and baselines over (T, stride) windows (paper Sec. 4.3)."""
+    _not_yet("rank-eval")
+
+
+@app.command("gen-dr")
+def gen_dr(
+    store: Path = typer.Argument(..., help="Face store."),
+    out: Path = typer.Option(..., "-o", "--out", help="DR store to write."),
+) -> None:
+    """Stack each frame with the DRs of one or more checkpoints (SDR/MDR) into a DR store."""
+    _not_yet("gen-dr")
+
+
+@app.command("train-task")
+def train_task(
+    inp: Path = typer.Argument(..., metavar="INPUT", help="DR store from gen-dr."),
+    out: Path = typer.Option(..., "-o", "--out", help="Model bundle to write."),
+) -> None:
+    """Train an AU-intensity or valence/arousal regressor on images, DRs or MDRs."""
+    _not_yet("train-task")
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="Model bundle from train-task."),
+    inputs: List[Path] = typer.Argument(..., help="Images, folders of images, or videos."),
+    out: Path = typer.Option(..., "-o", "--out", help="CSV to write, one row per image or frame."),
+) -> None:
+    """Predict AU intensities or valence/arousal from still images or video frames."""
+    _not_yet("predict")
+
+
+def main() -> None:
+    """Console entry point: typer handles usage errors (exit 2) and --help; stage errors become
+    one line on stderr with the exit code of the error (tracebacks only with -v)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        log.console.print("interrupted")
+        sys.exit(130)
+    except DrkitError as e:
+        if log.VERBOSITY >= 2:
+            log.console.print_exception()
+        log.console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        sys.exit(e.exit_code)
+    except Exception as e:
+        if log.VERBOSITY >= 2:
+            log.console.print_exception()
+        log.console.print(f"[red]error:[/red] internal error: {type(e).__name__}: {e} "
+                          "(rerun with -v for the traceback)", soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Exceptions that the CLI turns into one clear line on stderr and an exit code."""
+
+
+class DrkitError(Exception):
+    """Bad input or a failed stage. The message is shown to the user as-is."""
+
+    exit_code = 1
+
+
+class NothingProcessed(DrkitError):
+    """A batch stage could not process any of its inputs."""
+
+    exit_code = 3
+
+
+class NotImplementedYet(DrkitError):
+    exit_code = 2

@@ -1,0 +1,139 @@
+"""Input discovery and frame reading: video files, folders of them, folders of image frames."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from .errors import DrkitError
+from .store import video_id_from_path
+
+try:  # decoder warnings on damaged files would drown the progress display
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+except AttributeError:
+    pass
+
+VIDEO_EXT = {".mp4", ".avi", ".mov", ".mkv", ".wmv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
+             ".3gp", ".ogv", ".mts", ".ts"}
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class Source:
+    id: str            # store subgroup name
+    path: Path         # video file or image folder
+    kind: str          # "video" | "images" | "unknown"
+
+
+def _natural_key(p: Path):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+
+
+def _images_in(d: Path) -> list[Path]:
+    return sorted((p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXT),
+                  key=_natural_key)
+
+
+def discover(inputs: list[str | Path]) -> list[Source]:
+    """Expand inputs into sources, sorted by id.
+
+    A file is a video (any file given explicitly is tried, so a bad one is reported rather than
+    silently ignored). A folder is walked recursively: video files by extension, and every folder
+    holding image files is one image sequence. Ids are paths relative to the given folder (a
+    file given directly is identified by its name); clashes get a numeric suffix."""
+    found: list[tuple[str, Path, str]] = []
+    for inp in map(Path, inputs):
+        if not inp.exists():
+            raise DrkitError(f"{inp}: no such file or folder")
+        if inp.is_file():
+            kind = "video" if inp.suffix.lower() in VIDEO_EXT else "unknown"
+            found.append((inp.name, inp, kind))
+            continue
+        for d in sorted([inp, *(p for p in inp.rglob("*") if p.is_dir())]):
+            if _images_in(d):
+                rel = d.relative_to(inp).as_posix()
+                found.append((rel if rel != "." else inp.resolve().name, d, "images"))
+            for f in sorted(d.iterdir()):
+                if f.is_file() and f.suffix.lower() in VIDEO_EXT:
+                    found.append((f.relative_to(inp).as_posix(), f, "video"))
+    out: list[Source] = []
+    seen: set[str] = set()
+    for rel, path, kind in found:
+        vid = base = video_id_from_path(rel)
+        k = 2
+        while vid in seen:
+            vid, k = f"{base}-{k}", k + 1
+        seen.add(vid)
+        out.append(Source(vid, path, kind))
+    return sorted(out, key=lambda s: s.id)
+
+
+def select_shard(sources: list[Source], shard: str | None) -> list[Source]:
+    """``I/N``: keep every N-th source (sorted by id) starting at I (0-based)."""
+    if not shard:
+        return sources
+    m = re.fullmatch(r"(\d+)/(\d+)", shard)
+    if not m or not 0 <= int(m[1]) < int(m[2]):
+        raise DrkitError(f"--shard {shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    i, n = int(m[1]), int(m[2])
+    return [s for k, s in enumerate(sources) if k % n == i]
+
+
+@dataclass
+class VideoMeta:
+    fps: float
+    width: int
+    height: int
+    n_frames: int      # as reported by the container (may be approximate for videos)
+
+
+class FrameReader:
+    """Iterate (index, BGR uint8 frame) over a source; raises DrkitError if unreadable."""
+
+    def __init__(self, src: Source, default_fps: float = 25.0):
+        self.src = src
+        if src.kind == "images":
+            self.files = _images_in(src.path)
+            first = cv2.imread(str(self.files[0])) if self.files else None
+            if first is None:
+                raise DrkitError(f"{src.path}: cannot read image {self.files[0] if self.files else ''}")
+            self.meta = VideoMeta(default_fps, first.shape[1], first.shape[0], len(self.files))
+            return
+        cap = cv2.VideoCapture(str(src.path))
+        if not cap.isOpened():
+            raise DrkitError(f"{src.path}: not a readable video")
+        ok, first = cap.read()
+        if not ok or first is None:
+            cap.release()
+            raise DrkitError(f"{src.path}: video has no decodable frame")
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        if not fps or not np.isfinite(fps) or fps <= 0 or fps > 1000:
+            fps = default_fps
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.cap, self._first = cap, first
+        self.meta = VideoMeta(float(fps), first.shape[1], first.shape[0], max(n, 1))
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        if self.src.kind == "images":
+            for i, f in enumerate(self.files):
+                img = cv2.imread(str(f))
+                if img is None:
+                    continue  # unreadable image: treated like a frame without a face
+                yield i, img
+            return
+        frame, i = self._first, 0
+        try:
+            while frame is not None:
+                yield i, frame
+                i += 1
+                ok, frame = self.cap.read()
+                if not ok:
+                    frame = None
+        finally:
+            self.cap.release()
+        self.n_read = i

@@ -1,0 +1,1 @@
+"""One module per CLI stage; each exposes a config dataclass and ``run(cfg)``."""

@@ -1,0 +1,243 @@
+"""`drkit preprocess`: face videos -> face store (masked, landmark-aligned face crops).
+
+Per source: decode frames, track the largest face (detector + 68 landmarks), crop a square
+``size`` image around the landmarks, zero everything outside their convex hull, and append the
+frame to the store. Sources already complete in the store are skipped, so rerunning a killed job
+resumes it; a failed source is reported and the rest go on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import log
+from ..errors import DrkitError, NothingProcessed
+from ..faces import FaceTracker, crop_face, make_backend
+from ..sources import FrameReader, Source, discover, select_shard
+from ..store import ArraySpec, VideoWriter, create_store, is_complete, now, update_root
+
+
+@dataclass
+class PreprocessConfig:
+    inputs: list[str]
+    out: str
+    size: int = 224
+    backend: str = "dlib"
+    model_root: str | None = None
+    align: bool = True
+    fps: float = 25.0            # frame rate of image-folder sequences
+    workers: int = 1
+    shard: str | None = None     # "I/N"
+    redetect_every: int = 30     # frames between periodic re-detections while tracking
+    naive: bool = False          # detect on every frame (slow; for comparison)
+    overwrite: bool = False      # redo videos already complete in the store
+
+
+@dataclass
+class PreprocessSummary:
+    store: str
+    ok: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)   # source path -> reason
+    no_face: list[str] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+
+
+def chunk_frames(size: int) -> int:
+    """Frames per chunk so one chunk of crops is ~2 MB (a window of nearby frames per read)."""
+    return int(np.clip(round(2 ** 21 / (size * size * 3)), 8, 64))
+
+
+def face_arrays(size: int) -> dict[str, ArraySpec]:
+    cf = chunk_frames(size)
+    return {
+        "frames": ArraySpec((size, size, 3), "uint8", ("frame", "y", "x", "channel"), cf),
+        "landmarks": ArraySpec((68, 2), "float32", ("frame", "point", "xy"), 1024),
+        "frame_index": ArraySpec((), "int64", ("frame",), 1024),
+        "confidence": ArraySpec((), "float32", ("frame",), 1024),
+        "detected": ArraySpec((), "bool", ("frame",), 1024),
+        "transform": ArraySpec((2, 3), "float32", ("frame", "row", "col"), 1024),
+    }
+
+
+_BACKENDS: dict[tuple, object] = {}
+
+
+def _backend(name: str, model_root: str | None):
+    key = (name, model_root)
+    if key not in _BACKENDS:  # one per process: model loading is the slow part
+        _BACKENDS[key] = make_backend(name, model_root)
+    return _BACKENDS[key]
+
+
+def process_video(src: Source, cfg: PreprocessConfig,
+                  on_frames: Callable[[int], None] = lambda n: None) -> dict:
+    """Preprocess one source into the store; returns its summary. Raises DrkitError if unreadable."""
+    if src.kind == "unknown":
+        raise DrkitError(f"not a video file (extension {src.path.suffix or 'none'})")
+    backend = _backend(cfg.backend, cfg.model_root)
+    reader = FrameReader(src, cfg.fps)
+    tracker = FaceTracker(backend, redetect_every=cfg.redetect_every, naive=cfg.naive)
+    writer = VideoWriter(cfg.out, src.id, face_arrays(cfg.size))
+    n_read = n_det = 0
+    rows: dict[str, list] = {k: [] for k in writer.specs}
+    try:
+        for i, frame in reader:
+            n_read = i + 1
+            res = tracker(frame)
+            if res is not None:
+                crop, lm_c, M = crop_face(frame, res.landmarks, cfg.size, cfg.align)
+                n_det += res.detected
+                for k, v in (("frames", crop), ("landmarks", lm_c), ("frame_index", i),
+                             ("confidence", res.score), ("detected", res.detected),
+                             ("transform", M)):
+                    rows[k].append(v)
+            if n_read % 16 == 0:
+                if rows["frames"]:
+                    writer.append(**{k: np.asarray(v) for k, v in rows.items()})
+                    rows = {k: [] for k in writer.specs}
+                on_frames(16)
+        if rows["frames"]:
+            writer.append(**{k: np.asarray(v) for k, v in rows.items()})
+        on_frames(n_read % 16)
+        meta = reader.meta
+        warnings = []
+        if src.kind == "video" and meta.n_frames > 1 and n_read < 0.95 * meta.n_frames - 2:
+            warnings.append(f"decoded {n_read} of {meta.n_frames} frames the container announces "
+                            "(truncated or damaged file?)")
+        attrs = {
+            "drkit": {"kind": "faces-video", "schema_version": 1},
+            "source": str(src.path.resolve()), "source_kind": src.kind, "fps": meta.fps,
+            "source_size": [meta.width, meta.height], "n_source_frames": n_read,
+            "backend": backend.name, "backend_version": backend.version,
+            "crop_size": cfg.size, "align": cfg.align,
+            "tracking": {"naive": cfg.naive, "redetect_every": cfg.redetect_every,
+                         "detections": n_det},
+            "warnings": warnings,
+        }
+        summary = {"source": str(src.path.resolve()), "fps": meta.fps,
+                   "n_source_frames": n_read}
+        writer.commit(attrs, summary)
+        return {"id": src.id, "frames": writer.n, "source_frames": n_read, "warnings": warnings}
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _safe_process(src: Source, cfg: PreprocessConfig, on_frames) -> dict:
+    """process_video, with any failure turned into ``{"id", "error"}`` for the summary."""
+    try:
+        return process_video(src, cfg, on_frames)
+    except DrkitError as e:
+        return {"id": src.id, "error": str(e)}
+    except Exception as e:  # a decoder or backend crash must not take the batch down
+        return {"id": src.id, "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc()}
+
+
+def run(cfg: PreprocessConfig) -> PreprocessSummary:
+    t0 = time.time()
+    if cfg.size < 32 or cfg.size % 2:
+        raise DrkitError(f"--size {cfg.size}: expected an even number of pixels >= 32")
+    sources = select_shard(discover(cfg.inputs), cfg.shard)
+    if not sources:
+        raise DrkitError(f"no video files or image folders found in {', '.join(map(str, cfg.inputs))}")
+    _backend(cfg.backend, cfg.model_root)  # fail fast on a missing model, before any work
+    params = {"size": cfg.size, "align": cfg.align, "backend": cfg.backend,
+              "redetect_every": cfg.redetect_every, "naive": cfg.naive, "image_fps": cfg.fps}
+    store = create_store(cfg.out, "faces", params, must_match=("size", "align"))
+    summary = PreprocessSummary(store=str(store.path))
+    todo: list[Source] = []
+    listed = store.root.attrs.get("videos", {})
+    for s in sources:
+        if not cfg.overwrite and is_complete(store.path, s.id):
+            if s.id not in listed:   # killed between the rename and the listing: list it now
+                _relist(store.path, s.id)
+            summary.skipped.append(s.id)
+        else:
+            todo.append(s)
+    log.info(f"preprocess: {len(sources)} source(s), {len(summary.skipped)} already done, "
+             f"{len(todo)} to do -> {store.path}")
+
+    by_id = {s.id: s for s in todo}
+    prog = log.progress()
+
+    def record(res: dict) -> None:
+        src = by_id[res["id"]]
+        if "error" in res:
+            summary.failed[str(src.path)] = res["error"]
+            log.warn(f"skipped {src.path}: {res['error']}")
+            if "traceback" in res:
+                log.debug(res["traceback"])
+            return
+        summary.ok.append(src.id)
+        summary.frames += res["frames"]
+        if prog.disable:   # batch job without a terminal: one line per video instead of bars
+            log.info(f"[{len(summary.ok) + len(summary.failed)}/{len(todo)}] {src.id}: "
+                     f"{res['frames']}/{res['source_frames']} frames with a face")
+        if res["frames"] == 0:
+            summary.no_face.append(src.id)
+            log.warn(f"{src.path}: no face found in any of {res['source_frames']} frames")
+        for w in res["warnings"]:
+            log.warn(f"{src.path}: {w}")
+
+    with prog:
+        vt = prog.add_task("videos", total=len(todo))
+        ft = prog.add_task("frames", total=None)
+        if cfg.workers <= 1 or len(todo) <= 1:
+            for s in todo:
+                prog.update(vt, description=f"videos ({s.id[:40]})")
+                record(_safe_process(s, cfg, lambda n: prog.advance(ft, n)))
+                prog.advance(vt)
+        else:
+            ctx = mp.get_context("spawn")
+            with ctx.Manager() as mgr, ProcessPoolExecutor(cfg.workers, mp_context=ctx) as ex:
+                q = mgr.Queue()
+                pending = {ex.submit(_worker, s, cfg, q) for s in todo}
+                while pending:
+                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    while not q.empty():
+                        prog.advance(ft, q.get())
+                    for f in done:
+                        record(f.result())
+                        prog.advance(vt)
+
+    summary.seconds = time.time() - t0
+
+    def add_run(a: dict) -> None:
+        a.setdefault("failed", {}).update(summary.failed)
+        a.setdefault("runs", []).append({
+            "time": now(), "drkit_argv": sys.argv[1:], "shard": cfg.shard,
+            "ok": len(summary.ok), "skipped": len(summary.skipped), "failed": len(summary.failed),
+            "frames": summary.frames, "seconds": round(summary.seconds, 1)})
+    update_root(store.path, add_run)
+    if not summary.ok and not summary.skipped:
+        raise NothingProcessed(f"no source could be processed ({len(summary.failed)} failed); "
+                               f"first error: {next(iter(summary.failed.values()), '?')}")
+    return summary
+
+
+def _worker(src: Source, cfg: PreprocessConfig, queue) -> dict:
+    return _safe_process(src, cfg, lambda n: queue.put(n) if n else None)
+
+
+def _relist(store_path: Path, vid: str) -> None:
+    import zarr
+    a = dict(zarr.open_group(store_path / vid, mode="r").attrs)
+
+    def add(root: dict) -> None:
+        root.setdefault("videos", {})[vid] = {
+            "source": a.get("source"), "fps": a.get("fps"),
+            "n_source_frames": a.get("n_source_frames"), "n_frames": a.get("n_frames")}
+    update_root(store_path, add)
+

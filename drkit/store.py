@@ -1,0 +1,270 @@
+"""The on-disk store schema shared by every stage (documented in docs/formats.md).
+
+A store is one Zarr v3 group on the local filesystem. Its root attribute ``drkit`` names the
+store kind (``faces`` for `drkit preprocess`, ``dr`` for `drkit gen-dr`), the schema version,
+the drkit version and the creation parameters. Each source video is one subgroup, named by a
+stable id, holding arrays whose first axis is the frame.
+
+Write once, mark complete last: a video is written into ``_partial/<id>-<token>`` and moved to
+``<id>`` by a single directory rename once all of it is on disk, and only then listed in the
+root attribute ``videos``. A run killed at any point therefore leaves either a complete video or
+no video (plus scratch in ``_partial`` that the next run of the same video removes). Root
+attributes are updated under a file lock, so several ``--shard`` jobs may share one store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import zarr
+
+from . import __version__
+from .errors import DrkitError
+
+SCHEMA_VERSION = 1
+KINDS = ("faces", "dr")
+PARTIAL = "_partial"
+_ID_OK = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class StoreError(DrkitError):
+    pass
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def video_id_from_path(rel: str) -> str:
+    """Stable subgroup name for a source given by its path relative to the input root:
+    path parts joined by ``__``, characters outside ``[A-Za-z0-9._-]`` replaced by ``_``
+    (``clips/s01/a b.mp4`` -> ``clips__s01__a_b.mp4``)."""
+    parts = [p for p in Path(rel).parts if p not in ("", ".", "..", "/")]
+    vid = "__".join(_ID_OK.sub("_", p) for p in parts).strip("._") or "video"
+    if vid.startswith("_"):  # names starting with '_' are reserved for the store itself
+        vid = "v" + vid
+    return vid
+
+
+@dataclass
+class Store:
+    """A validated, opened store. ``videos`` lists complete videos only, in sorted order."""
+
+    path: Path
+    root: zarr.Group
+    kind: str
+    meta: dict[str, Any]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.meta.get("params", {})
+
+    @property
+    def videos(self) -> list[str]:
+        return sorted(self.root.attrs.get("videos", {}))
+
+    def video_info(self, vid: str) -> dict[str, Any]:
+        return self.root.attrs.get("videos", {})[vid]
+
+    def video(self, vid: str) -> zarr.Group:
+        if vid not in self.root.attrs.get("videos", {}):
+            raise StoreError(f"{self.path}: no complete video '{vid}' (see `drkit inspect {self.path}`)")
+        return zarr.open_group(self.path / vid, mode="r")
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return dict(self.root.attrs.get("failed", {}))
+
+    def partial_leftovers(self) -> list[str]:
+        d = self.path / PARTIAL
+        return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+
+def _check_meta(path: Path, meta: Any, kind: str | None) -> dict[str, Any]:
+    if not isinstance(meta, dict) or meta.get("kind") not in KINDS:
+        raise StoreError(f"{path}: not a drkit store (no 'drkit' attribute in zarr.json). "
+                         "Create one with `drkit preprocess` or `drkit gen-dr`.")
+    if kind is not None and meta["kind"] != kind:
+        made_by = {"faces": "drkit preprocess", "dr": "drkit gen-dr"}
+        raise StoreError(f"{path}: this is a '{meta['kind']}' store, expected a '{kind}' store "
+                         f"(made by `{made_by[kind]}`).")
+    v = meta.get("schema_version")
+    if v != SCHEMA_VERSION:
+        raise StoreError(f"{path}: store schema version {v}, this drkit ({__version__}) reads "
+                         f"version {SCHEMA_VERSION}. Re-create the store with this drkit version.")
+    return meta
+
+
+def open_store(path: str | os.PathLike, kind: str | None = None) -> Store:
+    """Open and validate an existing store for reading."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        hint = " (it is a file, not a store folder)" if path.is_file() else ""
+        raise StoreError(f"{path}: no such drkit store{hint}: expected a Zarr v3 folder with "
+                         "zarr.json. Create one with `drkit preprocess VIDEOS -o STORE`.")
+    try:
+        root = zarr.open_group(path, mode="r")
+    except Exception as e:  # corrupt or zarr v2 metadata
+        raise StoreError(f"{path}: cannot open as a Zarr v3 group ({e}).") from e
+    meta = _check_meta(path, root.attrs.get("drkit"), kind)
+    return Store(path=path, root=root, kind=meta["kind"], meta=meta)
+
+
+def create_store(path: str | os.PathLike, kind: str, params: dict[str, Any],
+                 must_match: tuple[str, ...] = ()) -> Store:
+    """Create a store, or reopen an existing one to add videos to it.
+
+    Reopening checks that ``params[k] == existing[k]`` for every k in ``must_match``, so a
+    resumed or sharded run cannot mix, say, 112 px and 224 px crops in one store."""
+    path = Path(path)
+    if path.exists() and not (path / "zarr.json").exists():
+        if path.is_file() or any(path.iterdir()):
+            raise StoreError(f"{path}: exists and is not a drkit store; choose another -o path.")
+    (path.parent).mkdir(parents=True, exist_ok=True)
+    with _lock(path):
+        if (path / "zarr.json").exists():
+            store = open_store(path, kind)
+            old = store.params
+            diff = [f"{k}={old.get(k)!r} (asked {params.get(k)!r})" for k in must_match
+                    if old.get(k) != params.get(k)]
+            if diff:
+                raise StoreError(f"{path}: store was created with {', '.join(diff)}; rerun with "
+                                 "the same settings or write to a new store with -o.")
+            return store
+        root = zarr.open_group(path, mode="w")
+        meta = {"kind": kind, "schema_version": SCHEMA_VERSION, "drkit_version": __version__,
+                "created": now(), "params": params}
+        root.attrs.update({"drkit": meta, "videos": {}, "failed": {}, "runs": []})
+        zarr.open_group(path / PARTIAL, mode="w").attrs.update(
+            {"drkit": {"kind": "scratch", "note": "videos being written; safe to delete when no "
+                       "job is running"}})
+    return open_store(path, kind)
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Exclusive lock on the store's root attributes (a lock file inside _partial/)."""
+    d = path / PARTIAL
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def update_root(path: str | os.PathLike, fn) -> None:
+    """Read-modify-write the root attributes under the store lock: ``fn(attrs_dict)``
+    mutates a plain dict that is then written back in one update."""
+    path = Path(path)
+    with _lock(path):
+        root = zarr.open_group(path, mode="r+")
+        attrs = json.loads(json.dumps(dict(root.attrs)))
+        fn(attrs)
+        root.attrs.update(attrs)
+
+
+@dataclass
+class ArraySpec:
+    tail: tuple[int, ...]          # shape after the frame axis
+    dtype: str
+    dims: tuple[str, ...]          # dimension names, frame axis first
+    chunk_frames: int = 16
+
+
+class VideoWriter:
+    """Append frames of one video to a scratch group; ``commit`` makes it visible at once.
+
+    Rows are buffered and written one whole chunk at a time, so memory stays bounded by
+    ``chunk_frames`` rows per array whatever the video length."""
+
+    def __init__(self, store_path: str | os.PathLike, vid: str, specs: dict[str, ArraySpec]):
+        self.store_path = Path(store_path)
+        self.vid = vid
+        self.specs = specs
+        self.tmp = self.store_path / PARTIAL / f"{vid}-{uuid.uuid4().hex[:8]}"
+        self.group = zarr.open_group(self.tmp, mode="w")
+        self.arrays = {
+            name: self.group.create_array(
+                name, shape=(0, *s.tail), chunks=(s.chunk_frames, *s.tail), dtype=s.dtype,
+                dimension_names=list(s.dims), fill_value=0)
+            for name, s in specs.items()}
+        self.n = 0
+        self._buf: dict[str, list[np.ndarray]] = {k: [] for k in specs}
+        self._nbuf = 0
+        self._chunk = min(s.chunk_frames for s in specs.values())
+
+    def append(self, **rows: np.ndarray) -> None:
+        """Append one batch: every array of the video, same number of rows."""
+        if set(rows) != set(self.specs):
+            raise ValueError(f"append needs exactly {sorted(self.specs)}")
+        lens = {len(v) for v in rows.values()}
+        if len(lens) != 1:
+            raise ValueError("all arrays of one append need the same number of rows")
+        for k, v in rows.items():
+            self._buf[k].append(np.asarray(v, dtype=self.specs[k].dtype))
+        self._nbuf += lens.pop()
+        if self._nbuf >= self._chunk:
+            self._flush(whole_chunks_only=True)
+
+    def _flush(self, whole_chunks_only: bool) -> None:
+        if not self._nbuf:
+            return
+        data = {k: np.concatenate(v) for k, v in self._buf.items()}
+        take = (self._nbuf // self._chunk) * self._chunk if whole_chunks_only else self._nbuf
+        if take:
+            for k, arr in self.arrays.items():
+                arr.resize((self.n + take, *self.specs[k].tail))
+                arr[self.n:self.n + take] = data[k][:take]
+            self.n += take
+        self._buf = {k: ([v[take:]] if take < self._nbuf else []) for k, v in data.items()}
+        self._nbuf -= take
+
+    def commit(self, attrs: dict[str, Any], summary: dict[str, Any]) -> None:
+        """Flush, mark complete, move into place, then list it in the root attributes."""
+        self._flush(whole_chunks_only=False)
+        self.group.attrs.update({**attrs, "n_frames": self.n, "complete": True,
+                                 "completed": now()})
+        final = self.store_path / self.vid
+        if final.exists():  # an explicit redo (--overwrite) of a complete video
+            shutil.rmtree(final)
+        os.replace(self.tmp, final)
+
+        def add(a: dict) -> None:
+            a.setdefault("videos", {})[self.vid] = {**summary, "n_frames": self.n}
+            a.setdefault("failed", {}).pop(summary.get("source", ""), None)
+        update_root(self.store_path, add)
+        remove_partials(self.store_path, self.vid)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def remove_partials(store_path: str | os.PathLike, vid: str) -> None:
+    """Delete scratch left by earlier, killed attempts at this video."""
+    d = Path(store_path) / PARTIAL
+    for p in d.glob(f"{vid}-*"):
+        if p.is_dir() and re.fullmatch(re.escape(vid) + r"-[0-9a-f]{8}", p.name):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def is_complete(store_path: str | os.PathLike, vid: str) -> bool:
+    p = Path(store_path) / vid / "zarr.json"
+    if not p.is_file():
+        return False
+    try:
+        return bool(json.loads(p.read_text()).get("attributes", {}).get("complete"))
+    except (OSError, ValueError):
+        return False
