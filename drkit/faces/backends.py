@@ -1,6 +1,6 @@
 """Face detection + 68-landmark backends. Each backend offers
 
-    detect(bgr) -> list[Detection]           # every face, full-image coordinates
+    detect(bgr, retry_upsampled=True) -> list[Detection]   # every face, image coordinates
     landmarks(bgr, box) -> (68, 2) float32   # iBUG 68-point layout, full-image coordinates
 
 plus ``name`` and ``version``. ``landmarks`` from a box is what makes tracking cheap: the box
@@ -66,14 +66,14 @@ class DlibBackend:
             self._last = bgr
         return self._gray
 
-    def detect(self, bgr: np.ndarray) -> list[Detection]:
+    def detect(self, bgr: np.ndarray, retry_upsampled: bool = True) -> list[Detection]:
         gray = self._to_gray(bgr)
         h, w = gray.shape
         f = min(1.0, self.det_max_side / max(h, w))
         small = cv2.resize(gray, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA) \
             if f < 1 else gray
         rects, scores, _ = self.detector.run(small, 0, 0.0)
-        if not rects and max(small.shape) <= 400:
+        if not rects and retry_upsampled and max(small.shape) <= 400:
             rects, scores, _ = self.detector.run(small, 1, 0.0)
         return [Detection(np.array([r.left(), r.top(), r.right(), r.bottom()], np.float64) / f,
                           float(s)) for r, s in zip(rects, scores)]
@@ -116,7 +116,7 @@ class InsightFaceBackend:
         self.lmk = self.app.models["landmark_3d_68"]
         self.version = f"insightface {insightface.__version__}; {pack}"
 
-    def detect(self, bgr: np.ndarray) -> list[Detection]:
+    def detect(self, bgr: np.ndarray, retry_upsampled: bool = True) -> list[Detection]:
         boxes, _ = self.app.det_model.detect(bgr, max_num=0, metric="default")
         return [Detection(b[:4].astype(np.float64), float(b[4])) for b in boxes]
 

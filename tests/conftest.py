@@ -1,0 +1,71 @@
+"""Shared fixtures: small face videos generated with OpenCV from the astronaut photo that
+scikit-image ships (a real face the detector finds), and the real-data folder if present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REAL = Path(os.environ.get("DRKIT_FACES", Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"))
+
+
+def face_frames(n: int = 40, size: int = 200, seed: int = 0, blank: tuple[int, ...] = ()) -> list[np.ndarray]:
+    """BGR frames of a face moving and zooming slowly; indices in ``blank`` hold no face."""
+    import skimage.data
+    img = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+    rng = np.random.default_rng(seed)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    frames = []
+    for t in range(n):
+        cx = 222 + 8 * np.sin(2 * np.pi * t / 37 + phase[0])
+        cy = 128 + 6 * np.sin(2 * np.pi * t / 29 + phase[1])
+        half = 115 * (1 + 0.08 * np.sin(2 * np.pi * t / 41 + phase[2]))
+        M = cv2.getAffineTransform(
+            np.float32([[cx - half, cy - half], [cx + half, cy - half], [cx - half, cy + half]]),
+            np.float32([[0, 0], [size, 0], [0, size]]))
+        f = cv2.warpAffine(img, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        if t in blank:
+            f = np.full_like(f, 90)
+        frames.append(f)
+    return frames
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
+    fourcc = "MJPG" if path.suffix == ".avi" else "mp4v"
+    h, w = frames[0].shape[:2]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert vw.isOpened(), f"OpenCV cannot write {path}"
+    for f in frames:
+        vw.write(f)
+    vw.release()
+    return path
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory) -> Path:
+    """A folder with three small face videos (one at 50 fps, one with faceless frames)."""
+    d = tmp_path_factory.mktemp("videos")
+    write_video(d / "a.avi", face_frames(40, seed=1))
+    (d / "sub").mkdir()
+    write_video(d / "sub" / "b.avi", face_frames(30, seed=2), fps=50)
+    write_video(d / "c.mp4", face_frames(36, seed=3, blank=(10, 11, 12)))
+    return d
+
+
+@pytest.fixture(scope="session")
+def face_store(videos, tmp_path_factory) -> Path:
+    from drkit.stages.preprocess import PreprocessConfig, run
+    out = tmp_path_factory.mktemp("stores") / "faces.zarr"
+    run(PreprocessConfig(inputs=[str(videos)], out=str(out), size=96))
+    return out
+
+
+def real_videos(n: int | None = None) -> list[Path]:
+    if not (REAL / "manifest.csv").is_file():
+        pytest.skip(f"real face videos not found at {REAL} (set DRKIT_FACES)")
+    vids = sorted(p for p in REAL.rglob("*") if p.suffix.lower() in (".mp4", ".mov"))
+    return vids[:n] if n else vids
