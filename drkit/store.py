@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -188,7 +189,9 @@ class VideoWriter:
     """Append frames of one video to a scratch group; ``commit`` makes it visible at once.
 
     Rows are buffered and written one whole chunk at a time, so memory stays bounded by
-    ``chunk_frames`` rows per array whatever the video length."""
+    ``chunk_frames`` rows per array whatever the video length. Writes (compression included) run
+    in one background thread, overlapping with the caller's work; ``commit`` waits for them and
+    re-raises any write error."""
 
     def __init__(self, store_path: str | os.PathLike, vid: str, specs: dict[str, ArraySpec]):
         self.store_path = Path(store_path)
@@ -202,6 +205,8 @@ class VideoWriter:
                 dimension_names=list(s.dims), fill_value=0)
             for name, s in specs.items()}
         self.n = 0
+        self._io = ThreadPoolExecutor(1)
+        self._pending: list = []
         self._buf: dict[str, list[np.ndarray]] = {k: [] for k in specs}
         self._nbuf = 0
         self._chunk = min(s.chunk_frames for s in specs.values())
@@ -225,16 +230,29 @@ class VideoWriter:
         data = {k: np.concatenate(v) for k, v in self._buf.items()}
         take = (self._nbuf // self._chunk) * self._chunk if whole_chunks_only else self._nbuf
         if take:
-            for k, arr in self.arrays.items():
-                arr.resize((self.n + take, *self.specs[k].tail))
-                arr[self.n:self.n + take] = data[k][:take]
+            while len(self._pending) >= 4:   # bound the memory queued for writing
+                self._pending.pop(0).result()
+            self._pending.append(self._io.submit(self._write, self.n, {k: v[:take] for k, v in data.items()}))
             self.n += take
         self._buf = {k: ([v[take:]] if take < self._nbuf else []) for k, v in data.items()}
         self._nbuf -= take
 
+    def _write(self, start: int, rows: dict[str, np.ndarray]) -> None:
+        for k, arr in self.arrays.items():
+            n = start + len(rows[k])
+            arr.resize((n, *self.specs[k].tail))
+            arr[start:n] = rows[k]
+
+    def _wait(self) -> None:
+        for f in self._pending:
+            f.result()
+        self._pending.clear()
+
     def commit(self, attrs: dict[str, Any], summary: dict[str, Any]) -> None:
         """Flush, mark complete, move into place, then list it in the root attributes."""
         self._flush(whole_chunks_only=False)
+        self._wait()
+        self._io.shutdown()
         self.group.attrs.update({**attrs, "n_frames": self.n, "complete": True,
                                  "completed": now()})
         final = self.store_path / self.vid
@@ -249,6 +267,7 @@ class VideoWriter:
         remove_partials(self.store_path, self.vid)
 
     def abort(self) -> None:
+        self._io.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

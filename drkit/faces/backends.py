@@ -37,6 +37,7 @@ class DlibBackend:
     is found in a small image."""
 
     name = "dlib"
+    accepts_gray = True
 
     def __init__(self, model_root: str | None = None, det_max_side: int = 640):
         import dlib

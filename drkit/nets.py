@@ -1,0 +1,143 @@
+"""Networks, created by name from one registry (``create_model``); checkpoints store the name
+and kwargs, so ``create_model(ckpt["model"]["name"], **ckpt["model"]["kwargs"])`` rebuilds them.
+
+- ``dr_unet``: the DR network (paper Sec. 4.2): a UNet mapping a face crop (B, 3, H, W) in
+  [0, 1] to a same-size 3-channel dynamic representation d_t.
+- ``vgg16``: VGG-16 (configuration D) regression network, as used for affect in the paper.
+- ``small_cnn``: a small CNN regressor that trains in minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _norm(ch: int) -> nn.Module:
+    return nn.GroupNorm(min(8, ch), ch)   # batch-size independent: train and eval behave alike
+
+
+class _DoubleConv(nn.Sequential):
+    def __init__(self, cin: int, cout: int):
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), _norm(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(cout), nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    """Ronneberger et al. UNet: ``depth`` poolings, ``base`` channels doubling per level,
+    bilinear upsampling, skip connections. Input side must be divisible by 2**depth."""
+
+    def __init__(self, in_ch: int = 3, out_ch: int = 3, base: int = 16, depth: int = 3):
+        super().__init__()
+        chs = [base * 2 ** i for i in range(depth + 1)]
+        self.down = nn.ModuleList([_DoubleConv(in_ch, chs[0])] +
+                                  [_DoubleConv(chs[i], chs[i + 1]) for i in range(depth)])
+        self.up = nn.ModuleList([_DoubleConv(chs[i + 1] + chs[i], chs[i]) for i in reversed(range(depth))])
+        self.head = nn.Conv2d(chs[0], out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        skips.pop()
+        for block in self.up:
+            s = skips.pop()
+            x = block(torch.cat([F.interpolate(x, size=s.shape[-2:], mode="bilinear",
+                                               align_corners=False), s], 1))
+        return self.head(x)
+
+
+class DRNet(nn.Module):
+    """Image -> dynamic representation d_t (same size, 3 channels).
+
+    ``param="residual"`` (default): d = (I - mean I) + UNet(I), i.e. the network starts from the
+    identity baseline (a strong ranker on real faces) and learns a correction; the last layer is
+    zero-initialised so training starts exactly at the baseline. ``param="direct"``: d = UNet(I),
+    as in the paper. With ``zero_mean`` the mean of d over pixels and channels is removed, which
+    makes the scores <d, V_a> blind to global brightness changes between frames."""
+
+    def __init__(self, base: int = 16, depth: int = 3, param: str = "residual", zero_mean: bool = True):
+        super().__init__()
+        if param not in ("residual", "direct"):
+            raise ValueError(f"param must be 'residual' or 'direct', not {param!r}")
+        self.param, self.zero_mean = param, zero_mean
+        self.unet = UNet(3, 3, base, depth)
+        if param == "residual":
+            nn.init.zeros_(self.unet.head.weight)
+            nn.init.zeros_(self.unet.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.unet((x - 0.5) / 0.5)
+        if self.param == "residual":
+            d = d + (x - x.mean(dim=(1, 2, 3), keepdim=True))
+        if self.zero_mean:
+            d = d - d.mean(dim=(1, 2, 3), keepdim=True)
+        return d
+
+
+class VGG16(nn.Module):
+    """VGG-16 (Simonyan & Zisserman, configuration D) with a regression head of ``n_out``.
+    ``in_ch`` = 3 (image), 3 (DR) or 6 / 9 (MDR). Adaptive pooling accepts any input size."""
+
+    CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+    def __init__(self, in_ch: int = 3, n_out: int = 1, width: float = 1.0, dropout: float = 0.5):
+        super().__init__()
+        layers, c = [], in_ch
+        for v in self.CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                w = max(8, int(v * width))
+                layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU(inplace=True)]
+                c = w
+        self.features = nn.Sequential(*layers)
+        hid = max(64, int(4096 * width))
+        self.pool = nn.AdaptiveAvgPool2d(7)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c * 49, hid), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hid, hid), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hid, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+class SmallCNN(nn.Module):
+    """Four conv blocks (conv-norm-ReLU-pool) and a linear head: trains in minutes on a CPU."""
+
+    def __init__(self, in_ch: int = 3, n_out: int = 1, width: int = 32, dropout: float = 0.2):
+        super().__init__()
+        layers, c = [], in_ch
+        for i in range(4):
+            w = width * 2 ** min(i, 2)
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), _norm(w), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(c, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+REGISTRY = {"dr_unet": DRNet, "vgg16": VGG16, "small_cnn": SmallCNN}
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[name](**kwargs)
+
+
+def pick_device(want: str = "auto") -> torch.device:
+    """``auto``: cuda, then mps, then cpu."""
+    if want != "auto":
+        return torch.device(want)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

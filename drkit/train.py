@@ -1,0 +1,261 @@
+"""The one training loop, shared by train-dr and train-task, and the checkpoint format.
+
+A run writes into its output folder:
+
+    last.pt        weights + optimizer + progress, rewritten atomically every minute and per epoch
+    best.pt        weights of the best validation epoch (or best training epoch without --val)
+    metrics.jsonl  one JSON line per epoch: epoch, step, seconds, train and validation metrics,
+                   samples/s and the share of time spent waiting for data
+    config.json    the run's settings, readable without torch
+
+Checkpoints hold tensors and plain JSON-able values only, so they load with
+``torch.load(..., weights_only=True)``; ``model`` names a registry entry of drkit.nets and its
+kwargs. Resuming (``resume=True``) restores weights, optimizer, epoch, position in the epoch,
+elapsed time and RNG state, and the data order is a function of (seed, epoch), so a resumed run
+continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from rich.progress import TextColumn
+
+from . import __version__, log
+from .errors import DrkitError
+from .nets import create_model, pick_device
+
+FORMAT = "drkit.checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoopConfig:
+    out: str
+    epochs: int = 10
+    time_budget: float | None = None     # seconds of training in all (resumes included)
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    save_every_s: float = 60.0
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _strip_prefixes(sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        for p in ("module.", "_orig_mod."):
+            while k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
+    """Load a checkpoint file, or ``best.pt`` of a run folder, safely (weights_only)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "best.pt" if (p / "best.pt").is_file() else p / "last.pt"
+    if not p.is_file():
+        raise DrkitError(f"{path}: no checkpoint (expected a .pt file or a run folder with best.pt)")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DrkitError(f"{p}: cannot load checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise DrkitError(f"{p}: not a drkit checkpoint")
+    if ck.get("format_version") != FORMAT_VERSION:
+        raise DrkitError(f"{p}: checkpoint format version {ck.get('format_version')}, this drkit "
+                         f"reads {FORMAT_VERSION}; retrain with drkit {__version__}")
+    if kind and ck.get("kind") != kind:
+        raise DrkitError(f"{p}: a '{ck.get('kind')}' checkpoint, expected '{kind}'")
+    ck["path"] = str(p)
+    return ck
+
+
+def model_from_checkpoint(ck: dict) -> torch.nn.Module:
+    m = create_model(ck["model"]["name"], **ck["model"]["kwargs"])
+    m.load_state_dict(_strip_prefixes(ck["state_dict"]))
+    return m.eval()
+
+
+# ---------------------------------------------------------------- data prefetch
+
+class Prefetch:
+    """Run a batch iterator in a background thread; records how long the consumer waited."""
+
+    def __init__(self, it: Iterator, depth: int = 3):
+        self.q: queue.Queue = queue.Queue(depth)
+        self.wait = 0.0
+        self._err: BaseException | None = None
+        self._stop = threading.Event()
+        self.t = threading.Thread(target=self._run, args=(it,), daemon=True)
+        self.t.start()
+
+    def _run(self, it: Iterator) -> None:
+        try:
+            for x in it:
+                while not self._stop.is_set():
+                    try:
+                        self.q.put(x, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if self._stop.is_set():
+                    return
+        except BaseException as e:   # re-raised in the consumer
+            self._err = e
+        self.q.put(StopIteration)
+
+    def __iter__(self):
+        while True:
+            t = time.perf_counter()
+            x = self.q.get()
+            self.wait += time.perf_counter() - t
+            if x is StopIteration:
+                if self._err:
+                    raise self._err
+                return
+            yield x
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+# ---------------------------------------------------------------- the loop
+
+def fit(model: torch.nn.Module, cfg: LoopConfig, meta: dict[str, Any],
+        batches: Callable[[int, int], Iterator], n_batches: int,
+        step: Callable[[torch.nn.Module, Any, torch.device], tuple[torch.Tensor, dict[str, float]]],
+        validate: Callable[[torch.nn.Module, torch.device], dict[str, float]] | None,
+        monitor: str, mode: str = "max") -> dict[str, Any]:
+    """Train ``model``. ``batches(epoch, start)`` yields the epoch's batches from index ``start``
+    on (deterministically); ``step`` returns the loss and per-batch metrics; ``validate`` returns
+    metrics including ``monitor`` (without it, the training metric of that name is used).
+    ``meta`` (kind, model name/kwargs, config) goes into every checkpoint."""
+    out = Path(cfg.out)
+    last = out / "last.pt"
+    if last.exists() and not (cfg.resume or cfg.overwrite):
+        raise DrkitError(f"{out}: holds a run already; pass --resume to continue it or "
+                         "--overwrite to start again")
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    st = {"epoch": 0, "batch": 0, "global_step": 0, "elapsed": 0.0, "best": None,
+          "best_epoch": None, "finished": False}
+    if cfg.resume and last.exists():
+        ck = load_checkpoint(last)
+        if ck["model"] != meta["model"] or ck["config"] != meta["config"]:
+            raise DrkitError(f"{last}: was trained with other settings; resume with the same "
+                             "options or use --overwrite")
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        st.update(ck["train_state"])
+        torch.set_rng_state(ck["rng"])
+        if st["finished"]:
+            log.info(f"{out}: run already finished (epoch {st['epoch']}); nothing to do")
+            return st
+        log.info(f"resuming {out} at epoch {st['epoch'] + 1}, batch {st['batch']}")
+    elif cfg.overwrite:
+        for f in ("last.pt", "best.pt", "metrics.jsonl"):
+            (out / f).unlink(missing_ok=True)
+    (out / "config.json").write_text(json.dumps({**meta, "loop": cfg.__dict__,
+                                                 "drkit_version": __version__}, indent=2, default=str))
+
+    def ckpt(with_opt: bool) -> dict:
+        d = {"format": FORMAT, "format_version": FORMAT_VERSION, "drkit_version": __version__,
+             **meta, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+             "train_state": dict(st)}
+        if with_opt:
+            d["optimizer"] = opt.state_dict()
+            d["rng"] = torch.get_rng_state()
+        return d
+
+    better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+    budget = cfg.time_budget or math.inf
+    log.info(f"training on {device} for {cfg.epochs} epoch(s) of {n_batches} batches"
+             + (f", at most {budget:.0f} s" if cfg.time_budget else "") + f" -> {out}")
+    t_start = time.perf_counter() - st["elapsed"]
+    last_save = time.perf_counter()
+    prog = log.progress(TextColumn("{task.fields[info]}"))
+    with prog:
+        task = prog.add_task("train", total=cfg.epochs * n_batches,
+                             completed=st["epoch"] * n_batches + st["batch"], info="")
+        while st["epoch"] < cfg.epochs and not st["finished"]:
+            model.train()
+            sums: dict[str, float] = {}
+            n_seen, t_ep = 0, time.perf_counter()
+            data = Prefetch(batches(st["epoch"], st["batch"]))
+            try:
+                for batch in data:
+                    loss, stats = step(model, batch, device)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    n_seen += 1
+                    for k, v in {"loss": float(loss), **stats}.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    st["batch"] += 1
+                    st["global_step"] += 1
+                    st["elapsed"] = time.perf_counter() - t_start
+                    prog.update(task, advance=1, info=" ".join(
+                        f"{k} {v / n_seen:.4g}" for k, v in sums.items()))
+                    if st["elapsed"] >= budget:
+                        st["finished"] = True
+                        break
+                    if time.perf_counter() - last_save > cfg.save_every_s:
+                        save_atomic(ckpt(True), last)
+                        last_save = time.perf_counter()
+            finally:
+                data.close()
+            ep_time = time.perf_counter() - t_ep
+            rec = {"epoch": st["epoch"] + 1, "step": st["global_step"],
+                   "seconds": round(st["elapsed"], 1),
+                   **{f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()},
+                   "batches_per_s": round(n_seen / ep_time, 3) if ep_time else None,
+                   "data_wait_share": round(data.wait / ep_time, 4) if ep_time else None}
+            if validate is not None:
+                model.eval()
+                with torch.no_grad():
+                    rec.update({f"val_{k}": v for k, v in validate(model, device).items()})
+            key = f"val_{monitor}" if validate is not None else f"train_{monitor}"
+            value = rec.get(key)
+            if st["batch"] >= n_batches or st["finished"]:
+                st["epoch"] += 1
+                st["batch"] = 0
+            if st["epoch"] >= cfg.epochs:
+                st["finished"] = True
+            if value is not None and (st["best"] is None or better(value, st["best"])):
+                st["best"], st["best_epoch"] = value, rec["epoch"]
+                save_atomic(ckpt(False), out / "best.pt")
+            rec["best"] = st["best"]
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            save_atomic(ckpt(True), last)
+            last_save = time.perf_counter()
+            log.info("epoch {epoch}: ".format(**rec) + ", ".join(
+                f"{k} {v:.4g}" for k, v in rec.items()
+                if isinstance(v, float) and k not in ("seconds",)))
+    return st

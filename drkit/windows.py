@@ -1,0 +1,134 @@
+"""Windows of 2T+1 frames around a centre frame, read from face stores.
+
+The stride S is given in frames at 25 fps (the paper's convention) and scales with each video's
+real frame rate: a 50 fps video uses 2S source frames between window frames, a 30 fps one
+round(1.2 S). A window is valid only if all its 2T+1 source frames have a face in the store;
+windows with a missing frame are skipped, never filled in.
+
+``FrameCache`` reads frames chunk by chunk from the Zarr arrays (never whole stores) and keeps
+recently used chunks within a memory budget, so windows of nearby frames cost one read.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .store import Store
+
+REF_FPS = 25.0
+
+
+def effective_stride(stride: int, fps: float, ref_fps: float = REF_FPS) -> int:
+    """Source frames between window frames for a video at ``fps``."""
+    return max(1, int(round(stride * fps / ref_fps)))
+
+
+def window_offsets(T: int) -> np.ndarray:
+    return np.arange(-T, T + 1)
+
+
+def valid_windows(frame_index: np.ndarray, T: int, step: int) -> np.ndarray:
+    """Positions (rows of the store arrays), shape (W, 2T+1), of every full window: row w holds
+    the positions of source frames c - T*step ... c + T*step for a centre c present in the store."""
+    frame_index = np.asarray(frame_index)
+    if len(frame_index) == 0:
+        return np.zeros((0, 2 * T + 1), np.int64)
+    want = frame_index[:, None] + window_offsets(T)[None, :] * step
+    pos = np.searchsorted(frame_index, want)
+    pos_c = np.clip(pos, 0, len(frame_index) - 1)
+    ok = (frame_index[pos_c] == want).all(1)
+    return pos_c[ok].astype(np.int64)
+
+
+@dataclass
+class WindowSet:
+    """All valid windows of (T, stride) over some videos: ``videos[k]`` and ``positions[k]``."""
+
+    T: int
+    stride: int
+    videos: list[str]            # video id per window
+    positions: np.ndarray        # (W, 2T+1) row positions in that video's arrays
+    stores: dict[str, Store]     # video id -> store holding it
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+
+def collect_windows(stores: list[Store], T: int, stride: int, every: int = 1,
+                    videos: set[str] | None = None) -> WindowSet:
+    """Windows over every (selected) video of ``stores``; ``every`` keeps every n-th centre."""
+    vids, pos, owner = [], [], {}
+    for st in stores:
+        for vid in st.videos:
+            if videos is not None and vid not in videos:
+                continue
+            if vid in owner:
+                raise ValueError(f"video id {vid!r} is in both {owner[vid].path} and {st.path}")
+            owner[vid] = st
+            g = st.video(vid)
+            step = effective_stride(stride, float(g.attrs["fps"]))
+            w = valid_windows(g["frame_index"][:], T, step)[::every]
+            vids += [vid] * len(w)
+            pos.append(w)
+    positions = np.concatenate(pos) if pos else np.zeros((0, 2 * T + 1), np.int64)
+    return WindowSet(T, stride, vids, positions, owner)
+
+
+class FrameCache:
+    """Frames by (video, positions), read whole chunks at a time, LRU within ``max_bytes``."""
+
+    def __init__(self, stores: dict[str, Store], array: str = "frames", max_bytes: int = 2 << 30):
+        self.arrays = {vid: st.video(vid)[array] for vid, st in stores.items()}
+        self.max_bytes = max_bytes
+        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def _chunk(self, vid: str, k: int) -> np.ndarray:
+        key = (vid, k)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        arr = self.arrays[vid]
+        c = arr.chunks[0]
+        data = np.asarray(arr[k * c:(k + 1) * c])
+        self._cache[key] = data
+        self._bytes += data.nbytes
+        while self._bytes > self.max_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._bytes -= old.nbytes
+        return data
+
+    def get(self, vid: str, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions)
+        c = self.arrays[vid].chunks[0]
+        out = np.empty((len(positions), *self.arrays[vid].shape[1:]), self.arrays[vid].dtype)
+        for k in np.unique(positions // c):
+            sel = positions // c == k
+            out[sel] = self._chunk(vid, int(k))[positions[sel] - k * c]
+        return out
+
+
+def window_tensor(frames: list[np.ndarray], size: int | None = None):
+    """List of B windows (N, H, W, 3) uint8 -> float tensor (B, N, 3, size, size) in [0, 1]."""
+    import torch
+    import torch.nn.functional as F
+    x = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float().div_(255)
+    B, N, C, H, W = x.shape
+    if size and (H, W) != (size, size):
+        x = F.interpolate(x.flatten(0, 1), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False).view(B, N, C, size, size)
+    return x
+
+
+def iter_windows(ws: WindowSet, cache: FrameCache, order: np.ndarray, batch_size: int,
+                 size: int | None = None, start: int = 0, augment=None):
+    """Yield (indices, tensor (B, 2T+1, 3, size, size)) for windows ``order`` in batches,
+    from batch ``start``. ``augment(x, batch_no)`` may transform each batch."""
+    n = (len(order) + batch_size - 1) // batch_size
+    for b in range(start, n):
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        x = window_tensor([cache.get(ws.videos[i], ws.positions[i]) for i in idx], size)
+        yield idx, (augment(x, b) if augment else x)
