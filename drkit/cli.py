@@ -121,26 +121,93 @@ def _not_yet(stage: str) -> None:
     raise NotImplementedYet(f"`drkit {stage}` is not implemented yet in drkit {__version__}")
 
 
+def _ints(text: str | None, name: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise typer.BadParameter(f"{name}: expected integers separated by commas, e.g. 3,5,7,9")
+
+
 @app.command("train-dr")
 def train_dr(
     stores: List[Path] = typer.Argument(..., help="Face stores to train on."),
-    out: Path = typer.Option(..., "-o", "--out", help="Checkpoint folder to write."),
+    out: Path = typer.Option(..., "-o", "--out", help="Run folder to write (best.pt, last.pt, metrics.jsonl)."),
     T: int = typer.Option(5, "--T", help="Frames on each side of the centre (window 2T+1)."),
     stride: int = typer.Option(2, help="Stride in frames at 25 fps (scaled with each video's fps)."),
+    val: Optional[List[Path]] = typer.Option(None, help="Validation face store(s) (other people!)."),
+    size: int = typer.Option(112, help="Training crop side; frames are resized on the fly."),
+    epochs: int = typer.Option(10, help="Passes over all windows."),
+    time_budget: Optional[float] = typer.Option(None, help="Stop after this many seconds of training."),
+    batch_size: int = typer.Option(16, help="Windows per batch."),
+    base: int = typer.Option(16, help="UNet channels at full resolution."),
+    depth: int = typer.Option(3, help="UNet poolings."),
+    param: str = typer.Option("residual", help="residual: d = (I - mean I) + UNet(I); direct: d = UNet(I)."),
+    theta: float = typer.Option(1e-3, help="Rank margin on scores <d, V>/(CHW)."),
+    gamma: float = typer.Option(1e-4, help="Weight of mean(d^2)."),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="Mirror whole windows at random."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate (betas 0.5, 0.9)."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps."),
+    resume: bool = typer.Option(False, help="Continue the interrupted run in --out."),
+    overwrite: bool = typer.Option(False, help="Start again, replacing the run in --out."),
 ) -> None:
     """Train a DR network (UNet) with the rank loss on windows of 2T+1 frames.
 
-    Output: a checkpoint folder (weights + every setting needed to use them) and a metrics log."""
-    _not_yet("train-dr")
+    Output: a run folder with best.pt / last.pt checkpoints (weights + every setting needed to
+    use them), metrics.jsonl (loss, ranking accuracy, validation accuracy beside the identity
+    baseline, data-wait share per epoch) and config.json."""
+    from .stages import train_dr as stage
+    st = stage.run(stage.TrainDRConfig(
+        stores=[str(p) for p in stores], out=str(out), T=T, stride=stride,
+        val=[str(p) for p in val] if val else None, size=size, epochs=epochs,
+        time_budget=time_budget, batch_size=batch_size, base=base, depth=depth, param=param,
+        theta=theta, gamma=gamma, flip=flip, lr=lr, seed=seed, device=device, resume=resume,
+        overwrite=overwrite))
+    log.console.print(f"train-dr: {st['epoch']} epoch(s), {st['global_step']} steps, "
+                      f"{st['elapsed']:.0f} s; best accuracy {st['best']} (epoch {st['best_epoch']}) -> {out}")
 
 
 @app.command("rank-eval")
 def rank_eval(
-    ckpt: Path = typer.Argument(..., help="DR checkpoint from train-dr."),
+    ckpt: Path = typer.Argument(..., help="DR checkpoint (.pt) or train-dr run folder (uses best.pt)."),
     stores: List[Path] = typer.Argument(..., help="Face stores to evaluate on."),
+    T: Optional[str] = typer.Option(None, "--T", help="T value(s), e.g. 9 or 3,5,7,9 (default: the checkpoint's)."),
+    stride: Optional[str] = typer.Option(None, help="Stride(s) at 25 fps, e.g. 4 or 1,2,3,4 (default: the checkpoint's)."),
+    baselines: str = typer.Option("identity", help="Comma list of identity, ranksvm, di; '' for none."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write one record per (method, T, stride)."),
+    plot: Optional[Path] = typer.Option(None, help="Write the accuracy grid as a PNG."),
+    size: Optional[int] = typer.Option(None, help="Crop side to evaluate at (default: the checkpoint's)."),
+    every: int = typer.Option(1, help="Use every n-th centre frame."),
+    max_windows: Optional[int] = typer.Option(None, help="At most this many windows per (T, stride)."),
+    device: str = typer.Option("auto"),
 ) -> None:
-    """Ranking accuracy of a DR checkpoint and baselines over (T, stride) windows (paper Sec. 4.3)."""
-    _not_yet("rank-eval")
+    """Ranking accuracy of a DR checkpoint and baselines over (T, stride) windows (paper Sec. 4.3).
+
+    Prints a table (methods x (T, stride), accuracy in %, and dr - identity), per-side and
+    per-video detail with -v; --json and --plot write them to files."""
+    from rich.table import Table
+    from .stages import rank_eval as stage
+    recs = stage.run(stage.RankEvalConfig(
+        ckpt=str(ckpt), stores=[str(p) for p in stores], T=_ints(T, "--T"),
+        stride=_ints(stride, "--stride"), baselines=[b for b in baselines.split(",") if b],
+        json=str(json_out) if json_out else None, plot=str(plot) if plot else None, size=size,
+        every=every, max_windows=max_windows, device=device))
+    header, rows = stage.table_rows(recs)
+    t = Table(title="ranking accuracy (%) on same-side pairs")
+    for h in header:
+        t.add_column(h, justify="left" if h == "method" else "right")
+    for r in rows:
+        t.add_row(*r)
+    from rich.console import Console
+    Console().print(t)
+    for r in recs:
+        print(f"{r['method']:>9} T={r['T']} S={r['stride']}: {100 * r['accuracy']:.2f}% of {r['pairs']} pairs "
+              f"(past {100 * r['past']['accuracy']:.1f}%, future {100 * r['future']['accuracy']:.1f}%)")
+        if log.VERBOSITY >= 2:
+            for v, x in r["videos"].items():
+                print(f"    {v}: {100 * x['accuracy']:.1f}% of {x['pairs']}")
 
 
 @app.command("gen-dr")

@@ -215,7 +215,7 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, meta: dict[str, Any],
                     loss.backward()
                     opt.step()
                     n_seen += 1
-                    for k, v in {"loss": float(loss), **stats}.items():
+                    for k, v in {"loss": float(loss.detach()), **stats}.items():
                         sums[k] = sums.get(k, 0.0) + v
                     st["batch"] += 1
                     st["global_step"] += 1
@@ -239,7 +239,7 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, meta: dict[str, Any],
             if validate is not None:
                 model.eval()
                 with torch.no_grad():
-                    rec.update({f"val_{k}": v for k, v in validate(model, device).items()})
+                    rec.update({f"val_{k}": float(v) for k, v in validate(model, device).items()})
             key = f"val_{monitor}" if validate is not None else f"train_{monitor}"
             value = rec.get(key)
             if st["batch"] >= n_batches or st["finished"]:

@@ -69,3 +69,43 @@ def real_videos(n: int | None = None) -> list[Path]:
         pytest.skip(f"real face videos not found at {REAL} (set DRKIT_FACES)")
     vids = sorted(p for p in REAL.rglob("*") if p.suffix.lower() in (".mp4", ".mov"))
     return vids[:n] if n else vids
+
+
+def moving_blob_frames(n: int, size: int = 32, noise: float = 0.3, seed: int = 0, speed: float = 1.5) -> np.ndarray:
+    """(n, size, size, 3) uint8: a bright blob drifting at constant speed in a random direction
+    over a random static background, plus strong fresh pixel noise in every frame. Frame order
+    is learnable (where the blob is), but in the raw image the noise outweighs it: ranking with
+    I_t itself (the identity baseline) gets the pairs with the centre right and little else."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    bg = rng.uniform(0.2, 0.5, (1, 1, 3))
+    ang = rng.uniform(0, 2 * np.pi)
+    v = speed * np.array([np.cos(ang), np.sin(ang)])
+    p0 = size / 2 - v * n / 2
+    out = []
+    for t in range(n):
+        cx, cy = (p0 + v * t) % size
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 3.0 ** 2))[..., None]
+        f = bg + 0.4 * blob + noise * rng.standard_normal((size, size, 3))
+        out.append(np.clip(f, 0, 1))
+    return (np.stack(out) * 255).round().astype(np.uint8)
+
+
+def make_face_store(path: Path, videos: dict, fps: dict | None = None) -> Path:
+    """A face store written directly (no detection): ``videos`` maps id -> (n, S, S, 3) uint8,
+    or -> (frames, frame_index) to leave gaps."""
+    from drkit.stages.preprocess import face_arrays
+    from drkit.store import VideoWriter, create_store
+    first = next(iter(videos.values()))
+    size = (first[0] if isinstance(first, tuple) else first).shape[1]
+    create_store(path, "faces", {"size": size, "align": True})
+    for vid, v in videos.items():
+        frames, idx = v if isinstance(v, tuple) else (v, np.arange(len(v)))
+        n = len(frames)
+        w = VideoWriter(path, vid, face_arrays(size))
+        w.append(frames=frames, landmarks=np.zeros((n, 68, 2)), frame_index=idx,
+                 confidence=np.ones(n), detected=np.ones(n, bool), transform=np.zeros((n, 2, 3)))
+        f = (fps or {}).get(vid, 25.0)
+        w.commit({"fps": f, "n_source_frames": int(idx[-1]) + 1 if n else 0},
+                 {"source": vid, "fps": f, "n_source_frames": int(idx[-1]) + 1 if n else 0})
+    return path

@@ -113,7 +113,7 @@ class Tally:
 
     def summary(self) -> dict:
         def acc(c, n):
-            return c / n if n else float("nan")
+            return float(c / n) if n else float("nan")
         tot = np.sum(list(self.counts.values()), 0) if self.counts else np.zeros(2)
         side = {name: np.sum([c for (v, s), c in self.counts.items() if s == k], 0)
                 for k, name in enumerate(("past", "future"))}
