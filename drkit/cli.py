@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 
 from . import __version__, log
-from .errors import DrkitError, NotImplementedYet
+from .errors import DrkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode="rich",
@@ -72,11 +72,11 @@ def preprocess(
         overwrite=overwrite))
     fps_s = s.frames / s.seconds if s.seconds else 0.0
     tail = f", {len(s.no_face)} without any face" if s.no_face else ""
-    log.console.print(f"preprocess: {len(s.ok)} ok, {len(s.skipped)} skipped (already done), "
+    log.info(f"preprocess: {len(s.ok)} ok, {len(s.skipped)} skipped (already done), "
                       f"{len(s.failed)} failed{tail}; {s.frames} frames written in "
                       f"{s.seconds:.1f} s ({fps_s:.0f} frames/s) -> {s.store}")
     for path, reason in s.failed.items():
-        log.console.print(f"  failed: {path}: {reason}")
+        log.info(f"  failed: {path}: {reason}")
 
 
 @app.command()
@@ -115,10 +115,6 @@ def inspect(
     if st.partial_leftovers():
         print(f"unfinished (scratch in _partial/, redone by the next run): "
               f"{', '.join(st.partial_leftovers())}")
-
-
-def _not_yet(stage: str) -> None:
-    raise NotImplementedYet(f"`drkit {stage}` is not implemented yet in drkit {__version__}")
 
 
 def _ints(text: str | None, name: str) -> list[int] | None:
@@ -165,7 +161,7 @@ def train_dr(
         time_budget=time_budget, batch_size=batch_size, base=base, depth=depth, param=param,
         theta=theta, gamma=gamma, flip=flip, lr=lr, seed=seed, device=device, resume=resume,
         overwrite=overwrite))
-    log.console.print(f"train-dr: {st['epoch']} epoch(s), {st['global_step']} steps, "
+    log.info(f"train-dr: {st['epoch']} epoch(s), {st['global_step']} steps, "
                       f"{st['elapsed']:.0f} s; best accuracy {st['best']} (epoch {st['best_epoch']}) -> {out}")
 
 
@@ -212,30 +208,128 @@ def rank_eval(
 
 @app.command("gen-dr")
 def gen_dr(
-    store: Path = typer.Argument(..., help="Face store."),
-    out: Path = typer.Option(..., "-o", "--out", help="DR store to write."),
+    store: Path = typer.Argument(..., help="Face store from preprocess."),
+    out: Path = typer.Option(..., "-o", "--out", help="DR store to write (Zarr)."),
+    dr: Optional[List[Path]] = typer.Option(None, "--dr", help="DR checkpoint or run folder; repeat for MDR levels."),
+    no_image: bool = typer.Option(False, help="Leave the image channels out (DRs only)."),
+    size: Optional[int] = typer.Option(None, help="Side of the stored maps (default: the first checkpoint's size)."),
+    batch_size: int = typer.Option(32),
+    device: str = typer.Option("auto"),
+    overwrite: bool = typer.Option(False, help="Redo videos already complete in the output."),
 ) -> None:
-    """Stack each frame with the DRs of one or more checkpoints (SDR/MDR) into a DR store."""
-    _not_yet("gen-dr")
+    """Stack each frame with the DRs of one or more checkpoints (SDR/MDR) into a DR store.
+
+    Image + DR(T=5) = 6 channels (AU setting of the paper); image + DR(T=3) + DR(T=5) = 9
+    channels (affect setting). Keeps video ids and source frame indices; resumable."""
+    from .stages import gen_dr as stage
+    r = stage.run(stage.GenDRConfig(store=str(store), out=str(out), dr=[str(p) for p in dr or []],
+                                    no_image=no_image, size=size, batch_size=batch_size, device=device,
+                                    overwrite=overwrite))
+    log.info(f"gen-dr: {r['frames']} frames of {r['videos']} videos, channels {', '.join(r['channels'])} -> {r['store']}")
 
 
 @app.command("train-task")
 def train_task(
-    inp: Path = typer.Argument(..., metavar="INPUT", help="DR store from gen-dr."),
-    out: Path = typer.Option(..., "-o", "--out", help="Model bundle to write."),
+    inputs: List[Path] = typer.Argument(..., metavar="INPUT...", help="DR store(s) from gen-dr."),
+    labels: Path = typer.Option(..., help="Label CSV: video,frame[,person],<targets> (docs/formats.md)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Run folder to write; best.pt is the model bundle."),
+    task: str = typer.Option("au", help="au (ICC, MSE, MAE) or affect (PCC, CCC, MSE)."),
+    input_kind: str = typer.Option("mdr", "--input", help="si (image), sdr (one DR) or mdr (image + DRs)."),
+    arch: str = typer.Option("small", help="small (CPU-friendly CNN) or vgg16."),
+    targets: Optional[str] = typer.Option(None, help="Comma list of label columns (default: all)."),
+    missing: Optional[str] = typer.Option(None, help="Comma list of sentinel values meaning 'no label', e.g. 9."),
+    val: Optional[List[Path]] = typer.Option(None, help="Validation DR store(s); default: hold out people."),
+    val_share: float = typer.Option(0.2, help="Share of people held out when no --val is given."),
+    epochs: int = typer.Option(20),
+    time_budget: Optional[float] = typer.Option(None, help="Stop after this many seconds of training."),
+    batch_size: int = typer.Option(32),
+    lr: float = typer.Option(2e-3, help="Adam learning rate."),
+    init: Optional[Path] = typer.Option(None, help="Pretrained weights (state dict) for the network."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    resume: bool = typer.Option(False),
+    overwrite: bool = typer.Option(False),
+    eval_only: Optional[Path] = typer.Option(None, help="Only score this trained model on INPUT."),
 ) -> None:
-    """Train an AU-intensity or valence/arousal regressor on images, DRs or MDRs."""
-    _not_yet("train-task")
+    """Train an AU-intensity or valence/arousal regressor on images, DRs or MDRs (or score one)."""
+    from .stages import train_task as stage
+    cfg = stage.TrainTaskConfig(
+        input=[str(p) for p in inputs], out=str(out) if out else None, labels=str(labels), task=task,
+        input_kind=input_kind, arch=arch, targets=targets.split(",") if targets else None,
+        missing=[float(v) for v in missing.split(",")] if missing else [],
+        val=[str(p) for p in val] if val else None, val_share=val_share, epochs=epochs,
+        time_budget=time_budget, batch_size=batch_size, lr=lr, init=str(init) if init else None,
+        seed=seed, device=device, resume=resume, overwrite=overwrite,
+        eval_only=str(eval_only) if eval_only else None)
+    r = stage.run(cfg)
+    res = r if eval_only else r["val"]
+    for k, v in res.items():
+        print(f"{k}\t{v:.4f}" if isinstance(v, float) else f"{k}\t{v}")
 
 
 @app.command()
 def predict(
-    model: Path = typer.Argument(..., help="Model bundle from train-task."),
+    model: Path = typer.Argument(..., help="Model bundle (best.pt of a train-task run, or the run folder)."),
     inputs: List[Path] = typer.Argument(..., help="Images, folders of images, or videos."),
     out: Path = typer.Option(..., "-o", "--out", help="CSV to write, one row per image or frame."),
+    save_dr: Optional[Path] = typer.Option(None, help="Write each face crop beside its DRs as PNG here."),
+    backend: Optional[str] = typer.Option(None, help="Face backend (default: the one the model was trained with)."),
+    model_root: Optional[Path] = typer.Option(None, help="Model folder for the face backend."),
+    device: str = typer.Option("auto"),
 ) -> None:
-    """Predict AU intensities or valence/arousal from still images or video frames."""
-    _not_yet("predict")
+    """Predict AU intensities or valence/arousal from still images or video frames.
+
+    CSV columns: input, frame (source frame index for videos, 0 for images), face_found (0/1),
+    then one column per target as named in the training labels."""
+    from .stages import predict as stage
+    r = stage.run(stage.PredictConfig(model=str(model), inputs=[str(p) for p in inputs], out=str(out),
+                                      save_dr=str(save_dr) if save_dr else None, backend=backend,
+                                      model_root=str(model_root) if model_root else None, device=device))
+    log.info(f"predict: {r['rows']} rows, {r['faces']} with a face, {len(r['failed'])} inputs skipped -> {r['out']}")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "-o", "--out", help="Folder to write videos/, labels.csv, landmarks/, synth.json."),
+    n: int = typer.Option(12, "--n", help="Number of sequences."),
+    seconds: float = typer.Option(8.0, help="Length of each sequence."),
+    fps: float = typer.Option(25.0),
+    faces: Optional[List[Path]] = typer.Option(None, "--faces", help="Identity photos, image folders or videos "
+                                               "(default: pseudo-identities of scikit-image's astronaut photo)."),
+    identities: int = typer.Option(6, help="Pseudo-identities to make when no --faces are given."),
+    size: int = typer.Option(256, help="Frame side in pixels."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Make face videos with exact per-frame AU intensities, valence/arousal and landmarks."""
+    from .stages import synth as stage
+    stage.run(stage.SynthConfig(out=str(out), n=n, seconds=seconds, fps=fps,
+                                faces=[str(p) for p in faces or []], identities=identities, size=size, seed=seed))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("drkit-demo"), "-o", "--out", help="Folder for everything the demo makes."),
+    quick: bool = typer.Option(False, help="Smaller data and shorter training (under 2 minutes)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Run the whole pipeline on synthetic faces: synth, preprocess, train-dr (T=3, 5), rank-eval,
+    gen-dr (MDR), train-task (SI vs MDR), predict; prints each command and a summary."""
+    from rich.table import Table
+    from .stages import demo as stage
+    s = stage.run(stage.DemoConfig(out=str(out), quick=quick, seed=seed))
+    t = Table(title=f"drkit demo ({s['seconds']:.0f} s) -> {out}")
+    t.add_column("what")
+    t.add_column("result", justify="right")
+    for k, v in s["rank_accuracy"].items():
+        t.add_row(f"rank accuracy {k}, held-out person: DR / identity", f"{v['dr']:.1f}% / {v['identity']:.1f}%")
+    t.add_row("AU intensity ICC(3,1), held-out person: SI / MDR", f"{s['au_icc']['si']:.3f} / {s['au_icc']['mdr']:.3f}")
+    t.add_row("AU intensity MSE: SI / MDR", f"{s['au_mse']['si']:.3f} / {s['au_mse']['mdr']:.3f}")
+    p = s["predict"]
+    t.add_row("predict on a held-out still: AU12 predicted / true", f"{float(p['AU12'][0] or 'nan'):.2f} / {float(p['AU12'][1]):.2f}")
+    for k, v in s["files"].items():
+        t.add_row(k, v)
+    from rich.console import Console
+    Console().print(t)
 
 
 def main() -> None:

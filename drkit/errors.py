@@ -12,6 +12,3 @@ class NothingProcessed(DrkitError):
 
     exit_code = 3
 
-
-class NotImplementedYet(DrkitError):
-    exit_code = 2

@@ -39,6 +39,21 @@ def _images_in(d: Path) -> list[Path]:
                   key=_natural_key)
 
 
+def frame_numbers(files: list[Path]) -> list[int]:
+    """Frame numbers of an image sequence: the last integer in each file name when every name has
+    one and they strictly increase (``0639.jpg``, ``frame_0640.png``: gaps are frames that are
+    missing), else the position in natural order."""
+    nums = []
+    for f in files:
+        m = re.findall(r"\d+", f.stem)
+        if not m:
+            return list(range(len(files)))
+        nums.append(int(m[-1]))
+    if any(b <= a for a, b in zip(nums, nums[1:])):
+        return list(range(len(files)))
+    return nums
+
+
 def discover(inputs: list[str | Path]) -> list[Source]:
     """Expand inputs into sources, sorted by id.
 
@@ -120,7 +135,7 @@ class FrameReader:
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         if self.src.kind == "images":
-            for i, f in enumerate(self.files):
+            for i, f in zip(frame_numbers(self.files), self.files):
                 img = cv2.imread(str(f))
                 if img is None:
                     continue  # unreadable image: treated like a frame without a face

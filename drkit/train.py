@@ -257,5 +257,5 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, meta: dict[str, Any],
             last_save = time.perf_counter()
             log.info("epoch {epoch}: ".format(**rec) + ", ".join(
                 f"{k} {v:.4g}" for k, v in rec.items()
-                if isinstance(v, float) and k not in ("seconds",)))
+                if isinstance(v, float) and k != "seconds" and "/" not in k))   # no per-target detail
     return st

@@ -93,7 +93,7 @@ def process_video(src: Source, cfg: PreprocessConfig,
     rows: dict[str, list] = {k: [] for k in writer.specs}
     try:
         for i, frame in reader:
-            n_read = i + 1
+            n_read += 1
             res = tracker(frame)
             if res is not None:
                 crop, lm_c, M = crop_face(frame, res.landmarks, cfg.size, cfg.align)
