@@ -21,21 +21,24 @@ def rank_accuracy(delta) -> float:
     return float((delta > 0).mean()) if delta.size else float("nan")
 
 
+def icc31_ratings(Y) -> float:
+    """ICC(3,1) of an (n targets x k raters) matrix: (BMS - EMS) / (BMS + (k-1) EMS), with BMS
+    the between-targets mean square and EMS the residual mean square of the two-way ANOVA."""
+    Y = np.asarray(Y, np.float64)
+    n, k = Y.shape
+    gm = Y.mean()
+    ss_rows = k * ((Y.mean(1) - gm) ** 2).sum()
+    ss_cols = n * ((Y.mean(0) - gm) ** 2).sum()
+    ss_err = ((Y - gm) ** 2).sum() - ss_rows - ss_cols
+    bms, ems = ss_rows / (n - 1), ss_err / ((n - 1) * (k - 1))
+    den = bms + (k - 1) * ems
+    return float((bms - ems) / den) if den > 0 else float("nan")
+
+
 def icc31(pred, true) -> np.ndarray:
-    """ICC(3,1) per column: (BMS - EMS) / (BMS + (k-1) EMS) with k = 2 raters."""
+    """ICC(3,1) per column, the prediction and the label being the k = 2 raters."""
     p, t = _cols(pred), _cols(true)
-    out = []
-    for j in range(p.shape[1]):
-        Y = np.stack([p[:, j], t[:, j]], 1)           # n targets x k=2 raters
-        n, k = Y.shape
-        gm = Y.mean()
-        ss_rows = k * ((Y.mean(1) - gm) ** 2).sum()
-        ss_cols = n * ((Y.mean(0) - gm) ** 2).sum()
-        ss_err = ((Y - gm) ** 2).sum() - ss_rows - ss_cols
-        bms, ems = ss_rows / (n - 1), ss_err / ((n - 1) * (k - 1))
-        den = bms + (k - 1) * ems
-        out.append((bms - ems) / den if den > 0 else np.nan)
-    return np.array(out)
+    return np.array([icc31_ratings(np.stack([p[:, j], t[:, j]], 1)) for j in range(p.shape[1])])
 
 
 def pcc(pred, true) -> np.ndarray:

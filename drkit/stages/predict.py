@@ -114,7 +114,7 @@ def run(cfg: PredictConfig) -> dict:
         w = csv.writer(f)
         w.writerow(["input", "frame", "face_found", *pred.targets])
         task = prog.add_task("inputs", total=len(items))
-        pending: list[tuple[str, int, np.ndarray | None]] = []
+        pending: list[tuple[str, int | None, np.ndarray | None]] = []   # frame None: a still image
 
         def flush() -> None:
             nonlocal n_rows, n_faces
@@ -123,11 +123,11 @@ def run(cfg: PredictConfig) -> dict:
             k = 0
             for name, fr, crop in pending:
                 if crop is None:
-                    w.writerow([name, fr, 0, *[""] * len(pred.targets)])
+                    w.writerow([name, fr or 0, 0, *[""] * len(pred.targets)])
                 else:
-                    w.writerow([name, fr, 1, *(f"{v:.4f}" for v in ys[k])])
+                    w.writerow([name, fr or 0, 1, *(f"{v:.4f}" for v in ys[k])])
                     if save:
-                        stem = Path(name).stem + (f"_{fr:06d}" if fr >= 0 else "")
+                        stem = Path(name).stem + (f"_{fr:06d}" if fr is not None else "")
                         cv2.imwrite(str(save / f"{stem}.png"), dr_picture(crop, ms[k], pred.config["image"]))
                     k += 1
                     n_faces += 1
@@ -142,7 +142,7 @@ def run(cfg: PredictConfig) -> dict:
                         raise DrkitError("unreadable image")
                     res = FaceTracker(backend, naive=True)(img)
                     crop = crop_face(img, res.landmarks, size, align)[0] if res else None
-                    pending.append((str(path), 0, crop))
+                    pending.append((str(path), None, crop))
                 else:
                     tracker = FaceTracker(backend, redetect_every=pp.get("redetect_every", 30))
                     for i, frame in FrameReader(Source(path.name, path, "video")):

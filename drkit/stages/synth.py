@@ -8,7 +8,8 @@ Each sequence takes an identity photo, finds its 68 landmarks, and animates it:
 - each AU moves a set of landmarks by a fixed displacement per intensity unit, in units of the
   inter-ocular distance (``AU_MOVES``); displacements add up;
 - the image follows the landmarks by a piecewise-affine warp on a Delaunay triangulation of the
-  landmarks plus fixed points around the face and on the border; the opened mouth is shaded;
+  landmarks plus fixed points around the face and on the border; the opened mouth is shaded
+  and raised cheeks (AU06) are lit up to +20 grey levels;
 - blinks, slow head motion (rotation, translation, scale), lighting drift and sensor noise.
 
 Valence and arousal are documented functions of the AU state (``affect``) plus noise, in [-1, 1].
@@ -45,15 +46,15 @@ AU_MOVES = {
     "AU01": [((20, 21, 22, 23), 0.0, -0.10), ((19, 24), 0.0, -0.07)],
     "AU02": [((17, 18, 25, 26), 0.0, -0.10), ((19, 24), 0.0, -0.05)],
     "AU04": [((17, 18, 19, 24, 25, 26), 0.0, 0.06), ((20, 21, 22, 23), -0.05, 0.07)],
-    "AU06": [((40, 41, 46, 47), 0.0, -0.04), ((36, 45), 0.0, -0.02), ((1, 2, 14, 15), 0.0, -0.04),
-             ((48, 54), 0.01, -0.02)],
+    "AU06": [((40, 41, 46, 47), 0.0, -0.07), ((36, 45), 0.0, -0.035), ((1, 2, 14, 15), 0.0, -0.07),
+             ((3, 13), 0.0, -0.04), ((31, 35), 0.01, -0.02), ((48, 54), 0.01, -0.02)],
     "AU10": [((50, 51, 52, 61, 62, 63), 0.0, -0.09), ((49, 53), 0.0, -0.05), ((31, 35), 0.01, -0.03),
              ((32, 33, 34), 0.0, -0.02)],
     "AU12": [((48, 54, 60, 64), 0.11, -0.09), ((49, 53, 59, 55), 0.05, -0.05), ((61, 63, 65, 67), 0.03, -0.03)],
     "AU14": [((48, 54, 60, 64), 0.07, 0.01), ((49, 53, 55, 59), 0.03, 0.0), ((50, 51, 52), 0.0, 0.015),
              ((56, 57, 58), 0.0, -0.015)],
-    "AU17": [((56, 57, 58, 65, 66, 67), 0.0, -0.07), ((7, 8, 9), 0.0, -0.06), ((6, 10), 0.0, -0.03),
-             ((55, 59), 0.0, -0.03)],
+    "AU17": [((56, 57, 58, 65, 66, 67), 0.0, -0.10), ((7, 8, 9), 0.0, -0.09), ((6, 10), 0.0, -0.05),
+             ((55, 59), 0.0, -0.06), ((48, 54), 0.0, 0.02)],
     "AU25": [((65, 66, 67), 0.0, 0.06), ((61, 62, 63), 0.0, -0.01), ((56, 57, 58), 0.0, 0.035)],
     "AU26": [((6, 7, 8, 9, 10), 0.0, 0.12), ((5, 11), 0.0, 0.07), ((4, 12), 0.0, 0.03),
              ((55, 56, 57, 58, 59), 0.0, 0.14), ((65, 66, 67), 0.0, 0.15)],
@@ -286,6 +287,14 @@ def render_sequence(ident: Identity, n: int, fps: float, rng: np.random.Generato
             mask = cv2.GaussianBlur(mask, (5, 5), 0)[..., None] / 255.0
             alpha = min(0.85, open_ / 8)
             img = (img * (1 - alpha * mask) + np.array([25, 20, 35]) * alpha * mask).astype(np.uint8)
+        if au["AU06"][i] > 0:                        # raised cheeks catch more light
+            cheeks = np.zeros((size, size), np.float32)
+            iod = np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0))
+            for e, j in ((slice(36, 42), 2), (slice(42, 48), 14)):
+                c = (lm[e].mean(0) * 0.45 + lm[j] * 0.3 + lm[33] * 0.25)
+                cv2.ellipse(cheeks, (int(c[0]), int(c[1])), (int(0.28 * iod), int(0.18 * iod)), 0, 0, 360, 1.0, -1)
+            cheeks = cv2.GaussianBlur(cheeks, (0, 0), 0.12 * iod)[..., None]
+            img = np.clip(img + cheeks * 4.0 * au["AU06"][i], 0, 255).astype(np.uint8)
         M = cv2.getRotationMatrix2D((size / 2, size / 2), rot[i], sc[i])
         M[:, 2] += [tx[i], ty[i]]
         img = cv2.warpAffine(img, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)

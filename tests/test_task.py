@@ -1,0 +1,210 @@
+"""From DRs to answers: metrics, labels, gen-dr, train-task, predict."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_face_store, moving_blob_frames
+from drkit import metrics
+from drkit.errors import DrkitError
+from drkit.labels import read_avec2012, read_fera2015, read_labels, write_labels
+from drkit.stages import gen_dr, predict, train_dr, train_task
+from drkit.store import open_store
+from drkit.train import load_checkpoint, model_from_checkpoint
+
+
+# ------------------------------------------------------------------ metrics by hand
+
+def test_icc31_matches_shrout_fleiss_table():
+    """Shrout & Fleiss (1979) Table 2: 6 targets rated by 4 judges; ICC(3,1) = 0.71."""
+    Y = [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]]
+    assert metrics.icc31_ratings(Y) == pytest.approx(0.715, abs=0.005)
+
+
+def test_icc31_two_raters_by_hand():
+    p, t = np.array([1.0, 2, 3, 4]), np.array([2.0, 2, 4, 5])
+    # rows means 1.5 2 3.5 4.5, grand mean 2.875; BMS = 2*sum((m-gm)^2)/3, EMS by hand:
+    m = np.array([1.5, 2, 3.5, 4.5])
+    bms = 2 * ((m - 2.875) ** 2).sum() / 3
+    ss_cols = 4 * ((2.5 - 2.875) ** 2 + (3.25 - 2.875) ** 2)
+    ss_tot = ((np.r_[p, t] - 2.875) ** 2).sum()
+    ems = (ss_tot - 3 * bms - ss_cols) / 3
+    assert metrics.icc31(p, t)[0] == pytest.approx((bms - ems) / (bms + ems))
+    assert metrics.icc31(t, t)[0] == pytest.approx(1.0)
+    assert metrics.icc31(t + 3, t)[0] == pytest.approx(1.0)   # consistency: offsets are free
+
+
+def test_pcc_ccc_mse_mae_by_hand():
+    p, t = np.array([1.0, 2, 3]), np.array([1.0, 2, 4])
+    assert metrics.pcc(p, t)[0] == pytest.approx(3 / np.sqrt(2 * 42 / 9))
+    assert metrics.ccc(p, t)[0] == pytest.approx(18 / 21)
+    assert metrics.mse(p, t)[0] == pytest.approx(1 / 3)
+    assert metrics.mae(p, t)[0] == pytest.approx(1 / 3)
+    two = metrics.pcc(np.c_[p, p], np.c_[t, -t])
+    assert two[0] == pytest.approx(-two[1])
+
+
+# ------------------------------------------------------------------ labels
+
+def test_label_csv_missing_values(tmp_path):
+    f = tmp_path / "l.csv"
+    f.write_text("video,frame,person,AU06,AU12\nv1,0,p1,1,9\nv1,1,p1,,2\nv1,2,p1,NaN,3\nv2,5,p2,4,0\n")
+    L = read_labels(f, missing=(9,))
+    assert L.targets == ["AU06", "AU12"] and L.person == {"v1": "p1", "v2": "p2"}
+    y = L.lookup("v1", np.array([0, 1, 2, 7]))
+    assert np.isnan(y[0, 1]) and y[0, 0] == 1 and np.isnan(y[1, 0]) and y[2, 1] == 3
+    assert np.isnan(y[3]).all()
+    assert read_labels(f, targets=["AU12"]).targets == ["AU12"]
+    with pytest.raises(DrkitError, match="no column AU99"):
+        read_labels(f, targets=["AU99"])
+    (tmp_path / "bad.csv").write_text("clip,frame,AU06\n")
+    with pytest.raises(DrkitError, match="video,frame"):
+        read_labels(tmp_path / "bad.csv")
+
+
+def test_fera2015_and_avec2012_readers(tmp_path):
+    for au, vals in (("AU06", "1,0\n2,3\n3,9\n"), ("AU12", "1,2\n2,2\n3,4\n")):
+        (tmp_path / "fera" / au).mkdir(parents=True)
+        (tmp_path / "fera" / au / f"F001_T1_{au}.csv").write_text(vals)
+    rows = read_fera2015(tmp_path / "fera")
+    assert [(r["video"], r["frame"], r["person"]) for r in rows] == [("F001__T1", i, "F001") for i in (1, 2, 3)]
+    assert rows[2]["AU06"] is None and rows[2]["AU12"] == 4
+    out = tmp_path / "fera.csv"
+    write_labels(out, rows, ["AU06", "AU12"])
+    L = read_labels(out)
+    assert np.isnan(L.lookup("F001__T1", np.array([3]))[0, 0])
+    d = tmp_path / "avec" / "s01"
+    d.mkdir(parents=True)
+    (d / "s01_arousal.csv").write_text("frame,value\n0,0.1\n1,0.2\n")
+    (d / "s01_valence.csv").write_text("-0.5\n-0.4\n")
+    rows = read_avec2012(tmp_path / "avec")
+    assert rows[1] == {"video": "s01", "frame": 1, "person": "s01", "arousal": 0.2, "valence": -0.4}
+
+
+# ------------------------------------------------------------------ gen-dr, train-task, predict
+
+def _labelled_blobs(tmp_path, people=8, n=48):
+    """Each 'person' is one video of a drifting blob; the targets are known functions of the
+    image, both unchanged by a mirror image (train-task flips at random): t1 = distance of the
+    blob from the vertical midline (0-5), t2 = 5 - blob row (0-5)."""
+    videos, rows = {}, []
+    yy, xx = np.mgrid[:32, :32]
+    for p in range(people):
+        rng = np.random.default_rng(p)
+        pos = rng.uniform(6, 26, 2) + np.cumsum(rng.normal(0, 0.8, (n, 2)), 0)
+        pos = np.clip(pos, 4, 28)
+        bg = rng.uniform(0.1, 0.4, 3)
+        fr = np.stack([np.clip(bg + 0.6 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8)[..., None]
+                               + rng.normal(0, 0.03, (32, 32, 3)), 0, 1) for x, y in pos])
+        videos[f"p{p}.avi"] = (255 * fr).astype(np.uint8)
+        for i, (x, y) in enumerate(pos):
+            rows.append({"video": f"p{p}.avi", "frame": i, "person": f"person{p}",
+                         "t1": round(5 * abs(x - 15.5) / 12, 3), "t2": round(5 - 5 * (y - 4) / 24, 3)})
+    store = make_face_store(tmp_path / "faces.zarr", videos)
+    write_labels(tmp_path / "labels.csv", rows, ["t1", "t2"])
+    return store, tmp_path / "labels.csv"
+
+
+@pytest.fixture(scope="module")
+def task_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("task")
+    store, labels = _labelled_blobs(d)
+    drs = []
+    for T in (1, 2):
+        out = d / f"dr{T}"
+        train_dr.run(train_dr.TrainDRConfig(stores=[str(store)], out=str(out), T=T, stride=1, size=32,
+                                            base=4, depth=2, epochs=1))
+        drs.append(out)
+    mdr = d / "mdr.zarr"
+    gen_dr.run(gen_dr.GenDRConfig(store=str(store), out=str(mdr), dr=[str(p) for p in drs]))
+    return {"dir": d, "faces": store, "labels": labels, "drs": drs, "mdr": mdr}
+
+
+def test_gen_dr_stacks_image_and_drs(task_data, tmp_path):
+    st = open_store(task_data["mdr"], "dr")
+    faces = open_store(task_data["faces"], "faces")
+    assert st.videos == faces.videos
+    assert len(st.params["channels"]) == 9 and st.params["channels"][:3] == ["image_r", "image_g", "image_b"]
+    assert [c["T"] for c in st.params["checkpoints"]] == [1, 2]
+    g, f = st.video("p3.avi"), faces.video("p3.avi")
+    assert g["mdr"].shape == (48, 9, 32, 32) and g["mdr"].dtype == np.float16
+    np.testing.assert_array_equal(g["frame_index"][:], f["frame_index"][:])
+    x = torch.from_numpy(f["frames"][:4]).permute(0, 3, 1, 2).float() / 255
+    np.testing.assert_allclose(g["mdr"][:4, :3], x.numpy(), atol=1e-3)
+    with torch.no_grad():
+        d2 = model_from_checkpoint(load_checkpoint(task_data["drs"][1]))(x).numpy()
+    np.testing.assert_allclose(g["mdr"][:4, 6:9], d2, atol=2e-2, rtol=1e-2)
+    # 6 channels (AU setting), DR only (SDR); reruns skip finished videos
+    six = tmp_path / "six.zarr"
+    r = gen_dr.run(gen_dr.GenDRConfig(store=str(task_data["faces"]), out=str(six), dr=[str(task_data["drs"][1])]))
+    assert r["videos"] == 8 and len(open_store(six).params["channels"]) == 6
+    assert gen_dr.run(gen_dr.GenDRConfig(store=str(task_data["faces"]), out=str(six),
+                                         dr=[str(task_data["drs"][1])]))["videos"] == 0
+    with pytest.raises(DrkitError, match="created with channels"):
+        gen_dr.run(gen_dr.GenDRConfig(store=str(task_data["faces"]), out=str(six), dr=[str(task_data["drs"][0])]))
+    sdr = gen_dr.run(gen_dr.GenDRConfig(store=str(task_data["faces"]), out=str(tmp_path / "sdr.zarr"),
+                                        dr=[str(task_data["drs"][0])], no_image=True))
+    assert len(sdr["channels"]) == 3
+
+
+def test_train_task_learns_known_function_on_held_out_people(task_data):
+    out = task_data["dir"] / "si"
+    r = train_task.run(train_task.TrainTaskConfig(
+        input=[str(task_data["mdr"])], out=str(out), labels=str(task_data["labels"]), task="au",
+        input_kind="si", val_share=0.25, epochs=60, time_budget=40))
+    assert r["val"]["icc"] > 0.8, r["val"]
+    assert r["val"]["mse"] < 0.8
+    ev = train_task.run(train_task.TrainTaskConfig(input=[str(task_data["mdr"])], out=None,
+                                                   labels=str(task_data["labels"]), eval_only=str(out)))
+    assert ev["frames"] == 8 * 48 and {"icc/t1", "icc/t2", "mse", "mae"} <= set(ev)
+    ck = load_checkpoint(out / "best.pt", "task")
+    assert ck["config"]["targets"] == ["t1", "t2"] and len(ck["dr_nets"]) == 2
+
+
+@pytest.mark.parametrize("kind", ["sdr", "mdr"])
+def test_train_task_inputs_run(task_data, kind):
+    out = task_data["dir"] / kind
+    r = train_task.run(train_task.TrainTaskConfig(
+        input=[str(task_data["mdr"])], out=str(out), labels=str(task_data["labels"]), task="affect",
+        input_kind=kind, epochs=1, arch="small"))
+    assert {"pcc", "ccc", "mse"} <= set(r["val"])
+    ck = load_checkpoint(out / "best.pt", "task")
+    assert ck["model"]["kwargs"]["in_ch"] == {"sdr": 3, "mdr": 9}[kind]
+
+
+def test_vgg16_builds_for_mdr():
+    from drkit.nets import create_model
+    m = create_model("vgg16", in_ch=9, n_out=5, width=0.125)
+    assert m(torch.rand(2, 9, 64, 64)).shape == (2, 5)
+    assert sum(p.numel() for p in create_model("vgg16", in_ch=3, n_out=1).features.parameters()) == 14714688
+
+
+def test_predict_rows_for_faces_and_no_faces(task_data, tmp_path):
+    import skimage.data
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    blank = tmp_path / "blank.jpg"
+    cv2.imwrite(str(blank), np.full((120, 160, 3), 128, np.uint8))
+    (tmp_path / "notes.txt").write_text("x")
+    model = tmp_path / "model"
+    train_task.run(train_task.TrainTaskConfig(input=[str(task_data["mdr"])], out=str(model),
+                                              labels=str(task_data["labels"]), input_kind="mdr", epochs=1))
+    out = tmp_path / "pred.csv"
+    r = subprocess.run([sys.executable, "-m", "drkit.cli", "predict", str(model),
+                        str(face), str(blank), "-o", str(out), "--save-dr", str(tmp_path / "dr")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert list(rows[0]) == ["input", "frame", "face_found", "t1", "t2"]
+    by = {r["input"]: r for r in rows}
+    assert by[str(face)]["face_found"] == "1" and float(by[str(face)]["t1"]) == float(by[str(face)]["t1"])
+    assert by[str(blank)]["face_found"] == "0" and by[str(blank)]["t1"] == ""
+    pic = cv2.imread(str(tmp_path / "dr" / "face.png"))
+    assert pic.shape[1] == 3 * pic.shape[0]      # crop + two DRs side by side
