@@ -126,6 +126,18 @@ def _ints(text: str | None, name: str) -> list[int] | None:
         raise typer.BadParameter(f"{name}: expected integers separated by commas, e.g. 3,5,7,9")
 
 
+def _names(text: str | None) -> list[str] | None:
+    """'a,b,c' or '@file' with one name per line."""
+    if not text:
+        return None
+    if text.startswith("@"):
+        p = Path(text[1:])
+        if not p.is_file():
+            raise DrkitError(f"{p}: no such file (for {text})")
+        return [x.strip() for x in p.read_text().splitlines() if x.strip()]
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 @app.command("train-dr")
 def train_dr(
     stores: List[Path] = typer.Argument(..., help="Face stores to train on."),
@@ -240,6 +252,9 @@ def train_task(
     missing: Optional[str] = typer.Option(None, help="Comma list of sentinel values meaning 'no label', e.g. 9."),
     val: Optional[List[Path]] = typer.Option(None, help="Validation DR store(s); default: hold out people."),
     val_share: float = typer.Option(0.2, help="Share of people held out when no --val is given."),
+    train_people: Optional[str] = typer.Option(None, help="Train only on these people: a,b,c or @file (one per line)."),
+    val_people: Optional[str] = typer.Option(None, help="Validate on exactly these people (a,b,c or @file); "
+                                            "with --eval-only, score only them."),
     epochs: int = typer.Option(20),
     time_budget: Optional[float] = typer.Option(None, help="Stop after this many seconds of training."),
     batch_size: int = typer.Option(32),
@@ -257,7 +272,8 @@ def train_task(
         input=[str(p) for p in inputs], out=str(out) if out else None, labels=str(labels), task=task,
         input_kind=input_kind, arch=arch, targets=targets.split(",") if targets else None,
         missing=[float(v) for v in missing.split(",")] if missing else [],
-        val=[str(p) for p in val] if val else None, val_share=val_share, epochs=epochs,
+        val=[str(p) for p in val] if val else None, val_share=val_share,
+        train_people=_names(train_people), val_people=_names(val_people), epochs=epochs,
         time_budget=time_budget, batch_size=batch_size, lr=lr, init=str(init) if init else None,
         seed=seed, device=device, resume=resume, overwrite=overwrite,
         eval_only=str(eval_only) if eval_only else None)

@@ -149,13 +149,14 @@ def read_fera2015(root: str | Path) -> list[dict]:
     return [table[k] for k in sorted(table)]
 
 
-def read_avec2012(root: str | Path) -> list[dict]:
+def read_avec2012(root: str | Path, video_suffix: str = "") -> list[dict]:
     """AVEC 2012 (SEMAINE) continuous valence/arousal labels. Expected layout:
 
         ROOT/<video>/<video>_arousal.csv   ROOT/<video>/<video>_valence.csv
 
     one value per video frame per line (a leading ``time`` or ``frame`` column is allowed; a
-    header line is skipped), values in [-1, 1]. Video ids are the folder names; persons are read
+    header line is skipped), values in [-1, 1]. Video ids are the folder names plus
+    ``video_suffix`` (e.g. ``.avi``, to match the store ids of the video files); persons are read
     from ``ROOT/persons.csv`` (``video,person``) when present, else the video id."""
     root = Path(root)
     persons = {}
@@ -179,7 +180,7 @@ def read_avec2012(root: str | Path) -> list[dict]:
                 if not vals:
                     continue
                 fr, v = (int(vals[0]), vals[-1]) if len(vals) >= 2 else (k, vals[0])
-                r = rows.setdefault((d.name, fr), {"video": d.name, "frame": fr,
+                r = rows.setdefault((d.name, fr), {"video": d.name + video_suffix, "frame": fr,
                                                    "person": persons.get(d.name, d.name)})
                 r[dim] = v
                 k += 1
@@ -193,11 +194,12 @@ def main() -> None:
     ap.add_argument("layout", choices=["fera2015", "avec2012"])
     ap.add_argument("root")
     ap.add_argument("-o", "--out", required=True)
+    ap.add_argument("--video-suffix", default="", help="avec2012: appended to folder names to make video ids")
     a = ap.parse_args()
     if a.layout == "fera2015":
         rows, targets = read_fera2015(a.root), list(FERA_AUS)
     else:
-        rows, targets = read_avec2012(a.root), ["valence", "arousal"]
+        rows, targets = read_avec2012(a.root, a.video_suffix), ["valence", "arousal"]
     write_labels(a.out, rows, targets)
     print(f"{a.out}: {len(rows)} frames of {len({r['video'] for r in rows})} videos, targets {', '.join(targets)}")
 

@@ -203,8 +203,8 @@ def test_store_validation_messages(tmp_path):
 def test_cli_basics(tmp_path, face_store):
     r = _cli("--version")
     assert r.returncode == 0 and r.stdout.startswith("drkit ")
-    r = _cli("predict", "m", "x", "-o", "y.csv")
-    assert r.returncode == 2 and "not implemented yet" in r.stderr
+    r = _cli("predict", tmp_path / "no_model", face_store, "-o", tmp_path / "y.csv")
+    assert r.returncode == 1 and "no checkpoint" in r.stderr and "Traceback" not in r.stderr
     r = _cli("preprocess", "x", "--no-such-flag")
     assert r.returncode == 2
     r = _cli("preprocess", tmp_path / "missing", "-o", tmp_path / "s.zarr")
@@ -216,7 +216,7 @@ def test_cli_basics(tmp_path, face_store):
     assert r.returncode == 0 and cv2.imread(str(png)).shape == (192, 192, 3)
     r = _cli("inspect", face_store, "--video", "c.mp4", "--frame", "11", "-o", png)
     assert r.returncode == 1 and "has no face" in r.stderr
-    for cmd in ("train-dr", "rank-eval", "gen-dr", "train-task", "predict"):
+    for cmd in ("train-dr", "rank-eval", "gen-dr", "train-task", "predict", "synth", "demo"):
         assert _cli(cmd, "--help").returncode == 0
 
 

@@ -45,6 +45,8 @@ class TrainTaskConfig:
     missing: list[float] = field(default_factory=list)   # sentinel values, e.g. [9]
     val: list[str] | None = None
     val_share: float = 0.2
+    train_people: list[str] | None = None   # use only these people for training
+    val_people: list[str] | None = None     # hold out exactly these (with --eval-only: score only these)
     epochs: int = 20
     time_budget: float | None = None
     batch_size: int = 32
@@ -180,7 +182,7 @@ def evaluate(cfg: TrainTaskConfig) -> dict[str, float]:
             raise DrkitError(f"{st.path}: channels {st.params['channels']} differ from the model's "
                              f"{c['store_channels']}; run gen-dr with the same checkpoints")
     labels = read_labels(cfg.labels, c["targets"], tuple(cfg.missing or c["missing"]))
-    s = labelled_frames(stores, labels)
+    s = labelled_frames(stores, labels, set(cfg.val_people) if cfg.val_people else None)
     b = Batcher(s, c["channels"], np.array(c["norm_mean"]), np.array(c["norm_std"]))
     pred = predict_samples(model, b, pick_device(cfg.device))
     return {"frames": len(s), **score(c["task"], c["targets"], pred, s.y)}
@@ -207,7 +209,13 @@ def run(cfg: TrainTaskConfig) -> dict:
         if shared:
             log.warn(f"validation shares people with training: {sorted(shared)[:3]}")
     else:
-        tr_p, va_p = _person_split(labels, stores, cfg.val_share, cfg.seed)
+        if cfg.val_people:
+            va_p = set(cfg.val_people)
+            tr_p = {labels.person.get(v, v) for st in stores for v in st.videos if v in labels.frames} - va_p
+        else:
+            tr_p, va_p = _person_split(labels, stores, cfg.val_share, cfg.seed)
+        if cfg.train_people:
+            tr_p &= set(cfg.train_people)
         train_s, val_s = labelled_frames(stores, labels, tr_p), labelled_frames(stores, labels, va_p)
         log.info(f"person split: {len(tr_p)} people train, {len(va_p)} validation ({', '.join(sorted(va_p)[:5])}"
                  + (" ..." if len(va_p) > 5 else "") + ")")
