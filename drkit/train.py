@@ -247,7 +247,7 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, meta: dict[str, Any],
                 st["batch"] = 0
             if st["epoch"] >= cfg.epochs:
                 st["finished"] = True
-            if value is not None and (st["best"] is None or better(value, st["best"])):
+            if value is not None and value == value and (st["best"] is None or better(value, st["best"])):
                 st["best"], st["best_epoch"] = value, rec["epoch"]
                 save_atomic(ckpt(False), out / "best.pt")
             rec["best"] = st["best"]
@@ -258,4 +258,6 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, meta: dict[str, Any],
             log.info("epoch {epoch}: ".format(**rec) + ", ".join(
                 f"{k} {v:.4g}" for k, v in rec.items()
                 if isinstance(v, float) and k != "seconds" and "/" not in k))   # no per-target detail
+    if not (out / "best.pt").exists():   # the monitored metric was never defined (e.g. constant labels)
+        save_atomic(ckpt(False), out / "best.pt")
     return st

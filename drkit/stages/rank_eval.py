@@ -237,6 +237,7 @@ def plot_grid(records: list[dict], path: str) -> None:
             if rs:
                 ax.plot([r["T"] for r in rs], [100 * r["accuracy"] for r in rs], styles.get(m, "-"),
                         color=col, marker="o", label=f"{m} S={S}")
+    ax.set_xticks(sorted({r["T"] for r in records}))
     ax.set_xlabel("T (window = 2T+1 frames)")
     ax.set_ylabel("ranking accuracy (%)")
     ax.grid(alpha=0.3)
