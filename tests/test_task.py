@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_face_store, moving_blob_frames
+from conftest import make_face_store
 from drkit import metrics
 from drkit.errors import DrkitError
 from drkit.labels import read_avec2012, read_fera2015, read_labels, write_labels
-from drkit.stages import gen_dr, predict, train_dr, train_task
+from drkit.stages import gen_dr, train_dr, train_task
 from drkit.store import open_store
 from drkit.train import load_checkpoint, model_from_checkpoint
 
