@@ -205,7 +205,7 @@ def rank_eval(
     header, rows = stage.table_rows(recs)
     t = Table(title="ranking accuracy (%) on same-side pairs")
     for h in header:
-        t.add_column(h, justify="left" if h == "method" else "right")
+        t.add_column(h, justify="right")
     for r in rows:
         t.add_row(*r)
     from rich.console import Console

@@ -206,19 +206,19 @@ def run(cfg: RankEvalConfig) -> list[dict]:
 
 
 def table_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (method x (T, stride)) of accuracies in %, plus dr - identity."""
+    """Header and rows: one row per (T, stride), accuracy in % per method, then dr - identity
+    (a tall table stays readable for the whole grid of Fig. 4 on an 80-column terminal)."""
     cols = sorted({(r["T"], r["stride"]) for r in records})
     methods = list(dict.fromkeys(r["method"] for r in records))
-    acc = {(r["method"], r["T"], r["stride"]): r for r in records}
-    header = ["method"] + [f"T{T} S{S}" for T, S in cols]
+    acc = {(r["method"], r["T"], r["stride"]): r["accuracy"] for r in records}
+    diff = "dr" in methods and "identity" in methods
+    header = ["T", "S", *methods] + (["dr - identity"] if diff else [])
     rows = []
-    for m in methods:
-        rows.append([m] + [f"{100 * acc[(m, *c)]['accuracy']:.1f}" if (m, *c) in acc else "-"
-                           for c in cols])
-    if "dr" in methods and "identity" in methods:
-        rows.append(["dr - identity"] + [
-            f"{100 * (acc[('dr', *c)]['accuracy'] - acc[('identity', *c)]['accuracy']):+.1f}"
-            for c in cols])
+    for c in cols:
+        row = [str(c[0]), str(c[1])] + [f"{100 * acc[(m, *c)]:.1f}" if (m, *c) in acc else "-" for m in methods]
+        if diff:
+            row.append(f"{100 * (acc[('dr', *c)] - acc[('identity', *c)]):+.1f}")
+        rows.append(row)
     return header, rows
 
 
