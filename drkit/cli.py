@@ -193,7 +193,7 @@ def rank_eval(
 ) -> None:
     """Ranking accuracy of a DR checkpoint and baselines over (T, stride) windows (paper Sec. 4.3).
 
-    Prints a table (methods x (T, stride), accuracy in %, and dr - identity), per-side and
+    Prints a table (one row per (T, stride): accuracy in % per method, and dr - identity), per-side and
     per-video detail with -v; --json and --plot write them to files."""
     from rich.table import Table
     from .stages import rank_eval as stage
