@@ -248,8 +248,9 @@ class VideoWriter:
             f.result()
         self._pending.clear()
 
-    def commit(self, attrs: dict[str, Any], summary: dict[str, Any]) -> None:
-        """Flush, mark complete, move into place, then list it in the root attributes."""
+    def commit(self, attrs: dict[str, Any]) -> None:
+        """Flush, mark complete, move into place, then list it in the root attributes.
+        ``attrs`` should hold ``source``, ``fps`` and ``n_source_frames`` (the root listing)."""
         self._flush(whole_chunks_only=False)
         self._wait()
         self._io.shutdown()
@@ -259,16 +260,26 @@ class VideoWriter:
         if final.exists():  # an explicit redo (--overwrite) of a complete video
             shutil.rmtree(final)
         os.replace(self.tmp, final)
-
-        def add(a: dict) -> None:
-            a.setdefault("videos", {})[self.vid] = {**summary, "n_frames": self.n}
-            a.setdefault("failed", {}).pop(summary.get("source", ""), None)
-        update_root(self.store_path, add)
+        list_video(self.store_path, self.vid)
         remove_partials(self.store_path, self.vid)
 
     def abort(self) -> None:
         self._io.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+LISTED = ("source", "fps", "n_source_frames", "n_frames")
+
+
+def list_video(store_path: str | os.PathLike, vid: str) -> None:
+    """Add a complete video to the root ``videos`` listing, from its own attributes (also used
+    to repair a store whose run was killed between the rename and the listing)."""
+    a = dict(zarr.open_group(Path(store_path) / vid, mode="r").attrs)
+
+    def add(root: dict) -> None:
+        root.setdefault("videos", {})[vid] = {k: a.get(k) for k in LISTED}
+        root.setdefault("failed", {}).pop(a.get("source") or "", None)
+    update_root(store_path, add)
 
 
 def remove_partials(store_path: str | os.PathLike, vid: str) -> None:

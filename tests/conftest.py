@@ -106,6 +106,5 @@ def make_face_store(path: Path, videos: dict, fps: dict | None = None) -> Path:
         w.append(frames=frames, landmarks=np.zeros((n, 68, 2)), frame_index=idx,
                  confidence=np.ones(n), detected=np.ones(n, bool), transform=np.zeros((n, 2, 3)))
         f = (fps or {}).get(vid, 25.0)
-        w.commit({"fps": f, "n_source_frames": int(idx[-1]) + 1 if n else 0},
-                 {"source": vid, "fps": f, "n_source_frames": int(idx[-1]) + 1 if n else 0})
+        w.commit({"source": vid, "fps": f, "n_source_frames": int(idx[-1]) + 1 if n else 0})
     return path

@@ -65,10 +65,9 @@ def run(cfg: DemoConfig) -> dict:
     _cmd(["synth", "-o", out / "synth", "--n", n, "--seconds", secs, "--seed", cfg.seed])
     syn = synth.run(synth.SynthConfig(out=str(out / "synth"), n=n, seconds=secs, seed=cfg.seed,
                                       identities=3 if q else 4))
-    person = {}
     with open(syn["labels"]) as f:
-        for r in csv.DictReader(f):
-            person[r["video"]] = r["person"]
+        label_rows = list(csv.DictReader(f))
+    person = {r["video"]: r["person"] for r in label_rows}
     people = sorted(set(person.values()))
     test_people = {people[-1]}
     vids = {k: sorted(str(out / "synth" / "videos" / v) for v, p in person.items() if (p in test_people) == (k == "test"))
@@ -123,7 +122,7 @@ def run(cfg: DemoConfig) -> dict:
 
     # a held-out still frame: the apex of the strongest smile in a test video
     test_vid = Path(vids["test"][0])
-    rows = [r for r in csv.DictReader(open(syn["labels"])) if r["video"] == test_vid.name]
+    rows = [r for r in label_rows if r["video"] == test_vid.name]
     k = int(max(rows, key=lambda r: float(r["AU12"]))["frame"])
     cap = cv2.VideoCapture(str(test_vid))
     cap.set(cv2.CAP_PROP_POS_FRAMES, k)
@@ -133,7 +132,8 @@ def run(cfg: DemoConfig) -> dict:
     _cmd(["predict", task_runs["mdr"], still, "-o", out / "predict.csv", "--save-dr", out / "dr_pictures"])
     predict.run(predict.PredictConfig(model=str(task_runs["mdr"]), inputs=[str(still)],
                                       out=str(out / "predict.csv"), save_dr=str(out / "dr_pictures")))
-    pred = next(csv.DictReader(open(out / "predict.csv")))
+    with open(out / "predict.csv") as f:
+        pred = next(csv.DictReader(f))
     truth = next(r for r in rows if int(r["frame"]) == k)
     plot_curves({f"train-dr T={T}": dr_runs[T] for T in Ts} | {f"train-task {k2}": v for k2, v in task_runs.items()},
                 out / "training_curves.png")

@@ -116,11 +116,8 @@ def run(cfg: GenDRConfig) -> dict:
                     y = mdr(x).cpu().numpy().astype(np.float16)
                     w.append(mdr=y, frame_index=g["frame_index"][i:i + len(y)])
                     prog.advance(task, len(y))
-                info_v = src.video_info(vid)
                 w.commit({"drkit": {"kind": "dr-video", "schema_version": 1}, "fps": g.attrs["fps"],
-                          "source": g.attrs.get("source"), "n_source_frames": g.attrs.get("n_source_frames")},
-                         {"source": info_v.get("source"), "fps": info_v.get("fps"),
-                          "n_source_frames": info_v.get("n_source_frames")})
+                          "source": g.attrs.get("source"), "n_source_frames": g.attrs.get("n_source_frames")})
                 frames_done += n
             except BaseException:
                 w.abort()

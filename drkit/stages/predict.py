@@ -20,7 +20,7 @@ import torch
 from .. import log
 from ..errors import DrkitError, NothingProcessed
 from ..faces import FaceTracker, crop_face, make_backend
-from ..nets import create_model, pick_device
+from ..nets import pick_device
 from ..sources import IMAGE_EXT, VIDEO_EXT, FrameReader, Source
 from ..train import load_checkpoint, model_from_checkpoint
 from .gen_dr import MDR
@@ -43,11 +43,7 @@ class Predictor:
 
     def __init__(self, bundle: dict, device):
         c = bundle["config"]
-        nets = []
-        for d in bundle["dr_nets"]:
-            m = create_model(d["model"]["name"], **d["model"]["kwargs"])
-            m.load_state_dict(d["state_dict"])
-            nets.append(m.eval())
+        nets = [model_from_checkpoint(d) for d in bundle["dr_nets"]]   # each holds model + state_dict
         self.mdr = MDR(nets, [d["size"] for d in bundle["dr_nets"]], c["size"], c["image"]).to(device).eval()
         self.net = model_from_checkpoint(bundle).to(device)
         self.ch = c["channels"]

@@ -14,7 +14,6 @@ import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -23,7 +22,7 @@ from .. import log
 from ..errors import DrkitError, NothingProcessed
 from ..faces import FaceTracker, crop_face, make_backend
 from ..sources import FrameReader, Source, discover, select_shard
-from ..store import ArraySpec, VideoWriter, create_store, is_complete, now, update_root
+from ..store import ArraySpec, VideoWriter, create_store, is_complete, list_video, now, update_root
 
 
 @dataclass
@@ -125,9 +124,7 @@ def process_video(src: Source, cfg: PreprocessConfig,
                          "detections": n_det},
             "warnings": warnings,
         }
-        summary = {"source": str(src.path.resolve()), "fps": meta.fps,
-                   "n_source_frames": n_read}
-        writer.commit(attrs, summary)
+        writer.commit(attrs)
         return {"id": src.id, "frames": writer.n, "source_frames": n_read, "warnings": warnings}
     except BaseException:
         writer.abort()
@@ -162,7 +159,7 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
     for s in sources:
         if not cfg.overwrite and is_complete(store.path, s.id):
             if s.id not in listed:   # killed between the rename and the listing: list it now
-                _relist(store.path, s.id)
+                list_video(store.path, s.id)
             summary.skipped.append(s.id)
         else:
             todo.append(s)
@@ -229,15 +226,3 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
 
 def _worker(src: Source, cfg: PreprocessConfig, queue) -> dict:
     return _safe_process(src, cfg, lambda n: queue.put(n) if n else None)
-
-
-def _relist(store_path: Path, vid: str) -> None:
-    import zarr
-    a = dict(zarr.open_group(store_path / vid, mode="r").attrs)
-
-    def add(root: dict) -> None:
-        root.setdefault("videos", {})[vid] = {
-            "source": a.get("source"), "fps": a.get("fps"),
-            "n_source_frames": a.get("n_source_frames"), "n_frames": a.get("n_frames")}
-    update_root(store_path, add)
-

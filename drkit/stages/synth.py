@@ -205,13 +205,10 @@ def load_identities(faces: list[str], size: int, backend) -> list[Identity]:
         if img is None:
             log.warn(f"--faces: cannot read {f}")
             continue
-        dets = backend.detect(img)
-        if not dets:
+        try:
+            ids.append(identity_from_image(img, f.stem, size, backend))
+        except DrkitError:
             log.warn(f"--faces: no face found in {f}")
-            continue
-        det = max(dets, key=lambda d: d.area)
-        crop, lm = _frame_face(img, backend.landmarks(img, det.box), size)
-        ids.append(Identity(crop, lm, f.stem))
     return ids
 
 
@@ -331,7 +328,7 @@ def run(cfg: SynthConfig) -> dict:
     else:
         import skimage.data
         img = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
-        base = load_identities_from_array(img, "astronaut", cfg.size, backend)
+        base = identity_from_image(img, "astronaut", cfg.size, backend)
         ids = pseudo_identities(base, cfg.identities, rng)
     n_frames = int(round(cfg.seconds * cfg.fps))
     rows = []
@@ -363,7 +360,8 @@ def run(cfg: SynthConfig) -> dict:
     return {"out": str(out), "videos": cfg.n, "frames": cfg.n * n_frames, "labels": str(out / "labels.csv")}
 
 
-def load_identities_from_array(img: np.ndarray, name: str, size: int, backend) -> Identity:
+def identity_from_image(img: np.ndarray, name: str, size: int, backend) -> Identity:
+    """The largest face of a BGR image, framed and with its neutral landmarks."""
     dets = backend.detect(img)
     if not dets:
         raise DrkitError(f"no face found in the {name} image")

@@ -125,10 +125,12 @@ class Batcher:
 
 
 def channel_stats(s: Samples, channels: list[int], n: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    cache = FrameCache(s.stores, array="mdr", max_bytes=256 << 20)
+    """Per-channel mean and std over a random sample of ``n`` frames."""
     idx = np.random.default_rng(seed).choice(len(s), min(n, len(s)), replace=False)
-    x = np.stack([cache.get(s.videos[i], s.positions[i:i + 1])[0][channels] for i in np.sort(idx)]).astype(np.float64)
-    return x.mean((0, 2, 3)).astype(np.float32), (x.std((0, 2, 3)) + 1e-6).astype(np.float32)
+    raw = Batcher(s, channels, np.zeros(len(channels)), np.ones(len(channels)))
+    x = raw.get(np.sort(idx))[0].double()
+    return (x.mean((0, 2, 3)).numpy().astype(np.float32),
+            (x.std((0, 2, 3), unbiased=False) + 1e-6).numpy().astype(np.float32))
 
 
 def masked_mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -175,7 +177,8 @@ def evaluate(cfg: TrainTaskConfig) -> dict[str, float]:
     """--eval-only: score a trained model on the input stores."""
     ck = load_checkpoint(cfg.eval_only, "task")
     c = ck["config"]
-    model = model_from_checkpoint(ck).to(pick_device(cfg.device))
+    device = pick_device(cfg.device)
+    model = model_from_checkpoint(ck).to(device)
     stores = [open_store(p, "dr") for p in cfg.input]
     for st in stores:
         if st.params["channels"] != c["store_channels"]:
@@ -184,7 +187,7 @@ def evaluate(cfg: TrainTaskConfig) -> dict[str, float]:
     labels = read_labels(cfg.labels, c["targets"], tuple(cfg.missing or c["missing"]))
     s = labelled_frames(stores, labels, set(cfg.val_people) if cfg.val_people else None)
     b = Batcher(s, c["channels"], np.array(c["norm_mean"]), np.array(c["norm_std"]))
-    pred = predict_samples(model, b, pick_device(cfg.device))
+    pred = predict_samples(model, b, device)
     return {"frames": len(s), **score(c["task"], c["targets"], pred, s.y)}
 
 
@@ -278,8 +281,9 @@ def run(cfg: TrainTaskConfig) -> dict:
                       resume=cfg.resume, overwrite=cfg.overwrite)
     st = fit(model, loop, meta, batches, n_batches, step, validate, monitor=MONITOR[cfg.task], mode="max")
     best = load_checkpoint(Path(cfg.out) / "best.pt", "task")
-    m = model_from_checkpoint(best).to(pick_device(cfg.device))
-    final = score(cfg.task, labels.targets, predict_samples(m, vb, pick_device(cfg.device)), val_s.y)
+    device = pick_device(cfg.device)
+    final = score(cfg.task, labels.targets, predict_samples(model_from_checkpoint(best).to(device), vb, device),
+                  val_s.y)
     (Path(cfg.out) / "val_metrics.json").write_text(json.dumps(final, indent=1))
     return {**st, "val": final}
 
