@@ -12,3 +12,10 @@ class NothingProcessed(DrkitError):
 
     exit_code = 3
 
+
+
+class UsageError(DrkitError):
+    """A bad option value (a choice that does not exist, an impossible number): exit code 2,
+    like the command-line parser's own usage errors."""
+
+    exit_code = 2

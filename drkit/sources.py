@@ -10,7 +10,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from .errors import DrkitError
+from .errors import DrkitError, UsageError
 from .store import video_id_from_path
 
 try:  # decoder warnings on damaged files would drown the progress display
@@ -94,7 +94,7 @@ def select_shard(sources: list[Source], shard: str | None) -> list[Source]:
         return sources
     m = re.fullmatch(r"(\d+)/(\d+)", shard)
     if not m or not 0 <= int(m[1]) < int(m[2]):
-        raise DrkitError(f"--shard {shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+        raise UsageError(f"--shard {shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
     i, n = int(m[1]), int(m[2])
     return [s for k, s in enumerate(sources) if k % n == i]
 

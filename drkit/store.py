@@ -1,4 +1,5 @@
-"""The on-disk store schema shared by every stage (documented in docs/formats.md).
+"""Store access shared by every stage: open and validate, create, write a video atomically
+(documented in docs/formats.md; the array layouts and versions are in drkit.contracts).
 
 A store is one Zarr v3 group on the local filesystem. Its root attribute ``drkit`` names the
 store kind (``faces`` for `drkit preprocess`, ``dr`` for `drkit gen-dr`), the schema version,
@@ -25,16 +26,24 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, get_args
 
 import numpy as np
 import zarr
 
 from . import __version__
+from .contracts import (
+    STORE_SCHEMA_VERSION,
+    ArraySpec,
+    DRStoreParams,
+    FaceStoreParams,
+    StoreKind,
+    video_marker,
+)
 from .errors import DrkitError
 
-SCHEMA_VERSION = 1
-KINDS = ("faces", "dr")
+SCHEMA_VERSION = STORE_SCHEMA_VERSION
+KINDS: tuple[str, ...] = get_args(StoreKind)
 PARTIAL = "_partial"
 _ID_OK = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -69,7 +78,14 @@ class Store:
 
     @property
     def params(self) -> dict[str, Any]:
+        """The creation parameters as stored (JSON); see ``typed_params``."""
         return self.meta.get("params", {})
+
+    @property
+    def typed_params(self) -> FaceStoreParams | DRStoreParams:
+        """The creation parameters as a typed record, validated."""
+        cls = FaceStoreParams if self.kind == "faces" else DRStoreParams
+        return cls.from_dict(self.params, f"{self.path}/zarr.json: drkit.params")
 
     @property
     def videos(self) -> list[str]:
@@ -101,9 +117,9 @@ def _check_meta(path: Path, meta: Any, kind: str | None) -> dict[str, Any]:
         raise StoreError(f"{path}: this is a '{meta['kind']}' store, expected a '{kind}' store "
                          f"(made by `{made_by[kind]}`).")
     v = meta.get("schema_version")
-    if v != SCHEMA_VERSION:
+    if v != STORE_SCHEMA_VERSION:
         raise StoreError(f"{path}: store schema version {v}, this drkit ({__version__}) reads "
-                         f"version {SCHEMA_VERSION}. Re-create the store with this drkit version.")
+                         f"version {STORE_SCHEMA_VERSION}. Re-create the store with this drkit version.")
     return meta
 
 
@@ -122,13 +138,19 @@ def open_store(path: str | os.PathLike, kind: str | None = None) -> Store:
     return Store(path=path, root=root, kind=meta["kind"], meta=meta)
 
 
-def create_store(path: str | os.PathLike, kind: str, params: dict[str, Any],
-                 must_match: tuple[str, ...] = ()) -> Store:
+def create_store(path: str | os.PathLike, kind: str,
+                 params: FaceStoreParams | DRStoreParams | dict[str, Any],
+                 must_match: tuple[str, ...] | None = None) -> Store:
     """Create a store, or reopen an existing one to add videos to it.
 
-    Reopening checks that ``params[k] == existing[k]`` for every k in ``must_match``, so a
-    resumed or sharded run cannot mix, say, 112 px and 224 px crops in one store."""
+    Reopening checks that ``params[k] == existing[k]`` for every k in ``must_match`` (by default
+    the record's ``MUST_MATCH``), so a resumed or sharded run cannot mix, say, 112 px and 224 px
+    crops in one store."""
     path = Path(path)
+    if must_match is None:
+        must_match = getattr(params, "MUST_MATCH", ())
+    if not isinstance(params, dict):
+        params = params.to_dict()
     if path.exists() and not (path / "zarr.json").exists():
         if path.is_file() or any(path.iterdir()):
             raise StoreError(f"{path}: exists and is not a drkit store; choose another -o path.")
@@ -144,7 +166,7 @@ def create_store(path: str | os.PathLike, kind: str, params: dict[str, Any],
                                  "the same settings or write to a new store with -o.")
             return store
         root = zarr.open_group(path, mode="w")
-        meta = {"kind": kind, "schema_version": SCHEMA_VERSION, "drkit_version": __version__,
+        meta = {"kind": kind, "schema_version": STORE_SCHEMA_VERSION, "drkit_version": __version__,
                 "created": now(), "params": params}
         root.attrs.update({"drkit": meta, "videos": {}, "failed": {}, "runs": []})
         zarr.open_group(path / PARTIAL, mode="w").attrs.update(
@@ -177,24 +199,26 @@ def update_root(path: str | os.PathLike, fn) -> None:
         root.attrs.update(attrs)
 
 
-@dataclass
-class ArraySpec:
-    tail: tuple[int, ...]          # shape after the frame axis
-    dtype: str
-    dims: tuple[str, ...]          # dimension names, frame axis first
-    chunk_frames: int = 16
-
-
 class VideoWriter:
     """Append frames of one video to a scratch group; ``commit`` makes it visible at once.
+
+    Use as a context manager: leaving the block without ``commit`` (an error, a kill signal
+    turned into an exception) removes the scratch, so nothing half-written is ever listed::
+
+        with VideoWriter(store, vid, face_arrays(224), "faces") as w:
+            w.append(frames=..., ...)
+            w.commit({"source": ..., "fps": ..., "n_source_frames": ...})
 
     Rows are buffered and written one whole chunk at a time, so memory stays bounded by
     ``chunk_frames`` rows per array whatever the video length. Writes (compression included) run
     in one background thread, overlapping with the caller's work; ``commit`` waits for them and
     re-raises any write error."""
 
-    def __init__(self, store_path: str | os.PathLike, vid: str, specs: dict[str, ArraySpec]):
+    def __init__(self, store_path: str | os.PathLike, vid: str, specs: dict[str, ArraySpec],
+                 store_kind: str = "faces"):
         self.store_path = Path(store_path)
+        self.store_kind = store_kind
+        self.committed = False
         self.vid = vid
         self.specs = specs
         self.tmp = self.store_path / PARTIAL / f"{vid}-{uuid.uuid4().hex[:8]}"
@@ -254,18 +278,26 @@ class VideoWriter:
         self._flush(whole_chunks_only=False)
         self._wait()
         self._io.shutdown()
-        self.group.attrs.update({**attrs, "n_frames": self.n, "complete": True,
-                                 "completed": now()})
+        self.group.attrs.update({**video_marker(self.store_kind), **attrs, "n_frames": self.n,
+                                 "complete": True, "completed": now()})
         final = self.store_path / self.vid
         if final.exists():  # an explicit redo (--overwrite) of a complete video
             shutil.rmtree(final)
         os.replace(self.tmp, final)
         list_video(self.store_path, self.vid)
         remove_partials(self.store_path, self.vid)
+        self.committed = True
 
     def abort(self) -> None:
         self._io.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.committed:
+            self.abort()
 
 
 LISTED = ("source", "fps", "n_source_frames", "n_frames")

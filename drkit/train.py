@@ -1,4 +1,4 @@
-"""The one training loop, shared by train-dr and train-task, and the checkpoint format.
+"""The one training loop, shared by train-dr and train-task (checkpoint files: drkit.checkpoint).
 
 A run writes into its output folder:
 
@@ -8,18 +8,16 @@ A run writes into its output folder:
                    samples/s and the share of time spent waiting for data
     config.json    the run's settings, readable without torch
 
-Checkpoints hold tensors and plain JSON-able values only, so they load with
-``torch.load(..., weights_only=True)``; ``model`` names a registry entry of drkit.nets and its
-kwargs. Resuming (``resume=True``) restores weights, optimizer, epoch, position in the epoch,
-elapsed time and RNG state, and the data order is a function of (seed, epoch), so a resumed run
-continues exactly where the interrupted one stopped.
+Resuming (``resume=True``) restores weights, optimizer, epoch, position in the epoch, elapsed
+time and RNG state, and the data order is a function of (seed, epoch) (drkit.batching), so a
+resumed run continues exactly where the interrupted one stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import os
 import queue
 import threading
 import time
@@ -31,16 +29,15 @@ import torch
 from rich.progress import TextColumn
 
 from . import __version__, log
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .errors import DrkitError
-from .nets import create_model, pick_device
-
-FORMAT = "drkit.checkpoint"
-FORMAT_VERSION = 1
+from .fsutil import write_json_atomic
+from .nets import pick_device
 
 
 @dataclass
 class LoopConfig:
-    out: str
+    out: Path
     epochs: int = 10
     time_budget: float | None = None     # seconds of training in all (resumes included)
     lr: float = 1e-3
@@ -51,53 +48,6 @@ class LoopConfig:
     resume: bool = False
     overwrite: bool = False
     save_every_s: float = 60.0
-
-
-# ---------------------------------------------------------------- checkpoints
-
-def save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _strip_prefixes(sd: dict) -> dict:
-    out = {}
-    for k, v in sd.items():
-        for p in ("module.", "_orig_mod."):
-            while k.startswith(p):
-                k = k[len(p):]
-        out[k] = v
-    return out
-
-
-def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
-    """Load a checkpoint file, or ``best.pt`` of a run folder, safely (weights_only)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "best.pt" if (p / "best.pt").is_file() else p / "last.pt"
-    if not p.is_file():
-        raise DrkitError(f"{path}: no checkpoint (expected a .pt file or a run folder with best.pt)")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DrkitError(f"{p}: cannot load checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise DrkitError(f"{p}: not a drkit checkpoint")
-    if ck.get("format_version") != FORMAT_VERSION:
-        raise DrkitError(f"{p}: checkpoint format version {ck.get('format_version')}, this drkit "
-                         f"reads {FORMAT_VERSION}; retrain with drkit {__version__}")
-    if kind and ck.get("kind") != kind:
-        raise DrkitError(f"{p}: a '{ck.get('kind')}' checkpoint, expected '{kind}'")
-    ck["path"] = str(p)
-    return ck
-
-
-def model_from_checkpoint(ck: dict) -> torch.nn.Module:
-    m = create_model(ck["model"]["name"], **ck["model"]["kwargs"])
-    m.load_state_dict(_strip_prefixes(ck["state_dict"]))
-    return m.eval()
-
 
 # ---------------------------------------------------------------- data prefetch
 
@@ -144,7 +94,7 @@ class Prefetch:
 
 # ---------------------------------------------------------------- the loop
 
-def fit(model: torch.nn.Module, cfg: LoopConfig, meta: dict[str, Any],
+def fit(model: torch.nn.Module, cfg: LoopConfig, template: Checkpoint,
         batches: Callable[[int, int], Iterator], n_batches: int,
         step: Callable[[torch.nn.Module, Any, torch.device], tuple[torch.Tensor, dict[str, float]]],
         validate: Callable[[torch.nn.Module, torch.device], dict[str, float]] | None,
@@ -152,7 +102,8 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, meta: dict[str, Any],
     """Train ``model``. ``batches(epoch, start)`` yields the epoch's batches from index ``start``
     on (deterministically); ``step`` returns the loss and per-batch metrics; ``validate`` returns
     metrics including ``monitor`` (without it, the training metric of that name is used).
-    ``meta`` (kind, model name/kwargs, config) goes into every checkpoint."""
+    ``template`` (kind, model spec, config, DR networks of a bundle) is what every checkpoint
+    holds besides the weights and the progress."""
     out = Path(cfg.out)
     last = out / "last.pt"
     if last.exists() and not (cfg.resume or cfg.overwrite):
@@ -167,13 +118,13 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, meta: dict[str, Any],
           "best_epoch": None, "finished": False}
     if cfg.resume and last.exists():
         ck = load_checkpoint(last)
-        if ck["model"] != meta["model"] or ck["config"] != meta["config"]:
+        if ck.model != template.model or ck.config.to_dict() != template.config.to_dict():
             raise DrkitError(f"{last}: was trained with other settings; resume with the same "
                              "options or use --overwrite")
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        st.update(ck["train_state"])
-        torch.set_rng_state(ck["rng"])
+        model.load_state_dict(ck.state_dict)
+        opt.load_state_dict(ck.optimizer)
+        st.update(ck.train_state)
+        torch.set_rng_state(ck.rng)
         if st["finished"]:
             log.info(f"{out}: run already finished (epoch {st['epoch']}); nothing to do")
             return st
@@ -181,17 +132,16 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, meta: dict[str, Any],
     elif cfg.overwrite:
         for f in ("last.pt", "best.pt", "metrics.jsonl"):
             (out / f).unlink(missing_ok=True)
-    (out / "config.json").write_text(json.dumps({**meta, "loop": cfg.__dict__,
-                                                 "drkit_version": __version__}, indent=2, default=str))
+    write_json_atomic(out / "config.json", {
+        "kind": template.kind, "model": template.model.to_dict(), "config": template.config.to_dict(),
+        "dr_nets": [{"model": n.model.to_dict(), "config": n.config.to_dict()} for n in template.dr_nets],
+        "loop": dataclasses.asdict(cfg), "drkit_version": __version__}, indent=2)
 
-    def ckpt(with_opt: bool) -> dict:
-        d = {"format": FORMAT, "format_version": FORMAT_VERSION, "drkit_version": __version__,
-             **meta, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "train_state": dict(st)}
-        if with_opt:
-            d["optimizer"] = opt.state_dict()
-            d["rng"] = torch.get_rng_state()
-        return d
+    def ckpt(with_opt: bool) -> Checkpoint:
+        return dataclasses.replace(
+            template, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            train_state=dict(st), optimizer=opt.state_dict() if with_opt else None,
+            rng=torch.get_rng_state() if with_opt else None, drkit_version=__version__)
 
     better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
     budget = cfg.time_budget or math.inf
@@ -226,7 +176,7 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, meta: dict[str, Any],
                         st["finished"] = True
                         break
                     if time.perf_counter() - last_save > cfg.save_every_s:
-                        save_atomic(ckpt(True), last)
+                        save_checkpoint(ckpt(True), last)
                         last_save = time.perf_counter()
             finally:
                 data.close()
@@ -249,15 +199,15 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, meta: dict[str, Any],
                 st["finished"] = True
             if value is not None and value == value and (st["best"] is None or better(value, st["best"])):
                 st["best"], st["best_epoch"] = value, rec["epoch"]
-                save_atomic(ckpt(False), out / "best.pt")
+                save_checkpoint(ckpt(False), out / "best.pt")
             rec["best"] = st["best"]
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            save_atomic(ckpt(True), last)
+            save_checkpoint(ckpt(True), last)
             last_save = time.perf_counter()
             log.info("epoch {epoch}: ".format(**rec) + ", ".join(
                 f"{k} {v:.4g}" for k, v in rec.items()
                 if isinstance(v, float) and k != "seconds" and "/" not in k))   # no per-target detail
     if not (out / "best.pt").exists():   # the monitored metric was never defined (e.g. constant labels)
-        save_atomic(ckpt(False), out / "best.pt")
+        save_checkpoint(ckpt(False), out / "best.pt")
     return st

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .batching import batches, images_to_tensor
+from .contracts import REF_FPS
 from .store import Store
-
-REF_FPS = 25.0
 
 
 def effective_stride(stride: int, fps: float, ref_fps: float = REF_FPS) -> int:
@@ -44,17 +44,24 @@ def valid_windows(frame_index: np.ndarray, T: int, step: int) -> np.ndarray:
 
 
 @dataclass
-class WindowSet:
-    """All valid windows of (T, stride) over some videos: ``videos[k]`` and ``positions[k]``."""
+class FrameRefs:
+    """References to frames of store videos: item k is ``positions[k]`` (one row position, or
+    a row of them) of video ``videos[k]``, held by ``stores[videos[k]]``."""
 
-    T: int
-    stride: int
-    videos: list[str]            # video id per window
-    positions: np.ndarray        # (W, 2T+1) row positions in that video's arrays
+    videos: list[str]            # video id per item
+    positions: np.ndarray        # (n,) or (n, m) row positions in that video's arrays
     stores: dict[str, Store]     # video id -> store holding it
 
     def __len__(self) -> int:
         return len(self.videos)
+
+
+@dataclass
+class WindowSet(FrameRefs):
+    """All valid windows of (T, stride) over some videos; ``positions`` is (W, 2T+1)."""
+
+    T: int = 0
+    stride: int = 0
 
 
 def collect_windows(stores: list[Store], T: int, stride: int, every: int = 1,
@@ -74,7 +81,7 @@ def collect_windows(stores: list[Store], T: int, stride: int, every: int = 1,
             vids += [vid] * len(w)
             pos.append(w)
     positions = np.concatenate(pos) if pos else np.zeros((0, 2 * T + 1), np.int64)
-    return WindowSet(T, stride, vids, positions, owner)
+    return WindowSet(vids, positions, owner, T=T, stride=stride)
 
 
 class FrameCache:
@@ -113,9 +120,8 @@ class FrameCache:
 
 def window_tensor(frames: list[np.ndarray], size: int | None = None):
     """List of B windows (N, H, W, 3) uint8 -> float tensor (B, N, 3, size, size) in [0, 1]."""
-    import torch
     import torch.nn.functional as F
-    x = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float().div_(255)
+    x = images_to_tensor(np.stack(frames))
     B, N, C, H, W = x.shape
     if size and (H, W) != (size, size):
         x = F.interpolate(x.flatten(0, 1), size=(size, size), mode="bilinear", antialias=True,
@@ -127,8 +133,6 @@ def iter_windows(ws: WindowSet, cache: FrameCache, order: np.ndarray, batch_size
                  size: int | None = None, start: int = 0, augment=None):
     """Yield (indices, tensor (B, 2T+1, 3, size, size)) for windows ``order`` in batches,
     from batch ``start``. ``augment(x, batch_no)`` may transform each batch."""
-    n = (len(order) + batch_size - 1) // batch_size
-    for b in range(start, n):
-        idx = order[b * batch_size:(b + 1) * batch_size]
+    for b, idx in batches(order, batch_size, start):
         x = window_tensor([cache.get(ws.videos[i], ws.positions[i]) for i in idx], size)
         yield idx, (augment(x, b) if augment else x)

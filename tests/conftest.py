@@ -94,7 +94,7 @@ def moving_blob_frames(n: int, size: int = 32, noise: float = 0.3, seed: int = 0
 def make_face_store(path: Path, videos: dict, fps: dict | None = None) -> Path:
     """A face store written directly (no detection): ``videos`` maps id -> (n, S, S, 3) uint8,
     or -> (frames, frame_index) to leave gaps."""
-    from drkit.stages.preprocess import face_arrays
+    from drkit.contracts import face_arrays
     from drkit.store import VideoWriter, create_store
     first = next(iter(videos.values()))
     size = (first[0] if isinstance(first, tuple) else first).shape[1]
@@ -102,9 +102,9 @@ def make_face_store(path: Path, videos: dict, fps: dict | None = None) -> Path:
     for vid, v in videos.items():
         frames, idx = v if isinstance(v, tuple) else (v, np.arange(len(v)))
         n = len(frames)
-        w = VideoWriter(path, vid, face_arrays(size))
-        w.append(frames=frames, landmarks=np.zeros((n, 68, 2)), frame_index=idx,
-                 confidence=np.ones(n), detected=np.ones(n, bool), transform=np.zeros((n, 2, 3)))
-        f = (fps or {}).get(vid, 25.0)
-        w.commit({"source": vid, "fps": f, "n_source_frames": int(idx[-1]) + 1 if n else 0})
+        with VideoWriter(path, vid, face_arrays(size), "faces") as w:
+            w.append(frames=frames, landmarks=np.zeros((n, 68, 2)), frame_index=idx,
+                     confidence=np.ones(n), detected=np.ones(n, bool), transform=np.zeros((n, 2, 3)))
+            f = (fps or {}).get(vid, 25.0)
+            w.commit({"source": vid, "fps": f, "n_source_frames": int(idx[-1]) + 1 if n else 0})
     return path

@@ -9,12 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_face_store, moving_blob_frames
+
+from drkit import ranking
+from drkit.checkpoint import load_checkpoint
 from drkit.losses import rank_loss, same_side_pairs
 from drkit.stages import rank_eval, train_dr
 from drkit.store import open_store
-from drkit.train import load_checkpoint
 from drkit.windows import collect_windows, effective_stride, valid_windows
 
 
@@ -96,29 +97,29 @@ def test_baselines_on_hand_made_windows():
     step = rng.integers(1, 4, (1, 8, 8, 3))         # whole grey levels: frames exactly collinear
     linear = _windows((np.round(255 * base) + np.arange(n)[:, None, None, None] * step).astype(np.uint8), T)
     # di ranks forward in time: every past pair right, every future pair wrong
-    d = rank_eval.method_deltas("di", linear)
+    d = ranking.method_deltas("di", linear)
     P = d.shape[1] // 2
     assert _acc(d[:, :P]) == 1.0 and _acc(d[:, P:]) == 0.0
     # a monotonic change cannot be ranked on both sides by any linear score
-    assert _acc(rank_eval.method_deltas("identity", linear)) == pytest.approx(0.5, abs=0.01)
+    assert _acc(ranking.method_deltas("identity", linear)) == pytest.approx(0.5, abs=0.01)
     # a change symmetric about the centre (activation then deactivation) is rankable: the
     # test-time RankSVM finds it from the even-offset frames and ranks the unseen ones
     peak = np.stack([base[0] + 0.05 * abs(k) * np.ones((8, 8, 3)) for k in range(-T, T + 1)])
     sym = _windows((255 * peak).astype(np.uint8), T)
-    assert _acc(rank_eval.method_deltas("ranksvm", sym)) == 1.0
+    assert _acc(ranking.method_deltas("ranksvm", sym)) == 1.0
     # a blob moving across a flat background: the frame itself is the perfect ranker
     yy, xx = np.mgrid[:16, :16]
     blobs = np.stack([np.exp(-((xx - 2 - k) ** 2 + (yy - 8) ** 2) / 4.0) for k in range(12)])
     moving = _windows((255 * np.repeat(blobs[..., None], 3, -1)).astype(np.uint8), T)
-    assert _acc(rank_eval.method_deltas("identity", moving)) == 1.0
+    assert _acc(ranking.method_deltas("identity", moving)) == 1.0
 
 
 def test_di_coefficients():
-    a = rank_eval.di_coefficients(3)
+    a = ranking.di_coefficients(3)
     torch.testing.assert_close(a, torch.tensor([-4 / 3, 2 / 3, 2 / 3]))
     for N in (3, 7, 19):
-        assert abs(float(rank_eval.di_coefficients(N).sum())) < 1e-5
-        a = rank_eval.di_coefficients(N)
+        assert abs(float(ranking.di_coefficients(N).sum())) < 1e-5
+        a = ranking.di_coefficients(N)
         assert float((a * torch.arange(N)).sum()) > 0          # weights grow with time overall
         dropped = [sum((2 * j - N) / j for j in range(s, N + 1)) for s in range(1, N + 1)]
         assert abs(sum(dropped)) > 0.5                         # the port without -1 does not sum to 0
@@ -126,7 +127,7 @@ def test_di_coefficients():
 
 def test_ranksvm_scores_only_unseen_pairs():
     V = torch.rand(2, 7, 3, 4, 4)
-    d = rank_eval.ranksvm_deltas(V)
+    d = ranking.ranksvm_deltas(V)
     a, b = map(np.array, same_side_pairs(3))
     off_a, off_b = np.abs(a - 3), np.abs(b - 3)
     fitted = (off_a % 2 == 0) & (off_b % 2 == 0)
@@ -157,8 +158,8 @@ def test_training_learns_a_ranking_the_baseline_misses(blob_stores, tmp_path):
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"train_loss", "train_acc", "val_acc", "val_identity_acc", "data_wait_share"} <= set(lines[-1])
     ck = load_checkpoint(out / "best.pt", "dr")
-    assert ck["config"]["T"] == 3 and ck["config"]["size"] == 32 and ck["model"]["name"] == "dr_unet"
-    assert "optimizer" not in ck and "optimizer" in load_checkpoint(out / "last.pt")
+    assert ck.config.T == 3 and ck.config.net_size == 32 and ck.model.name == "dr_unet"
+    assert ck.optimizer is None and load_checkpoint(out / "last.pt").optimizer is not None
 
 
 def test_resume_continues_exactly(blob_stores, tmp_path):
@@ -173,8 +174,8 @@ def test_resume_continues_exactly(blob_stores, tmp_path):
     ck["train_state"]["finished"] = False
     torch.save(ck, tmp_path / "part" / "last.pt")
     train_dr.run(train_dr.TrainDRConfig(out=str(tmp_path / "part"), epochs=2, resume=True, **kw))
-    a = load_checkpoint(tmp_path / "full" / "last.pt")["state_dict"]
-    b = load_checkpoint(tmp_path / "part" / "last.pt")["state_dict"]
+    a = load_checkpoint(tmp_path / "full" / "last.pt").state_dict
+    b = load_checkpoint(tmp_path / "part" / "last.pt").state_dict
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 

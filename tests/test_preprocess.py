@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 import zarr
-
 from conftest import face_frames, real_videos, write_video
+
 from drkit.errors import DrkitError, NothingProcessed
 from drkit.faces import hull_mask
 from drkit.stages.preprocess import PreprocessConfig, run

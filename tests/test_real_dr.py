@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REAL, real_videos
+
 from drkit.stages import preprocess, rank_eval, train_dr
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]

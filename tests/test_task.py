@@ -10,15 +10,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_face_store
+
 from drkit import metrics
+from drkit.checkpoint import load_checkpoint
+from drkit.datasets import read_avec2012, read_fera2015
 from drkit.errors import DrkitError
-from drkit.labels import read_avec2012, read_fera2015, read_labels, write_labels
+from drkit.labels import read_labels, write_labels
 from drkit.stages import gen_dr, train_dr, train_task
 from drkit.store import open_store
-from drkit.train import load_checkpoint, model_from_checkpoint
-
 
 # ------------------------------------------------------------------ metrics by hand
 
@@ -139,7 +139,7 @@ def test_gen_dr_stacks_image_and_drs(task_data, tmp_path):
     x = torch.from_numpy(f["frames"][:4]).permute(0, 3, 1, 2).float() / 255
     np.testing.assert_allclose(g["mdr"][:4, :3], x.numpy(), atol=1e-3)
     with torch.no_grad():
-        d2 = model_from_checkpoint(load_checkpoint(task_data["drs"][1]))(x).numpy()
+        d2 = load_checkpoint(task_data["drs"][1]).build_model()(x).numpy()
     np.testing.assert_allclose(g["mdr"][:4, 6:9], d2, atol=2e-2, rtol=1e-2)
     # 6 channels (AU setting), DR only (SDR); reruns skip finished videos
     six = tmp_path / "six.zarr"
@@ -165,7 +165,7 @@ def test_train_task_learns_known_function_on_held_out_people(task_data):
                                                    labels=str(task_data["labels"]), eval_only=str(out)))
     assert ev["frames"] == 8 * 48 and {"icc/t1", "icc/t2", "mse", "mae"} <= set(ev)
     ck = load_checkpoint(out / "best.pt", "task")
-    assert ck["config"]["targets"] == ["t1", "t2"] and len(ck["dr_nets"]) == 2
+    assert ck.config.targets == ["t1", "t2"] and len(ck.dr_nets) == 2
 
 
 @pytest.mark.parametrize("kind", ["sdr", "mdr"])
@@ -176,7 +176,7 @@ def test_train_task_inputs_run(task_data, kind):
         input_kind=kind, epochs=1, arch="small"))
     assert {"pcc", "ccc", "mse"} <= set(r["val"])
     ck = load_checkpoint(out / "best.pt", "task")
-    assert ck["model"]["kwargs"]["in_ch"] == {"sdr": 3, "mdr": 9}[kind]
+    assert ck.model.kwargs["in_ch"] == {"sdr": 3, "mdr": 9}[kind]
 
 
 def test_vgg16_builds_for_mdr():

@@ -23,6 +23,30 @@ def summary_rows(store: Store) -> list[dict]:
     return rows
 
 
+def print_summary(store_path: str | Path) -> None:
+    """Print the summary table of a store, its parameters, failures and unfinished scratch."""
+    from rich.console import Console
+    from rich.table import Table
+    st = open_store(store_path)
+    rows = summary_rows(st)
+    t = Table(title=f"{st.path} ({st.kind} store, schema v{st.meta['schema_version']}, "
+                    f"drkit {st.meta.get('drkit_version')})")
+    for c in ("video", "frames", "source frames", "fps", "faces found %"):
+        t.add_column(c, justify="left" if c == "video" else "right")
+    for r in rows:
+        t.add_row(r["video"], str(r["frames"]), str(r["source_frames"]), f"{r['fps']:.2f}",
+                  f"{r['faces_pct']:.1f}")
+    n, m = sum(r["frames"] for r in rows), sum(r["source_frames"] for r in rows)
+    t.add_row("[bold]total", f"[bold]{n}", f"[bold]{m}", "", f"[bold]{100 * n / m if m else 0:.1f}")
+    Console().print(t)
+    print(f"params: {st.params}")
+    for path, reason in st.failed.items():
+        print(f"failed: {path}: {reason}")
+    if st.partial_leftovers():
+        print(f"unfinished (scratch in _partial/, redone by the next run): "
+              f"{', '.join(st.partial_leftovers())}")
+
+
 def _frame_position(store: Store, vid: str, frame: int) -> int:
     idx = store.video(vid)["frame_index"][:]
     pos = np.searchsorted(idx, frame)

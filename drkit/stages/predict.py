@@ -10,59 +10,23 @@ Images without a face get a row with face_found=0 and empty targets, never an er
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from .. import log
+from ..configs import PredictConfig
 from ..errors import DrkitError, NothingProcessed
-from ..faces import FaceTracker, crop_face, make_backend
-from ..nets import pick_device
+from ..fsutil import atomic_path
+from ..predictor import Predictor
 from ..sources import IMAGE_EXT, VIDEO_EXT, FrameReader, Source
-from ..train import load_checkpoint, model_from_checkpoint
-from .gen_dr import MDR
 
 
-@dataclass
-class PredictConfig:
-    model: str
-    inputs: list[str]
-    out: str
-    save_dr: str | None = None
-    backend: str | None = None        # default: the bundle's
-    model_root: str | None = None
-    batch_size: int = 32
-    device: str = "auto"
-
-
-class Predictor:
-    """Crop (H, W, 3) uint8 RGB faces -> (n, k) predictions (and the MDR input, for pictures)."""
-
-    def __init__(self, bundle: dict, device):
-        c = bundle["config"]
-        nets = [model_from_checkpoint(d) for d in bundle["dr_nets"]]   # each holds model + state_dict
-        self.mdr = MDR(nets, [d["size"] for d in bundle["dr_nets"]], c["size"], c["image"]).to(device).eval()
-        self.net = model_from_checkpoint(bundle).to(device)
-        self.ch = c["channels"]
-        self.mean = torch.tensor(c["norm_mean"], device=device)[None, :, None, None]
-        self.std = torch.tensor(c["norm_std"], device=device)[None, :, None, None]
-        self.targets, self.device, self.config = c["targets"], device, c
-
-    @torch.no_grad()
-    def __call__(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255).to(self.device)
-        m = self.mdr(x)
-        y = self.net((m[:, self.ch] - self.mean) / self.std)
-        return y.cpu().numpy(), m.cpu().numpy()
-
-
-def _inputs(paths: list[str]) -> list[tuple[str, Path]]:
+def _inputs(paths: list[Path]) -> list[tuple[str, Path]]:
     """('image', path) for still images (also each image of a folder), ('video', path) for videos."""
     out = []
-    for p in map(Path, paths):
+    for p in paths:
         if not p.exists():
             raise DrkitError(f"{p}: no such file or folder")
         files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
@@ -89,24 +53,17 @@ def dr_picture(crop: np.ndarray, mdr: np.ndarray, image: bool) -> np.ndarray:
 
 
 def run(cfg: PredictConfig) -> dict:
-    bundle = load_checkpoint(cfg.model, "task")
-    device = pick_device(cfg.device)
-    pred = Predictor(bundle, device)
-    pp = bundle["config"]["preprocess"]
-    backend = make_backend(cfg.backend or pp.get("backend", "dlib"), cfg.model_root)
-    size, align = pp["size"], pp.get("align", True)
+    pred = Predictor.from_bundle(cfg.model, cfg.device, cfg.backend, cfg.model_root)
+    pred.backend  # load the face backend now: a missing model fails before any work
     items = _inputs(cfg.inputs)
     if not items:
         raise DrkitError("no images or videos in the inputs")
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save = Path(cfg.save_dr) if cfg.save_dr else None
+    save = cfg.save_dr
     if save:
         save.mkdir(parents=True, exist_ok=True)
     n_rows = n_faces = 0
     failed: dict[str, str] = {}
-    with open(tmp, "w", newline="") as f, log.progress() as prog:
+    with atomic_path(cfg.out) as tmp, open(tmp, "w", newline="") as f, log.progress() as prog:
         w = csv.writer(f)
         w.writerow(["input", "frame", "face_found", *pred.targets])
         task = prog.add_task("inputs", total=len(items))
@@ -115,7 +72,7 @@ def run(cfg: PredictConfig) -> dict:
         def flush() -> None:
             nonlocal n_rows, n_faces
             faces = [c for _, _, c in pending if c is not None]
-            ys, ms = pred(np.stack(faces)) if faces else (None, None)
+            ys, ms = pred.predict_crops(np.stack(faces)) if faces else (None, None)
             k = 0
             for name, fr, crop in pending:
                 if crop is None:
@@ -124,7 +81,7 @@ def run(cfg: PredictConfig) -> dict:
                     w.writerow([name, fr or 0, 1, *(f"{v:.4f}" for v in ys[k])])
                     if save:
                         stem = Path(name).stem + (f"_{fr:06d}" if fr is not None else "")
-                        cv2.imwrite(str(save / f"{stem}.png"), dr_picture(crop, ms[k], pred.config["image"]))
+                        cv2.imwrite(str(save / f"{stem}.png"), dr_picture(crop, ms[k], pred.config.image))
                     k += 1
                     n_faces += 1
                 n_rows += 1
@@ -136,14 +93,13 @@ def run(cfg: PredictConfig) -> dict:
                     img = cv2.imread(str(path))
                     if img is None:
                         raise DrkitError("unreadable image")
-                    res = FaceTracker(backend, naive=True)(img)
-                    crop = crop_face(img, res.landmarks, size, align)[0] if res else None
-                    pending.append((str(path), None, crop))
+                    found = pred.crop(img)
+                    pending.append((str(path), None, found[0] if found else None))
                 else:
-                    tracker = FaceTracker(backend, redetect_every=pp.get("redetect_every", 30))
+                    tracker = pred.tracker()
                     for i, frame in FrameReader(Source(path.name, path, "video")):
-                        res = tracker(frame)
-                        pending.append((str(path), i, crop_face(frame, res.landmarks, size, align)[0] if res else None))
+                        found = pred.crop(frame, tracker)
+                        pending.append((str(path), i, found[0] if found else None))
                         if len(pending) >= cfg.batch_size:
                             flush()
                 if len(pending) >= cfg.batch_size:
@@ -153,8 +109,6 @@ def run(cfg: PredictConfig) -> dict:
                 log.warn(f"skipped {path}: {e}")
             prog.advance(task)
         flush()
-    tmp.replace(out)
-    if n_rows == 0:
-        raise NothingProcessed(f"no input could be read; first error: {next(iter(failed.values()), '?')}")
-    return {"rows": n_rows, "faces": n_faces, "failed": failed, "out": str(out)}
-
+        if n_rows == 0:   # leave any earlier output as it was
+            raise NothingProcessed(f"no input could be read; first error: {next(iter(failed.values()), '?')}")
+    return {"rows": n_rows, "faces": n_faces, "failed": failed, "out": str(cfg.out)}

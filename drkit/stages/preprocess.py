@@ -14,31 +14,18 @@ import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .. import log
-from ..errors import DrkitError, NothingProcessed
+from ..configs import PreprocessConfig
+from ..contracts import Backend, check_choice, face_arrays
+from ..errors import DrkitError, UsageError, NothingProcessed
 from ..faces import FaceTracker, crop_face, make_backend
 from ..sources import FrameReader, Source, discover, select_shard
-from ..store import ArraySpec, VideoWriter, create_store, is_complete, list_video, now, update_root
-
-
-@dataclass
-class PreprocessConfig:
-    inputs: list[str]
-    out: str
-    size: int = 224
-    backend: str = "dlib"
-    model_root: str | None = None
-    align: bool = True
-    fps: float = 25.0            # frame rate of image-folder sequences
-    workers: int = 1
-    shard: str | None = None     # "I/N"
-    redetect_every: int = 30     # frames between periodic re-detections while tracking
-    naive: bool = False          # detect on every frame (slow; for comparison)
-    overwrite: bool = False      # redo videos already complete in the store
+from ..store import VideoWriter, create_store, is_complete, list_video, now, update_root
 
 
 @dataclass
@@ -52,30 +39,13 @@ class PreprocessSummary:
     seconds: float = 0.0
 
 
-def chunk_frames(size: int) -> int:
-    """Frames per chunk so one chunk of crops is ~2 MB (a window of nearby frames per read)."""
-    return int(np.clip(round(2 ** 21 / (size * size * 3)), 8, 64))
-
-
-def face_arrays(size: int) -> dict[str, ArraySpec]:
-    cf = chunk_frames(size)
-    return {
-        "frames": ArraySpec((size, size, 3), "uint8", ("frame", "y", "x", "channel"), cf),
-        "landmarks": ArraySpec((68, 2), "float32", ("frame", "point", "xy"), 1024),
-        "frame_index": ArraySpec((), "int64", ("frame",), 1024),
-        "confidence": ArraySpec((), "float32", ("frame",), 1024),
-        "detected": ArraySpec((), "bool", ("frame",), 1024),
-        "transform": ArraySpec((2, 3), "float32", ("frame", "row", "col"), 1024),
-    }
-
-
 _BACKENDS: dict[tuple, object] = {}
 
 
-def _backend(name: str, model_root: str | None):
-    key = (name, model_root)
+def _backend(name: str, model_root: Path | None):
+    key = (name, str(model_root) if model_root else None)
     if key not in _BACKENDS:  # one per process: model loading is the slow part
-        _BACKENDS[key] = make_backend(name, model_root)
+        _BACKENDS[key] = make_backend(name, key[1])
     return _BACKENDS[key]
 
 
@@ -87,10 +57,9 @@ def process_video(src: Source, cfg: PreprocessConfig,
     backend = _backend(cfg.backend, cfg.model_root)
     reader = FrameReader(src, cfg.fps)
     tracker = FaceTracker(backend, redetect_every=cfg.redetect_every, naive=cfg.naive)
-    writer = VideoWriter(cfg.out, src.id, face_arrays(cfg.size))
     n_read = n_det = 0
-    rows: dict[str, list] = {k: [] for k in writer.specs}
-    try:
+    with VideoWriter(cfg.out, src.id, face_arrays(cfg.size), "faces") as writer:
+        rows: dict[str, list] = {k: [] for k in writer.specs}
         for i, frame in reader:
             n_read += 1
             res = tracker(frame)
@@ -114,8 +83,7 @@ def process_video(src: Source, cfg: PreprocessConfig,
         if src.kind == "video" and meta.n_frames > 1 and n_read < 0.95 * meta.n_frames - 2:
             warnings.append(f"decoded {n_read} of {meta.n_frames} frames the container announces "
                             "(truncated or damaged file?)")
-        attrs = {
-            "drkit": {"kind": "faces-video", "schema_version": 1},
+        writer.commit({
             "source": str(src.path.resolve()), "source_kind": src.kind, "fps": meta.fps,
             "source_size": [meta.width, meta.height], "n_source_frames": n_read,
             "backend": backend.name, "backend_version": backend.version,
@@ -123,12 +91,8 @@ def process_video(src: Source, cfg: PreprocessConfig,
             "tracking": {"naive": cfg.naive, "redetect_every": cfg.redetect_every,
                          "detections": n_det},
             "warnings": warnings,
-        }
-        writer.commit(attrs)
-        return {"id": src.id, "frames": writer.n, "source_frames": n_read, "warnings": warnings}
-    except BaseException:
-        writer.abort()
-        raise
+        })
+    return {"id": src.id, "frames": writer.n, "source_frames": n_read, "warnings": warnings}
 
 
 def _safe_process(src: Source, cfg: PreprocessConfig, on_frames) -> dict:
@@ -145,14 +109,13 @@ def _safe_process(src: Source, cfg: PreprocessConfig, on_frames) -> dict:
 def run(cfg: PreprocessConfig) -> PreprocessSummary:
     t0 = time.time()
     if cfg.size < 32 or cfg.size % 2:
-        raise DrkitError(f"--size {cfg.size}: expected an even number of pixels >= 32")
+        raise UsageError(f"--size {cfg.size}: expected an even number of pixels >= 32")
+    check_choice(cfg.backend, Backend, "--backend")
     sources = select_shard(discover(cfg.inputs), cfg.shard)
     if not sources:
         raise DrkitError(f"no video files or image folders found in {', '.join(map(str, cfg.inputs))}")
     _backend(cfg.backend, cfg.model_root)  # fail fast on a missing model, before any work
-    params = {"size": cfg.size, "align": cfg.align, "backend": cfg.backend,
-              "redetect_every": cfg.redetect_every, "naive": cfg.naive, "image_fps": cfg.fps}
-    store = create_store(cfg.out, "faces", params, must_match=("size", "align"))
+    store = create_store(cfg.out, "faces", cfg.store_params())
     summary = PreprocessSummary(store=str(store.path))
     todo: list[Source] = []
     listed = store.root.attrs.get("videos", {})

@@ -1,183 +1,39 @@
-"""`drkit rank-eval`: how well a DR ranks the frames around its image (paper Sec. 4.3).
-
-For every frame with a full window of 2T+1 frames at stride S (scaled by fps), the DR of the
-centre frame is projected on the window's frames, and accuracy is the share of same-side pairs
-with delta_ab > 0. Reported overall (pairs pooled), per side and per video, for the checkpoint
-and for baselines computed on the very same windows:
-
-- ``identity``: d_t = I_t - mean(I_t); no training. A strong ranker on real faces: the closer a
-  frame, the more it resembles I_t. A trained DR is useful only where it beats this.
-- ``di``: the dynamic image of the window by approximate rank pooling (Bilen et al.),
-  d = sum_t alpha_t V_t with alpha_t = sum_{j=t..N} (2j - N - 1) / j over the N = 2T+1 frames in
-  time order. It sees the whole window (not a still-image method) and ranks forward in time, so
-  it is expected to get the past side right and the future side wrong.
-- ``ranksvm``: a linear RankSVM fitted at test time on each window. On raw pixels 2T+1 frames
-  are always linearly separable, so fitting and scoring the same pairs gives 100% and bounds
-  nothing. Ours is fitted on the centre and the frames at even offsets (|k| = 2, 4, ...) only,
-  and scored on the same-side pairs that involve an odd-offset frame, which it never saw: an
-  informative test-time upper bound on how well the window's own dynamics extrapolate to
-  unseen frames. Its pair count therefore differs from the others'. (Pixels of the window,
-  centred; pair differences scaled to unit mean norm; C = 1; needs T >= 2.)
+"""`drkit rank-eval`: ranking accuracy of a DR checkpoint and baselines over a grid of
+(T, stride) windows (paper Sec. 4.3, Fig. 4). The evaluation itself and the baselines
+(identity, di, ranksvm) live in drkit.ranking; this stage picks the grid, runs it and writes the
+table, JSON and plot.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import log
+from ..checkpoint import load_checkpoint
+from ..configs import RankEvalConfig
+from ..contracts import Baseline, check_choice
 from ..errors import DrkitError
-from ..losses import pair_deltas, pair_sides, same_side_pairs, scores
-from ..store import open_store
-from ..train import load_checkpoint, model_from_checkpoint
+from ..fsutil import atomic_path, write_json_atomic
 from ..nets import pick_device
-from ..windows import FrameCache, collect_windows, iter_windows
-
-BASELINES = ("identity", "ranksvm", "di")
-
-
-def identity_dr(centre: torch.Tensor) -> torch.Tensor:
-    return centre - centre.mean(dim=(1, 2, 3), keepdim=True)
-
-
-def di_coefficients(N: int) -> torch.Tensor:
-    """Approximate rank pooling weights alpha_1..alpha_N (they sum to zero)."""
-    t = np.arange(1, N + 1)
-    a = np.array([sum((2 * j - N - 1) / j for j in range(s, N + 1)) for s in t])
-    return torch.tensor(a, dtype=torch.float32)
-
-
-def di_dr(V: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("n,bnchw->bchw", di_coefficients(V.shape[1]).to(V), V)
-
-
-def ranksvm_deltas(V: torch.Tensor, C: float = 1.0, iters: int = 300) -> torch.Tensor:
-    """(B, N, ...) windows -> (B, P) deltas on held-out pairs, NaN on pairs it was fitted on."""
-    B, N = V.shape[:2]
-    T = (N - 1) // 2
-    a, b = map(np.array, same_side_pairs(T))
-    off = np.abs(np.arange(N) - T)
-    train = (off[a] % 2 == 0) & (off[b] % 2 == 0)
-    out = torch.full((B, len(a)), float("nan"), dtype=torch.float32)
-    if not train.any() or train.all():
-        return out
-    X = V.reshape(B, N, -1).double()
-    X = X - X.mean(1, keepdim=True)
-    Z = X[:, a[train]] - X[:, b[train]]                          # (B, P_train, D)
-    Z = Z / Z.norm(dim=2).mean(1).clamp_min(1e-12)[:, None, None]
-    G = Z @ Z.transpose(1, 2)                                   # (B, P, P)
-    lr = 1.0 / torch.linalg.eigvalsh(G)[:, -1].clamp_min(1e-12)
-    alpha = torch.zeros(G.shape[:2], dtype=G.dtype)
-    for _ in range(iters):   # projected gradient ascent on the SVM dual, 0 <= alpha <= C
-        grad = 1 - (G @ alpha[..., None])[..., 0]
-        alpha = (alpha + lr[:, None] * grad).clamp(0, C)
-    w_scores = (alpha[:, None, :] @ (Z @ X.transpose(1, 2)))[:, 0]   # (B, N): <w, x_k>
-    d = (w_scores[:, a] - w_scores[:, b]).float()
-    out[:, ~train] = d[:, ~train]
-    return out
-
-
-def method_deltas(method: str, V: torch.Tensor, model=None) -> torch.Tensor:
-    """Deltas (B, P) of one method on windows V (B, 2T+1, 3, H, W); NaN = pair not scored."""
-    T = (V.shape[1] - 1) // 2
-    centre = V[:, T]
-    if method == "dr":
-        return pair_deltas(scores(model(centre), V), T)
-    if method == "identity":
-        return pair_deltas(scores(identity_dr(centre), V), T)
-    if method == "di":
-        return pair_deltas(scores(di_dr(V), V), T)
-    if method == "ranksvm":
-        return ranksvm_deltas(V)
-    raise DrkitError(f"unknown method {method!r}; baselines: {', '.join(BASELINES)}")
-
-
-@dataclass
-class Tally:
-    """Correct / total pairs per video and side."""
-    counts: dict = field(default_factory=dict)   # (video, side) -> [correct, total]
-
-    def add(self, videos: list[str], deltas: torch.Tensor, sides: torch.Tensor) -> None:
-        d = deltas.detach().cpu()
-        scored, correct = ~torch.isnan(d), (d > 0)
-        for i, v in enumerate(videos):
-            for s in (0, 1):
-                m = scored[i] & (sides == s)
-                c = self.counts.setdefault((v, s), [0, 0])
-                c[0] += int((correct[i] & m).sum())
-                c[1] += int(m.sum())
-
-    def summary(self) -> dict:
-        def acc(c, n):
-            return float(c / n) if n else float("nan")
-        tot = np.sum(list(self.counts.values()), 0) if self.counts else np.zeros(2)
-        side = {name: np.sum([c for (v, s), c in self.counts.items() if s == k], 0)
-                for k, name in enumerate(("past", "future"))}
-        vids = sorted({v for v, _ in self.counts})
-        per_video = {v: np.sum([self.counts.get((v, s), [0, 0]) for s in (0, 1)], 0) for v in vids}
-        return {"accuracy": acc(*tot), "pairs": int(tot[1]),
-                **{k: {"accuracy": acc(*c), "pairs": int(c[1])} for k, c in side.items()},
-                "videos": {v: {"accuracy": acc(*c), "pairs": int(c[1])} for v, c in per_video.items()}}
-
-
-def evaluate_windows(stores, T: int, stride: int, methods: list[str], model=None,
-                     size: int | None = None, device=None, batch_size: int = 32, every: int = 1,
-                     max_windows: int | None = None, progress=None) -> dict[str, dict]:
-    """Rank accuracy of each method on all valid (T, stride) windows of ``stores``."""
-    ws = collect_windows(stores, T, stride, every=every)
-    order = np.arange(len(ws))
-    if max_windows and len(order) > max_windows:   # evenly spread subset, deterministic
-        order = order[np.linspace(0, len(order) - 1, max_windows).round().astype(int)]
-    cache = FrameCache(ws.stores, max_bytes=512 << 20)
-    tallies = {m: Tally() for m in methods}
-    sides = pair_sides(T)
-    device = device or torch.device("cpu")
-    task = progress.add_task(f"T={T} S={stride}", total=len(order)) if progress else None
-    with torch.no_grad():
-        for idx, V in iter_windows(ws, cache, order, batch_size, size):
-            vids = [ws.videos[i] for i in idx]
-            for m in methods:
-                dl = method_deltas(m, V.to(device) if m == "dr" else V, model).cpu()
-                tallies[m].add(vids, dl, sides)
-            if progress:
-                progress.advance(task, len(idx))
-    return {m: {"windows": len(order), **t.summary()} for m, t in tallies.items()}
-
-
-@dataclass
-class RankEvalConfig:
-    ckpt: str | None
-    stores: list[str]
-    T: list[int] | None = None          # default: the checkpoint's
-    stride: list[int] | None = None     # default: the checkpoint's
-    baselines: list[str] = field(default_factory=lambda: ["identity"])
-    json: str | None = None
-    plot: str | None = None
-    size: int | None = None             # default: the checkpoint's training size
-    batch_size: int = 32
-    every: int = 1                      # use every n-th centre frame
-    max_windows: int | None = None      # at most this many windows per (T, stride)
-    device: str = "auto"
+from ..ranking import evaluate_windows
+from ..store import open_store
 
 
 def run(cfg: RankEvalConfig) -> list[dict]:
     """One record per (method, T, stride): method, T, stride, accuracy, pairs, windows,
     past / future / videos breakdowns."""
     for b in cfg.baselines:
-        if b not in BASELINES:
-            raise DrkitError(f"unknown baseline {b!r}; choose from {', '.join(BASELINES)}")
+        check_choice(b, Baseline, "--baselines")
     model, methods, size = None, list(cfg.baselines), cfg.size
     device = pick_device(cfg.device)
     Ts, Ss = cfg.T, cfg.stride
     if cfg.ckpt:
         ck = load_checkpoint(cfg.ckpt, "dr")
-        model = model_from_checkpoint(ck).to(device)
-        c = ck["config"]
-        Ts, Ss, size = Ts or [c["T"]], Ss or [c["stride"]], size or c["size"]
+        model = ck.build_model().to(device)
+        c = ck.config
+        Ts, Ss, size = Ts or [c.T], Ss or [c.stride], size or c.net_size
         methods = ["dr"] + methods
     if not Ts or not Ss:
         raise DrkitError("give --T and --stride (there is no checkpoint to take them from)")
@@ -195,11 +51,7 @@ def run(cfg: RankEvalConfig) -> list[dict]:
         raise DrkitError("no full window in these stores for the asked T and stride "
                          "(videos too short, or too many frames without a face)")
     if cfg.json:
-        p = Path(cfg.json)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(records, indent=1))
-        tmp.replace(p)
+        write_json_atomic(cfg.json, records)
     if cfg.plot:
         plot_grid(records, cfg.plot)
     return records
@@ -222,7 +74,7 @@ def table_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def plot_grid(records: list[dict], path: str) -> None:
+def plot_grid(records: list[dict], path: Path) -> None:
     """Accuracy against T, one line per (method, stride), like Fig. 4 of the paper."""
     import matplotlib
     matplotlib.use("Agg")
@@ -243,6 +95,6 @@ def plot_grid(records: list[dict], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix[1:] or "png")
     plt.close(fig)

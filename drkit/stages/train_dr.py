@@ -7,59 +7,33 @@ sees only the centre frame; the loss ranks the window's frames with <d_t, V_a>.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-import numpy as np
 import torch
 
 from .. import log
-from ..errors import DrkitError
+from ..batching import batch_generator, epoch_order, n_batches, random_flip
+from ..checkpoint import Checkpoint
+from ..configs import TrainDRConfig
+from ..contracts import DRConfig, ModelSpec, Param, check_choice
+from ..errors import DrkitError, UsageError
+from ..fsutil import jsonable
 from ..losses import rank_loss
 from ..nets import create_model
+from ..ranking import evaluate_windows
 from ..store import open_store
 from ..train import LoopConfig, fit
 from ..windows import FrameCache, collect_windows, iter_windows
-from .rank_eval import evaluate_windows
-
-
-@dataclass
-class TrainDRConfig:
-    stores: list[str]
-    out: str
-    T: int = 5
-    stride: int = 2
-    val: list[str] | None = None
-    size: int = 112                  # training crop side (frames are resized on the fly)
-    base: int = 16                   # UNet width (channels at full resolution)
-    depth: int = 3                   # UNet poolings
-    param: str = "residual"          # d = (I - mean I) + UNet(I), or "direct": d = UNet(I)
-    zero_mean: bool = True
-    theta: float = 1e-3
-    gamma: float = 1e-4
-    eps: float = 0.0
-    flip: bool = True                # mirror whole windows at random
-    jitter: float = 0.1              # brightness/contrast jitter per window (0 = off)
-    epochs: int = 10
-    time_budget: float | None = None
-    batch_size: int = 16
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    val_windows: int = 2000          # validation windows per epoch (evenly spread)
-    cache_mb: int = 2048
 
 
 def augmenter(cfg: TrainDRConfig, epoch: int):
     """Same random flip and brightness/contrast change for every frame of a window, drawn from
     (seed, epoch, batch) so a resumed run sees the same augmentation."""
     def aug(x: torch.Tensor, b: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(hash((cfg.seed, epoch, b)) & 0x7FFFFFFF)
+        g = batch_generator(cfg.seed, epoch, b)
         B = x.shape[0]
         if cfg.flip:
-            f = torch.rand(B, generator=g) < 0.5
-            x[f] = x[f].flip(-1)
+            random_flip(x, g)
         if cfg.jitter:
             c = 1 + cfg.jitter * (2 * torch.rand(B, 1, 1, 1, 1, generator=g) - 1)
             o = cfg.jitter / 2 * (2 * torch.rand(B, 1, 1, 1, 1, generator=g) - 1)
@@ -70,9 +44,10 @@ def augmenter(cfg: TrainDRConfig, epoch: int):
 
 def run(cfg: TrainDRConfig) -> dict:
     if cfg.T < 1 or cfg.stride < 1:
-        raise DrkitError("--T and --stride must be >= 1")
+        raise UsageError("--T and --stride must be >= 1")
+    check_choice(cfg.param, Param, "--param")
     if cfg.size % 2 ** cfg.depth:
-        raise DrkitError(f"--size {cfg.size} must be divisible by 2**depth = {2 ** cfg.depth}")
+        raise UsageError(f"--size {cfg.size} must be divisible by 2**depth = {2 ** cfg.depth}")
     stores = [open_store(p, "faces") for p in cfg.stores]
     ws = collect_windows(stores, cfg.T, cfg.stride)
     if len(ws) == 0:
@@ -84,21 +59,19 @@ def run(cfg: TrainDRConfig) -> dict:
     if clash:
         raise DrkitError(f"validation stores share videos with the training stores: {sorted(clash)[:3]}")
     log.info(f"train-dr: {len(ws)} windows (T={cfg.T}, S={cfg.stride}) from {len(train_ids)} videos")
-    model_spec = {"name": "dr_unet", "kwargs": {"base": cfg.base, "depth": cfg.depth,
-                                                "param": cfg.param, "zero_mean": cfg.zero_mean}}
-    settings = {k: v for k, v in asdict(cfg).items()
-                if k not in ("stores", "out", "val", "resume", "overwrite", "device", "cache_mb",
-                             "epochs", "time_budget")}
-    meta = {"kind": "dr", "model": model_spec,
-            "config": {**settings, "input": "rgb in [0, 1], masked face crop", "ref_fps": 25.0,
-                       "score": "<d, V> / (C*H*W)", "train_stores": [str(s.path) for s in stores]}}
+    spec = ModelSpec("dr_unet", {"base": cfg.base, "depth": cfg.depth, "param": cfg.param,
+                                 "zero_mean": cfg.zero_mean})
+    train = {k: v for k, v in asdict(cfg).items()
+             if k not in ("stores", "out", "val", "resume", "overwrite", "device", "cache_mb", "epochs",
+                          "time_budget", "T", "stride", "size")}
+    config = DRConfig(T=cfg.T, stride=cfg.stride, net_size=cfg.size,
+                      train=jsonable({**train, "train_stores": [s.path for s in stores]}))
     torch.manual_seed(cfg.seed)
-    model = create_model(model_spec["name"], **model_spec["kwargs"])
+    model = create_model(spec.name, **spec.kwargs)
     cache = FrameCache(ws.stores, max_bytes=cfg.cache_mb << 20)
-    n_batches = (len(ws) + cfg.batch_size - 1) // cfg.batch_size
 
     def batches(epoch: int, start: int):
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(ws))
+        order = epoch_order(len(ws), cfg.seed, epoch)
         for _, x in iter_windows(ws, cache, order, cfg.batch_size, cfg.size, start,
                                  augmenter(cfg, epoch)):
             yield x
@@ -118,4 +91,6 @@ def run(cfg: TrainDRConfig) -> dict:
 
     loop = LoopConfig(out=cfg.out, epochs=cfg.epochs, time_budget=cfg.time_budget, lr=cfg.lr,
                       seed=cfg.seed, device=cfg.device, resume=cfg.resume, overwrite=cfg.overwrite)
-    return fit(model, loop, meta, batches, n_batches, step, validate, monitor="acc", mode="max")
+    template = Checkpoint(kind="dr", model=spec, config=config, state_dict={})
+    return fit(model, loop, template, batches, n_batches(len(ws), cfg.batch_size), step, validate,
+               monitor="acc", mode="max")

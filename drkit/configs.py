@@ -1,0 +1,195 @@
+"""The settings of every stage, one dataclass each: the single source of the defaults that the
+CLI shows (drkit.cli reads them from here) and that Python users get. Light to import (no torch).
+
+Paths may be given as ``str`` or ``Path``; each config turns them into ``Path`` once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .contracts import FaceStoreParams
+from .fsutil import as_path, as_paths
+
+DEFAULT_BASELINES = ("identity",)
+
+
+@dataclass
+class PreprocessConfig:
+    inputs: list[Path]
+    out: Path
+    size: int = 224              # crop side (the store's crop_size)
+    backend: str = "dlib"
+    model_root: Path | None = None
+    align: bool = True
+    fps: float = 25.0            # frame rate of image-folder sequences
+    workers: int = 1
+    shard: str | None = None     # "I/N"
+    redetect_every: int = 30     # frames between periodic re-detections while tracking
+    naive: bool = False          # detect on every frame (slow; for comparison)
+    overwrite: bool = False      # redo videos already complete in the store
+
+    def __post_init__(self):
+        self.inputs, self.out, self.model_root = as_paths(self.inputs), as_path(self.out), as_path(self.model_root)
+
+    def store_params(self) -> FaceStoreParams:
+        return FaceStoreParams(crop_size=self.size, align=self.align, backend=self.backend,
+                               redetect_every=self.redetect_every, naive=self.naive, image_fps=self.fps)
+
+
+@dataclass
+class TrainDRConfig:
+    stores: list[Path]
+    out: Path
+    T: int = 5
+    stride: int = 2
+    val: list[Path] | None = None
+    size: int = 112                  # net_size: the side the network trains at (frames resized on the fly)
+    base: int = 16                   # UNet width (channels at full resolution)
+    depth: int = 3                   # UNet poolings
+    param: str = "residual"          # d = (I - mean I) + UNet(I), or "direct": d = UNet(I)
+    zero_mean: bool = True
+    theta: float = 1e-3
+    gamma: float = 1e-4
+    eps: float = 0.0
+    flip: bool = True                # mirror whole windows at random
+    jitter: float = 0.1              # brightness/contrast jitter per window (0 = off)
+    epochs: int = 10
+    time_budget: float | None = None
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    val_windows: int = 2000          # validation windows per epoch (evenly spread)
+    cache_mb: int = 2048
+
+    def __post_init__(self):
+        self.stores, self.out, self.val = as_paths(self.stores), as_path(self.out), as_paths(self.val)
+
+
+@dataclass
+class RankEvalConfig:
+    ckpt: Path | None
+    stores: list[Path]
+    T: list[int] | None = None          # default: the checkpoint's
+    stride: list[int] | None = None     # default: the checkpoint's
+    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
+    json: Path | None = None
+    plot: Path | None = None
+    size: int | None = None             # side to evaluate at; default: the checkpoint's net_size
+    batch_size: int = 32
+    every: int = 1                      # use every n-th centre frame
+    max_windows: int | None = None      # at most this many windows per (T, stride)
+    device: str = "auto"
+
+    def __post_init__(self):
+        self.ckpt, self.stores = as_path(self.ckpt), as_paths(self.stores)
+        self.json, self.plot = as_path(self.json), as_path(self.plot)
+
+
+@dataclass
+class GenDRConfig:
+    store: Path
+    out: Path
+    dr: list[Path]
+    no_image: bool = False
+    size: int | None = None          # map_size; default: the first checkpoint's net_size
+    batch_size: int = 32
+    device: str = "auto"
+    overwrite: bool = False
+
+    def __post_init__(self):
+        self.store, self.out, self.dr = as_path(self.store), as_path(self.out), as_paths(self.dr) or []
+
+
+@dataclass
+class TrainTaskConfig:
+    input: list[Path]
+    out: Path | None
+    labels: Path
+    task: str = "au"                      # au | affect
+    input_kind: str = "mdr"               # si | sdr | mdr
+    arch: str = "small"                   # small | vgg16
+    targets: list[str] | None = None
+    missing: list[float] = field(default_factory=list)   # sentinel values, e.g. [9]
+    val: list[Path] | None = None
+    val_share: float = 0.2
+    train_people: list[str] | None = None   # use only these people for training
+    val_people: list[str] | None = None     # hold out exactly these
+    epochs: int = 20
+    time_budget: float | None = None
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    width: int = 16                       # small CNN width; vgg16 uses its own
+    init: Path | None = None              # pretrained weights for the network (state dict .pt)
+    flip: bool = True
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    eval_only: Path | None = None         # deprecated (0.2): use `drkit eval-task`
+
+    def __post_init__(self):
+        self.input, self.val = as_paths(self.input), as_paths(self.val)
+        self.out, self.labels = as_path(self.out), as_path(self.labels)
+        self.init, self.eval_only = as_path(self.init), as_path(self.eval_only)
+
+
+@dataclass
+class EvalTaskConfig:
+    model: Path
+    stores: list[Path]
+    labels: Path
+    people: list[str] | None = None      # score only these people
+    missing: list[float] | None = None   # default: the sentinels the model was trained with
+    json: Path | None = None
+    device: str = "auto"
+
+    def __post_init__(self):
+        self.model, self.stores = as_path(self.model), as_paths(self.stores)
+        self.labels, self.json = as_path(self.labels), as_path(self.json)
+
+
+@dataclass
+class PredictConfig:
+    model: Path
+    inputs: list[Path]
+    out: Path
+    save_dr: Path | None = None
+    backend: str | None = None        # default: the bundle's
+    model_root: Path | None = None
+    batch_size: int = 32
+    device: str = "auto"
+
+    def __post_init__(self):
+        self.model, self.inputs, self.out = as_path(self.model), as_paths(self.inputs), as_path(self.out)
+        self.save_dr, self.model_root = as_path(self.save_dr), as_path(self.model_root)
+
+
+@dataclass
+class SynthConfig:
+    out: Path
+    n: int = 12
+    seconds: float = 8.0
+    fps: float = 25.0
+    faces: list[Path] = field(default_factory=list)
+    identities: int = 6            # pseudo-identities made from one photo when --faces is empty
+    size: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        self.out, self.faces = as_path(self.out), as_paths(self.faces) or []
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("drkit-demo")
+    quick: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        self.out = as_path(self.out)

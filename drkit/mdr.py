@@ -1,0 +1,70 @@
+"""The MDR stack (paper Sec. 3.3): a face crop and the DRs of one or more DR networks, stacked
+as channels at one ``map_size``. `drkit gen-dr` writes it into DR stores and `drkit predict`
+computes it on the fly (drkit.predictor), with this one module, so both see the same input.
+
+Channels: ``image_r, image_g, image_b`` (unless the image is left out), then
+``dr<k>_T<T>_S<S>_{r,g,b}`` per DR network. Each network runs at its own ``net_size``; its
+output is resized to ``map_size`` (bilinear, antialiased).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import build_model, load_checkpoint, sha256_16
+from .contracts import DRConfig, DRNet, DRNetRef
+
+
+def resize(x: torch.Tensor, side: int) -> torch.Tensor:
+    if x.shape[-1] == side and x.shape[-2] == side:
+        return x
+    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+
+
+class MDR(torch.nn.Module):
+    """Image (B, 3, H, W) in [0, 1] -> stacked [image?, DR_1, DR_2, ...] (B, C, map_size, map_size)."""
+
+    def __init__(self, nets: list[torch.nn.Module], net_sizes: list[int], map_size: int, image: bool = True):
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+        self.net_sizes, self.map_size, self.image = list(net_sizes), map_size, image
+
+    resize = staticmethod(resize)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [resize(x, self.map_size)] if self.image else []
+        for net, s in zip(self.nets, self.net_sizes):
+            parts.append(resize(net(resize(x, s)), self.map_size))
+        return torch.cat(parts, 1)
+
+    @classmethod
+    def from_dr_nets(cls, nets: list[DRNet], map_size: int, image: bool) -> "MDR":
+        """From the DR networks embedded in a task bundle."""
+        return cls([build_model(n.model, n.state_dict, "dr_nets") for n in nets],
+                   [n.config.net_size for n in nets], map_size, image)
+
+
+def channel_names(configs: list[DRConfig], image: bool) -> list[str]:
+    names = ["image_r", "image_g", "image_b"] if image else []
+    for k, c in enumerate(configs):
+        names += [f"dr{k}_T{c.T}_S{c.stride}_{ch}" for ch in "rgb"]
+    return names
+
+
+def load_mdr(paths: list[Path], image: bool, map_size: int | None) -> tuple[MDR, list[DRNetRef], list[DRNet]]:
+    """The MDR of DR checkpoints ``paths`` (files or run folders). ``map_size`` defaults to the
+    first network's ``net_size``. Also returns what a DR store records of each checkpoint and
+    what a task bundle embeds of it."""
+    cks = [load_checkpoint(p, "dr") for p in paths]
+    map_size = map_size or (cks[0].config.net_size if cks else None)
+    if map_size is None:
+        raise ValueError("map_size is needed when there is no DR checkpoint")
+    refs = [DRNetRef(path=str(ck.path.resolve()), sha256_16=sha256_16(ck.path), T=ck.config.T,
+                     stride=ck.config.stride, net_size=ck.config.net_size, model=ck.model.to_dict())
+            for ck in cks]
+    nets = [DRNet(ck.model, ck.state_dict, ck.config) for ck in cks]
+    mdr = MDR([ck.build_model() for ck in cks], [ck.config.net_size for ck in cks], map_size, image)
+    return mdr, refs, nets

@@ -1,0 +1,99 @@
+"""A reusable predictor: a task bundle (train-task's best.pt) applied to face crops, still
+images or video frames. `drkit predict` is a loop over inputs around it; Python users load it
+once and call it as often as they like::
+
+    from drkit.predictor import Predictor
+    p = Predictor.from_bundle("runs/au_mdr")           # or .../best.pt
+    result = p.predict_image(cv2.imread("face.jpg"))   # None if no face
+    print(dict(zip(p.targets, result.values)))
+
+The bundle carries the preprocessing settings (crop size, alignment, face backend), the DR
+networks and the task network, so the prediction sees exactly the input it was trained on:
+face detection + 68 landmarks -> masked crop -> [image, DRs] (drkit.mdr) -> regressor.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .batching import images_to_tensor
+from .checkpoint import Checkpoint, load_checkpoint
+from .contracts import TaskConfig
+from .mdr import MDR
+
+
+@dataclass
+class Prediction:
+    values: np.ndarray          # (k,) one value per target
+    crop: np.ndarray            # (S, S, 3) uint8 RGB masked face crop
+    mdr: np.ndarray             # (C, M, M) the network's input before normalisation
+    landmarks: np.ndarray       # (68, 2) in source-image pixels
+
+
+class Predictor:
+    """Crops (n, S, S, 3) uint8 RGB -> (n, k) predictions; or images / frames with face finding."""
+
+    def __init__(self, bundle: Checkpoint, device: torch.device | str = "cpu",
+                 backend: str | None = None, model_root: str | None = None):
+        c: TaskConfig = bundle.config
+        self.bundle, self.config, self.device = bundle, c, torch.device(device)
+        self.mdr = MDR.from_dr_nets(bundle.dr_nets, c.map_size, c.image).to(self.device).eval()
+        self.net = bundle.build_model().to(self.device)
+        self.channels = c.channels
+        self.mean = torch.tensor(c.norm_mean, device=self.device)[None, :, None, None]
+        self.std = torch.tensor(c.norm_std, device=self.device)[None, :, None, None]
+        self.targets = list(c.targets)
+        self.crop_size, self.align = c.preprocess.crop_size, c.preprocess.align
+        self.backend_name, self.model_root = backend or c.preprocess.backend, model_root
+        self._backend = None
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike, device: str = "auto", backend: str | None = None,
+                    model_root: str | None = None) -> "Predictor":
+        from .nets import pick_device
+        return cls(load_checkpoint(path, "task"), pick_device(device), backend, model_root)
+
+    @property
+    def backend(self):
+        """The face backend (loaded on first use: predicting on crops needs none)."""
+        if self._backend is None:
+            from .faces import make_backend
+            self._backend = make_backend(self.backend_name, str(self.model_root) if self.model_root else None)
+        return self._backend
+
+    @torch.no_grad()
+    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, S, S, 3) uint8 RGB masked crops -> predictions (n, k) and MDR inputs (n, C, M, M)."""
+        x = images_to_tensor(crops).to(self.device)
+        m = self.mdr(x)
+        y = self.net((m[:, self.channels] - self.mean) / self.std)
+        return y.cpu().numpy(), m.cpu().numpy()
+
+    __call__ = predict_crops
+
+    def crop(self, bgr: np.ndarray, tracker=None):
+        """The masked crop (RGB) and landmarks of the largest face in a BGR image, or None.
+        Give a FaceTracker to follow a face through video frames."""
+        from .faces import FaceTracker, crop_face
+        res = (tracker or FaceTracker(self.backend, naive=True))(bgr)
+        if res is None:
+            return None
+        return crop_face(bgr, res.landmarks, self.crop_size, self.align)[0], res.landmarks
+
+    def tracker(self, redetect_every: int | None = None):
+        """A FaceTracker for the frames of one video, with the bundle's tracking settings."""
+        from .faces import FaceTracker
+        return FaceTracker(self.backend, redetect_every=redetect_every or self.config.preprocess.redetect_every)
+
+    def predict_image(self, bgr: np.ndarray) -> Prediction | None:
+        """Predict on the largest face of one BGR image (OpenCV's order); None without a face."""
+        found = self.crop(bgr)
+        if found is None:
+            return None
+        crop, lm = found
+        y, m = self.predict_crops(crop[None])
+        return Prediction(y[0], crop, m[0], lm)

@@ -1,0 +1,158 @@
+"""Downstream tasks (paper Sec. 3.3, 4.4): AU intensity (ICC(3,1), MSE, MAE) and valence /
+arousal (PCC, CCC, MSE) regression on SI / SDR / MDR channels of DR stores. The pieces that
+`drkit train-task` (training) and `drkit eval-task` (scoring a bundle) share: channel choice,
+labelled frames, person splits, batches, scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import metrics
+from .contracts import TASK_METRICS, InputKind, check_choice
+from .errors import DrkitError
+from .labels import Labels, read_labels
+from .store import Store, open_store
+from .windows import FrameCache, FrameRefs
+
+
+def select_channels(names: list[str], kind: str) -> list[int]:
+    """Indices of the channels an input kind uses: ``si`` the image, ``sdr`` the last DR,
+    ``mdr`` everything in the store."""
+    check_choice(kind, InputKind, "--input")
+    img = [i for i, n in enumerate(names) if n.startswith("image_")]
+    drs = sorted({n.split("_")[0] for n in names if n.startswith("dr")})
+    if kind == "si":
+        sel = img
+    elif kind == "sdr":
+        sel = [i for i, n in enumerate(names) if drs and n.startswith(drs[-1] + "_")]
+    else:
+        sel = list(range(len(names)))
+    if not sel:
+        raise DrkitError(f"--input {kind}: the store has no such channels ({', '.join(names)}); "
+                         "make it with gen-dr (without --no-image for si, with --dr for sdr)")
+    return sel
+
+
+@dataclass
+class Samples(FrameRefs):
+    """Labelled frames: ``y`` (n, k) targets with NaN where missing."""
+    y: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+
+def person_of(labels: Labels, video: str) -> str:
+    return labels.person.get(video, video)
+
+
+def people_in(labels: Labels, stores: list[Store]) -> list[str]:
+    """Sorted people with at least one labelled video in ``stores``."""
+    return sorted({person_of(labels, v) for st in stores for v in st.videos if v in labels.frames})
+
+
+def labelled_frames(stores: list[Store], labels: Labels, people: set[str] | None = None) -> Samples:
+    vids, pos, ys, owner = [], [], [], {}
+    for st in stores:
+        for v in st.videos:
+            if v not in labels.frames or (people is not None and person_of(labels, v) not in people):
+                continue
+            y = labels.lookup(v, st.video(v)["frame_index"][:])
+            keep = np.flatnonzero(~np.isnan(y).all(1))
+            vids += [v] * len(keep)
+            pos.append(keep)
+            ys.append(y[keep])
+            owner[v] = st
+    if not vids:
+        raise DrkitError("no labelled frame in the input: check that the label file's video ids "
+                         "and frame numbers match the store (`drkit inspect STORE`)")
+    return Samples(vids, np.concatenate(pos), owner, y=np.concatenate(ys))
+
+
+def person_split(labels: Labels, stores: list[Store], share: float, seed: int) -> tuple[set[str], set[str]]:
+    """(train, validation) people: a ``share`` of the labelled people, at least one, held out
+    at random (fixed by ``seed``). The two sets never overlap."""
+    people = people_in(labels, stores)
+    if len(people) < 2:
+        raise DrkitError("need labelled videos of at least two people to hold some out for "
+                         "validation; or pass --val STORE")
+    rng = np.random.default_rng(seed)
+    k = min(len(people) - 1, max(1, round(share * len(people))))
+    val = set(rng.permutation(people)[:k].tolist())
+    return set(people) - val, val
+
+
+class Batcher:
+    """Batches (x normalised (B, C, H, W), y (B, k)) from a DR store's ``mdr`` array."""
+
+    def __init__(self, s: Samples, channels: list[int], mean: np.ndarray, std: np.ndarray):
+        self.s, self.ch = s, channels
+        self.cache = FrameCache(s.stores, array="mdr", max_bytes=2 << 30)
+        self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
+
+    def get(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = np.stack([self.cache.get(self.s.videos[i], self.s.positions[i:i + 1])[0][self.ch] for i in idx])
+        x = (torch.from_numpy(x.astype(np.float32)) - self.mean) / self.std
+        return x, torch.from_numpy(self.s.y[idx])
+
+
+def channel_stats(s: Samples, channels: list[int], n: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std over a random sample of ``n`` frames."""
+    idx = np.random.default_rng(seed).choice(len(s), min(n, len(s)), replace=False)
+    raw = Batcher(s, channels, np.zeros(len(channels)), np.ones(len(channels)))
+    x = raw.get(np.sort(idx))[0].double()
+    return (x.mean((0, 2, 3)).numpy().astype(np.float32),
+            (x.std((0, 2, 3), unbiased=False) + 1e-6).numpy().astype(np.float32))
+
+
+def masked_mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    m = ~torch.isnan(y)
+    return F.mse_loss(pred[m], y[m]) if m.any() else pred.sum() * 0
+
+
+def score(task: str, targets: list[str], pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Flat metrics: per target (``"icc/AU06"``) and their mean (``"icc"``), over labelled
+    entries (missing targets skipped per column)."""
+    out: dict[str, float] = {}
+    for name in TASK_METRICS[task]:
+        fn = getattr(metrics, {"icc": "icc31"}.get(name, name))
+        vals = []
+        for j, t in enumerate(targets):
+            m = ~np.isnan(y[:, j])
+            v = float(fn(pred[m, j], y[m, j])[0]) if m.sum() > 2 else float("nan")
+            out[f"{name}/{t}"] = v
+            vals.append(v)
+        out[name] = float(np.nanmean(vals)) if not np.isnan(vals).all() else float("nan")
+    return out
+
+
+def predict_samples(model, batcher: Batcher, device, batch_size: int = 64) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(batcher.s), batch_size):
+            x, _ = batcher.get(np.arange(i, min(i + batch_size, len(batcher.s))))
+            out.append(model(x.to(device)).cpu().numpy())
+    return np.concatenate(out)
+
+
+def evaluate_bundle(bundle, stores: list[Path | str], labels: Path | str, people: list[str] | None = None,
+                    missing: list[float] | None = None, device=None) -> dict[str, float]:
+    """Score a task bundle (a drkit.checkpoint.Checkpoint of kind "task") on labelled frames of
+    DR stores: ``{"frames": n, "icc": ..., "icc/AU06": ..., ...}`` (the metrics of the task)."""
+    c = bundle.config
+    device = device or torch.device("cpu")
+    opened = [open_store(p, "dr") for p in stores]
+    for st in opened:
+        if st.params["channels"] != c.store_channels:
+            raise DrkitError(f"{st.path}: channels {st.params['channels']} differ from the model's "
+                             f"{c.store_channels}; run gen-dr with the same checkpoints")
+    lab = read_labels(labels, c.targets, tuple(c.missing if missing is None else missing))
+    s = labelled_frames(opened, lab, set(people) if people else None)
+    b = Batcher(s, c.channels, np.array(c.norm_mean), np.array(c.norm_std))
+    pred = predict_samples(bundle.build_model().to(device), b, device)
+    return {"frames": len(s), **score(c.task, c.targets, pred, s.y)}
