@@ -26,7 +26,7 @@ def set_verbosity(level: int) -> None:
 
 def info(msg: str) -> None:
     if VERBOSITY >= 1:
-        console.print(msg)
+        console.print(msg, soft_wrap=True)
 
 
 def debug(msg: str) -> None:
@@ -36,7 +36,7 @@ def debug(msg: str) -> None:
 
 def warn(msg: str) -> None:
     if VERBOSITY >= 1:
-        console.print(f"[yellow]warning:[/yellow] {msg}")
+        console.print(f"[yellow]warning:[/yellow] {msg}", soft_wrap=True)
 
 
 def progress(*extra_columns) -> Progress:

@@ -15,7 +15,7 @@ drkit preprocess "$RECOLA" -o "$W/recola.zarr" --size "$SIZE" --workers 4
 for T in 3 5; do drkit train-dr "$W/recola.zarr" -o "$W/dr_T$T" --T $T --stride 2 --size "$SIZE" --epochs 20; done
 
 # 2. Table 1: BP4D AU intensity (FERA 2015), MDR = image + DR(T=5), 6 channels; SI and SDR for comparison
-python -m drkit.labels fera2015 "$BP4D/AU-Intensity" -o "$W/bp4d_labels.csv"      # video ids F001__T1
+drkit labels fera2015 "$BP4D/AU-Intensity" -o "$W/bp4d_labels.csv"                # video ids F001__T1
 drkit preprocess "$BP4D/Sequences" -o "$W/bp4d.zarr" --size "$SIZE" --workers 4      # same ids
 drkit gen-dr "$W/bp4d.zarr" -o "$W/bp4d_mdr.zarr" --dr "$W/dr_T5"
 drkit rank-eval "$W/dr_T5" "$W/bp4d.zarr" --T 3,5,7,9 --stride 1,2,3,4 --baselines identity,ranksvm,di --every 4 --plot "$W/fig4_bp4d.png"
@@ -25,7 +25,7 @@ for input in si sdr mdr; do
 done
 
 # 3. Table 2: SEMAINE valence/arousal (AVEC 2012), MDR = image + DR(T=3) + DR(T=5), 9 channels
-python -m drkit.labels avec2012 "$SEMAINE/labels" --video-suffix .avi -o "$W/semaine_labels.csv"
+drkit labels avec2012 "$SEMAINE/labels" --video-suffix .avi -o "$W/semaine_labels.csv"
 drkit preprocess "$SEMAINE/videos" -o "$W/semaine.zarr" --size "$SIZE" --workers 4  # ids: file names (s01.avi)
 drkit gen-dr "$W/semaine.zarr" -o "$W/semaine_mdr.zarr" --dr "$W/dr_T3" --dr "$W/dr_T5"
 for input in si sdr mdr; do

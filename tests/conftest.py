@@ -108,3 +108,56 @@ def make_face_store(path: Path, videos: dict, fps: dict | None = None) -> Path:
             f = (fps or {}).get(vid, 25.0)
             w.commit({"source": vid, "fps": f, "n_source_frames": int(idx[-1]) + 1 if n else 0})
     return path
+
+
+def cli(*args):
+    """Run `drkit ARGS` in-process through typer's CliRunner, as the shell would: returns an
+    object with ``returncode``, ``stdout`` and ``stderr``."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from drkit.cli import app
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
+
+
+def labelled_blobs(tmp_path, people=8, n=48):
+    """Each 'person' is one video of a drifting blob; the targets are known functions of the
+    image, both unchanged by a mirror image (train-task flips at random): t1 = distance of the
+    blob from the vertical midline (0-5), t2 = 5 - blob row (0-5)."""
+    videos, rows = {}, []
+    yy, xx = np.mgrid[:32, :32]
+    for p in range(people):
+        rng = np.random.default_rng(p)
+        pos = rng.uniform(6, 26, 2) + np.cumsum(rng.normal(0, 0.8, (n, 2)), 0)
+        pos = np.clip(pos, 4, 28)
+        bg = rng.uniform(0.1, 0.4, 3)
+        fr = np.stack([np.clip(bg + 0.6 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8)[..., None]
+                               + rng.normal(0, 0.03, (32, 32, 3)), 0, 1) for x, y in pos])
+        videos[f"p{p}.avi"] = (255 * fr).astype(np.uint8)
+        for i, (x, y) in enumerate(pos):
+            rows.append({"video": f"p{p}.avi", "frame": i, "person": f"person{p}",
+                         "t1": round(5 * abs(x - 15.5) / 12, 3), "t2": round(5 - 5 * (y - 4) / 24, 3)})
+    from drkit.labels import write_labels
+    store = make_face_store(tmp_path / "faces.zarr", videos)
+    write_labels(tmp_path / "labels.csv", rows, ["t1", "t2"])
+    return store, tmp_path / "labels.csv"
+
+
+@pytest.fixture(scope="session")
+def task_data(tmp_path_factory):
+    from drkit.stages import gen_dr, train_dr
+    d = tmp_path_factory.mktemp("task")
+    store, labels = labelled_blobs(d)
+    drs = []
+    for T in (1, 2):
+        out = d / f"dr{T}"
+        train_dr.run(train_dr.TrainDRConfig(stores=[str(store)], out=str(out), T=T, stride=1, size=32,
+                                            base=4, depth=2, epochs=1))
+        drs.append(out)
+    mdr = d / "mdr.zarr"
+    gen_dr.run(gen_dr.GenDRConfig(store=str(store), out=str(mdr), dr=[str(p) for p in drs]))
+    return {"dir": d, "faces": store, "labels": labels, "drs": drs, "mdr": mdr}

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_face_store, moving_blob_frames
+from conftest import cli, make_face_store, moving_blob_frames
 
 from drkit import ranking
 from drkit.checkpoint import load_checkpoint
+from drkit.errors import DrkitError
 from drkit.losses import rank_loss, same_side_pairs
 from drkit.stages import rank_eval, train_dr
 from drkit.store import open_store
@@ -167,7 +166,7 @@ def test_resume_continues_exactly(blob_stores, tmp_path):
     kw = dict(stores=[str(train)], T=2, stride=1, size=32, base=4, depth=2, batch_size=32)
     train_dr.run(train_dr.TrainDRConfig(out=str(tmp_path / "full"), epochs=2, **kw))
     train_dr.run(train_dr.TrainDRConfig(out=str(tmp_path / "part"), epochs=1, **kw))
-    with pytest.raises(Exception, match="--resume"):
+    with pytest.raises(DrkitError, match="--resume"):
         train_dr.run(train_dr.TrainDRConfig(out=str(tmp_path / "part"), epochs=2, **kw))
     # a run asked for 1 epoch is finished; continuing it to 2 is a resume with more epochs
     ck = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
@@ -183,15 +182,12 @@ def test_resume_continues_exactly(blob_stores, tmp_path):
 def test_cli_train_then_rank_eval(blob_stores, tmp_path):
     train, test = blob_stores
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "drkit.cli"]
-    r = subprocess.run([*cmd, "train-dr", str(train), "-o", str(run), "--T", "2", "--stride", "1",
-                        "--size", "32", "--base", "4", "--depth", "2", "--epochs", "1"],
-                       capture_output=True, text=True)
+    r = cli("train-dr", train, "-o", run, "--T", "2", "--stride", "1", "--size", "32", "--base", "4",
+            "--depth", "2", "--epochs", "1")
     assert r.returncode == 0, r.stderr
     js = tmp_path / "r.json"
-    r = subprocess.run([*cmd, "rank-eval", str(run), str(test), "--T", "2,3", "--stride", "1,2",
-                        "--baselines", "identity,ranksvm,di", "--json", str(js),
-                        "--plot", str(tmp_path / "grid.png")], capture_output=True, text=True)
+    r = cli("rank-eval", run, test, "--T", "2,3", "--stride", "1,2", "--baselines", "identity,ranksvm,di",
+            "--json", js, "--plot", tmp_path / "grid.png")
     assert r.returncode == 0, r.stderr
     recs = json.loads(js.read_text())
     assert len(recs) == 4 * 4
@@ -200,5 +196,5 @@ def test_cli_train_then_rank_eval(blob_stores, tmp_path):
         assert 0 <= rec["accuracy"] <= 1 and rec["pairs"] > 0
     assert {r["method"] for r in recs} == {"dr", "identity", "ranksvm", "di"}
     assert "dr - identity" in r.stdout and (tmp_path / "grid.png").stat().st_size > 1000
-    r = subprocess.run([*cmd, "rank-eval", str(tmp_path / "nothing"), str(test)], capture_output=True, text=True)
+    r = cli("rank-eval", tmp_path / "nothing", test)
     assert r.returncode == 1 and "no checkpoint" in r.stderr

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import zarr
-from conftest import face_frames, real_videos, write_video
+from conftest import cli, face_frames, real_videos, write_video
 
 from drkit.errors import DrkitError, NothingProcessed
 from drkit.faces import hull_mask
@@ -22,10 +22,7 @@ from drkit.stages.preprocess import PreprocessConfig, run
 from drkit.store import StoreError, create_store, open_store
 
 DRKIT = [sys.executable, "-m", "drkit.cli"]
-
-
-def _cli(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([*DRKIT, *map(str, args)], capture_output=True, text=True, **kw)
+_cli = cli
 
 
 def test_store_contents(face_store):
@@ -57,7 +54,8 @@ def test_faceless_frames_are_dropped_and_recorded(face_store):
     g = open_store(face_store).video("c.mp4")
     idx = g["frame_index"][:].tolist()
     assert not {10, 11, 12} & set(idx), "blank frames have no face and must not be stored"
-    assert set(range(36)) - {10, 11, 12} - set(idx) == set() or len(idx) >= 30
+    assert set(range(10)) <= set(idx), "every frame before the blank ones has the face"
+    assert len(idx) >= 31, f"at most 2 of the 33 face frames may be missed, stored {len(idx)}"
     assert g.attrs["n_source_frames"] == 36
     assert g["detected"][:][idx.index(13)], "the face must be re-detected after it was lost"
 
@@ -203,10 +201,6 @@ def test_store_validation_messages(tmp_path):
 def test_cli_basics(tmp_path, face_store):
     r = _cli("--version")
     assert r.returncode == 0 and r.stdout.startswith("drkit ")
-    r = _cli("predict", tmp_path / "no_model", face_store, "-o", tmp_path / "y.csv")
-    assert r.returncode == 1 and "no checkpoint" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("preprocess", "x", "--no-such-flag")
-    assert r.returncode == 2
     r = _cli("preprocess", tmp_path / "missing", "-o", tmp_path / "s.zarr")
     assert r.returncode == 1 and "no such file or folder" in r.stderr and "Traceback" not in r.stderr
     r = _cli("inspect", face_store)
@@ -216,8 +210,8 @@ def test_cli_basics(tmp_path, face_store):
     assert r.returncode == 0 and cv2.imread(str(png)).shape == (192, 192, 3)
     r = _cli("inspect", face_store, "--video", "c.mp4", "--frame", "11", "-o", png)
     assert r.returncode == 1 and "has no face" in r.stderr
-    for cmd in ("train-dr", "rank-eval", "gen-dr", "train-task", "predict", "synth", "demo"):
-        assert _cli(cmd, "--help").returncode == 0
+    r = _cli("inspect", face_store, "--video", "a.avi", "--frame", "3")
+    assert r.returncode == 2 and "go together" in r.stderr
 
 
 def test_insightface_backend_names_missing_models(tmp_path):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
+import shlex
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from conftest import cli
 
 from drkit.labels import read_labels
 from drkit.metrics import icc31
@@ -84,14 +86,30 @@ def test_au_labels_are_recoverable_on_held_out_identities(synth_set):
     assert (folds.mean(0) > 0.35).all(), folds.round(2)     # every AU, not just the easy ones
 
 
-def test_demo_quick(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "drkit.cli", "demo", "--quick", "-o", str(tmp_path / "d")],
-                       capture_output=True, text=True)
+def test_demo_quick_runs_exactly_what_it_prints(tmp_path):
+    out = tmp_path / "d"
+    r = cli("demo", "--quick", "-o", out)
     assert r.returncode == 0, r.stderr[-2000:]
-    s = json.loads((tmp_path / "d" / "summary.json").read_text())
-    for f in s["files"].values():
-        assert (tmp_path / "d").exists() and __import__("pathlib").Path(f).stat().st_size > 0
-    assert s["predict"]["face_found"] == "1"
+    s = json.loads((out / "summary.json").read_text())
+    for name, f in s["files"].items():
+        assert Path(f).is_file() and Path(f).stat().st_size > 1000, name
+        if f.endswith(".png"):
+            assert cv2.imread(f) is not None, name
+    assert s["predict"]["face_found"] == "1" and float(s["predict"]["AU12"][0]) == float(s["predict"]["AU12"][0])
     for k, v in s["rank_accuracy"].items():
         assert 0.5 < v["dr"] / 100 <= 1 and 0.5 < v["identity"] / 100 <= 1
-    assert "$ drkit synth" in r.stderr and "$ drkit predict" in r.stderr
+    printed = [shlex.split(line[len("$ drkit "):]) for line in r.stderr.splitlines() if line.startswith("$ drkit ")]
+    assert [a[0] for a in printed] == ["synth", "preprocess", "preprocess", "train-dr", "train-dr", "rank-eval",
+                                       "rank-eval", "rank-eval", "gen-dr", "gen-dr", "train-task", "eval-task",
+                                       "train-task", "eval-task", "predict"]
+    assert "--identities" in printed[0] and all("--seed" in a for a in printed if a[0] in ("synth", "train-dr"))
+    # the summary's scores are those of the printed eval-task commands
+    for kind in ("si", "mdr"):
+        assert s["au_icc"][kind] == round(json.loads((out / f"eval_au_{kind}.json").read_text())["icc"], 3)
+    # re-running a printed command by hand gives an identical result
+    for argv in (printed[6], printed[13]):      # rank-eval of DR T=3, eval-task of the MDR model
+        js = Path(argv[argv.index("--json") + 1])
+        before = js.read_text()
+        js.unlink()
+        assert cli(*argv).returncode == 0
+        assert json.loads(js.read_text()) == json.loads(before), argv[0]

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
+import json
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import make_face_store
+from conftest import cli
 
 from drkit import metrics
 from drkit.checkpoint import load_checkpoint
 from drkit.datasets import read_avec2012, read_fera2015
 from drkit.errors import DrkitError
 from drkit.labels import read_labels, write_labels
-from drkit.stages import gen_dr, train_dr, train_task
+from drkit.stages import gen_dr, train_task
 from drkit.store import open_store
+from drkit.tasks import person_split
 
 # ------------------------------------------------------------------ metrics by hand
 
@@ -86,46 +86,22 @@ def test_fera2015_and_avec2012_readers(tmp_path):
     (d / "s01_valence.csv").write_text("-0.5\n-0.4\n")
     rows = read_avec2012(tmp_path / "avec")
     assert rows[1] == {"video": "s01", "frame": 1, "person": "s01", "arousal": 0.2, "valence": -0.4}
+    # the same conversions through `drkit labels`
+    r = cli("labels", "fera2015", tmp_path / "fera", "-o", tmp_path / "f2.csv")
+    assert r.returncode == 0 and "3 frames of 1 videos" in r.stderr
+    assert (tmp_path / "f2.csv").read_text().splitlines() == [
+        "video,frame,person,AU06,AU10,AU12,AU14,AU17", "F001__T1,1,F001,0.0,,2.0,,",
+        "F001__T1,2,F001,3.0,,2.0,,", "F001__T1,3,F001,,,4.0,,"]
+    r = cli("labels", "avec2012", tmp_path / "avec", "-o", tmp_path / "a2.csv", "--video-suffix", ".avi")
+    assert r.returncode == 0
+    L = read_labels(tmp_path / "a2.csv")
+    assert L.targets == ["valence", "arousal"] and list(L.frames) == ["s01.avi"]
+    assert L.lookup("s01.avi", np.array([1]))[0].tolist() == pytest.approx([-0.4, 0.2])
+    r = cli("labels", "fera2015", tmp_path / "avec", "-o", tmp_path / "x.csv")
+    assert r.returncode == 1 and "no FERA 2015 files" in r.stderr and not (tmp_path / "x.csv").exists()
 
 
 # ------------------------------------------------------------------ gen-dr, train-task, predict
-
-def _labelled_blobs(tmp_path, people=8, n=48):
-    """Each 'person' is one video of a drifting blob; the targets are known functions of the
-    image, both unchanged by a mirror image (train-task flips at random): t1 = distance of the
-    blob from the vertical midline (0-5), t2 = 5 - blob row (0-5)."""
-    videos, rows = {}, []
-    yy, xx = np.mgrid[:32, :32]
-    for p in range(people):
-        rng = np.random.default_rng(p)
-        pos = rng.uniform(6, 26, 2) + np.cumsum(rng.normal(0, 0.8, (n, 2)), 0)
-        pos = np.clip(pos, 4, 28)
-        bg = rng.uniform(0.1, 0.4, 3)
-        fr = np.stack([np.clip(bg + 0.6 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8)[..., None]
-                               + rng.normal(0, 0.03, (32, 32, 3)), 0, 1) for x, y in pos])
-        videos[f"p{p}.avi"] = (255 * fr).astype(np.uint8)
-        for i, (x, y) in enumerate(pos):
-            rows.append({"video": f"p{p}.avi", "frame": i, "person": f"person{p}",
-                         "t1": round(5 * abs(x - 15.5) / 12, 3), "t2": round(5 - 5 * (y - 4) / 24, 3)})
-    store = make_face_store(tmp_path / "faces.zarr", videos)
-    write_labels(tmp_path / "labels.csv", rows, ["t1", "t2"])
-    return store, tmp_path / "labels.csv"
-
-
-@pytest.fixture(scope="module")
-def task_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("task")
-    store, labels = _labelled_blobs(d)
-    drs = []
-    for T in (1, 2):
-        out = d / f"dr{T}"
-        train_dr.run(train_dr.TrainDRConfig(stores=[str(store)], out=str(out), T=T, stride=1, size=32,
-                                            base=4, depth=2, epochs=1))
-        drs.append(out)
-    mdr = d / "mdr.zarr"
-    gen_dr.run(gen_dr.GenDRConfig(store=str(store), out=str(mdr), dr=[str(p) for p in drs]))
-    return {"dir": d, "faces": store, "labels": labels, "drs": drs, "mdr": mdr}
-
 
 def test_gen_dr_stacks_image_and_drs(task_data, tmp_path):
     st = open_store(task_data["mdr"], "dr")
@@ -163,20 +139,56 @@ def test_train_task_learns_known_function_on_held_out_people(task_data):
     assert r["val"]["mse"] < 0.8
     ev = train_task.run(train_task.TrainTaskConfig(input=[str(task_data["mdr"])], out=None,
                                                    labels=str(task_data["labels"]), eval_only=str(out)))
-    assert ev["frames"] == 8 * 48 and {"icc/t1", "icc/t2", "mse", "mae"} <= set(ev)
+    assert ev["frames"] == 8 * 48 and {"icc/t1", "icc/t2", "mse", "mae"} <= set(ev)   # deprecated path
+    assert ev["icc"] > 0.8
     ck = load_checkpoint(out / "best.pt", "task")
     assert ck.config.targets == ["t1", "t2"] and len(ck.dr_nets) == 2
 
 
 @pytest.mark.parametrize("kind", ["sdr", "mdr"])
-def test_train_task_inputs_run(task_data, kind):
+def test_train_task_inputs_and_eval_task_agree(task_data, kind, tmp_path):
+    """SDR uses the last DR's channels only, MDR all of them; eval-task on the validation people
+    reproduces the validation metrics train-task wrote, number for number."""
     out = task_data["dir"] / kind
     r = train_task.run(train_task.TrainTaskConfig(
-        input=[str(task_data["mdr"])], out=str(out), labels=str(task_data["labels"]), task="affect",
-        input_kind=kind, epochs=1, arch="small"))
-    assert {"pcc", "ccc", "mse"} <= set(r["val"])
+        input=[task_data["mdr"]], out=out, labels=task_data["labels"], task="affect",
+        input_kind=kind, epochs=2, arch="small", val_share=0.25))
     ck = load_checkpoint(out / "best.pt", "task")
-    assert ck.model.kwargs["in_ch"] == {"sdr": 3, "mdr": 9}[kind]
+    names = [ck.config.store_channels[i] for i in ck.config.channels]
+    assert names == ({"sdr": ["dr1_T2_S1_r", "dr1_T2_S1_g", "dr1_T2_S1_b"]}.get(kind) or ck.config.store_channels)
+    assert ck.model.kwargs["in_ch"] == len(names) and len(ck.config.norm_std) == len(names)
+    assert all(np.isfinite(r["val"][k]) for k in ("pcc", "ccc", "mse", "pcc/t1", "pcc/t2"))
+    assert json.loads((out / "val_metrics.json").read_text()) == pytest.approx(r["val"])
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    labels = read_labels(task_data["labels"])
+    _, val_people = person_split(labels, [open_store(task_data["mdr"])], 0.25, 0)
+    js = tmp_path / "eval.json"
+    res = cli("eval-task", out, task_data["mdr"], "--labels", task_data["labels"],
+              "--people", ",".join(sorted(val_people)), "--json", js)
+    assert res.returncode == 0, res.stderr
+    ev = json.loads(js.read_text())
+    assert ev["frames"] == 48 * len(val_people)
+    assert {k: v for k, v in ev.items() if k != "frames"} == pytest.approx(r["val"], rel=1e-6, abs=1e-7)
+    assert "pcc/t1" in res.stdout
+
+
+def test_person_splits_are_disjoint_and_cover_everyone():
+    from drkit.labels import Labels
+    rng = np.random.default_rng(0)
+    for n_people in (2, 3, 5, 12):
+        videos = {f"v{i}": f"p{rng.integers(n_people)}" for i in range(40)}
+        videos |= {f"w{p}": f"p{p}" for p in range(n_people)}       # every person has a video
+        labels = Labels(["t"], {v: {0: np.zeros(1, np.float32)} for v in videos}, videos)
+
+        class FakeStore:
+            def __init__(self, vids):
+                self.videos = sorted(vids)
+
+        for share in (0.1, 0.25, 0.5, 0.99):
+            for seed in range(3):
+                tr, va = person_split(labels, [FakeStore(videos)], share, seed)
+                assert tr and va and not tr & va, (n_people, share, seed)
+                assert tr | va == set(videos.values())
 
 
 def test_vgg16_builds_for_mdr():
@@ -197,9 +209,7 @@ def test_predict_rows_for_faces_and_no_faces(task_data, tmp_path):
     train_task.run(train_task.TrainTaskConfig(input=[str(task_data["mdr"])], out=str(model),
                                               labels=str(task_data["labels"]), input_kind="mdr", epochs=1))
     out = tmp_path / "pred.csv"
-    r = subprocess.run([sys.executable, "-m", "drkit.cli", "predict", str(model),
-                        str(face), str(blank), "-o", str(out), "--save-dr", str(tmp_path / "dr")],
-                       capture_output=True, text=True)
+    r = cli("predict", model, face, blank, "-o", out, "--save-dr", tmp_path / "dr")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(out)))
     assert list(rows[0]) == ["input", "frame", "face_found", "t1", "t2"]

@@ -20,13 +20,15 @@ import numpy as np
 
 from .. import log
 from ..configs import DemoConfig
+from ..fsutil import write_json_atomic
 
 
 def drkit(*args) -> None:
     """Print one `drkit` command line and run it (drkit.cli.run_argv)."""
     from ..cli import run_argv
     argv = [str(a) for a in args]
-    log.info("[bold cyan]$ drkit " + shlex.join(argv) + "[/bold cyan]")
+    if log.VERBOSITY >= 1:   # one line, never wrapped, so it can be copied into a shell
+        log.console.print("$ drkit " + shlex.join(argv), style="bold cyan", markup=False, soft_wrap=True)
     run_argv(argv)
 
 
@@ -130,5 +132,5 @@ def run(cfg: DemoConfig) -> dict:
                   "dr_picture": str(out / "dr_pictures" / "still.png"), "rank_eval_json": str(out / "rank_eval.json")},
         "grid": [{k2: r[k2] for k2 in ("method", "T", "stride", "accuracy", "pairs")} for r in recs],
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out / "summary.json", summary)
     return summary

@@ -1,0 +1,141 @@
+"""The CLI and the package layout: defaults declared once, choices are usage errors, exit codes
+inside the app, stages do not import each other, checkpoints load without the training loop."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import cli
+
+import drkit
+from drkit import configs as C
+
+PKG = Path(drkit.__file__).parent
+
+COMMANDS = {"preprocess": C.PreprocessConfig, "train-dr": C.TrainDRConfig, "rank-eval": C.RankEvalConfig,
+            "gen-dr": C.GenDRConfig, "train-task": C.TrainTaskConfig, "eval-task": C.EvalTaskConfig,
+            "predict": C.PredictConfig, "synth": C.SynthConfig, "demo": C.DemoConfig}
+RENAMED = {"train-task": {"inputs": "input"}, "rank-eval": {"json_out": "json"},
+           "eval-task": {"json_out": "json"}}
+
+
+def test_cli_defaults_are_the_config_defaults():
+    """Every option that sets a config field shows that field's default: one source of truth."""
+    import typer.main
+
+    from drkit.cli import app
+    group = typer.main.get_command(app)
+    checked = 0
+    for name, cls in COMMANDS.items():
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for p in group.commands[name].params:
+            field = fields.get(RENAMED.get(name, {}).get(p.name, p.name))
+            if field is None or field.default is dataclasses.MISSING:
+                continue
+            want = field.default
+            if name == "rank-eval" and p.name == "baselines":
+                want = ",".join(C.DEFAULT_BASELINES)
+            got = p.default
+            if isinstance(want, bool) and p.name in ("overwrite", "resume"):
+                assert got is False
+            assert (got == want) or (got is None and want in (None, [])), (name, p.name, got, want)
+            checked += 1
+    assert checked >= 50, checked
+
+
+@pytest.mark.parametrize("args, allowed", [
+    (["train-dr", "s.zarr", "-o", "r", "--param", "foo"], "residual"),
+    (["preprocess", "x.mp4", "-o", "s.zarr", "--backend", "foo"], "dlib"),
+    (["train-task", "s.zarr", "--labels", "l.csv", "--input", "xyz"], "mdr"),
+    (["train-task", "s.zarr", "--labels", "l.csv", "--task", "pain"], "affect"),
+    (["labels", "bp4d", "root", "-o", "x.csv"], "fera2015"),
+])
+def test_a_bad_choice_is_a_usage_error_naming_the_choices(args, allowed):
+    r = cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert allowed in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_values_checked_by_the_library_exit_2(tmp_path, face_store):
+    r = cli("rank-eval", tmp_path / "none", face_store, "--baselines", "identity,foo")
+    assert r.returncode == 2 and "ranksvm" in r.stderr   # names the allowed values
+    r = cli("preprocess", tmp_path, "-o", tmp_path / "s.zarr", "--shard", "3/2")
+    assert r.returncode == 2 and "--shard" in r.stderr
+    r = cli("preprocess", tmp_path, "-o", tmp_path / "s.zarr", "--size", "63")
+    assert r.returncode == 2 and "--size 63" in r.stderr
+    r = cli("rank-eval", tmp_path / "none", face_store, "--T", "3,x")
+    assert r.returncode == 2 and "--T" in r.stderr
+    from drkit.errors import UsageError
+    from drkit.stages import train_dr
+    with pytest.raises(UsageError, match="direct"):
+        train_dr.run(C.TrainDRConfig(stores=[face_store], out=tmp_path / "r", param="foo"))
+
+
+def test_errors_are_one_line_with_the_exit_code(tmp_path):
+    r = cli("predict", tmp_path / "no_model", tmp_path, "-o", tmp_path / "y.csv")
+    assert r.returncode == 1 and "no checkpoint" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    r = cli("preprocess", "x", "--no-such-flag")
+    assert r.returncode == 2
+
+
+def test_console_script_runs_as_a_process():
+    """One real process (the entry point, not CliRunner): version and exit codes."""
+    r = subprocess.run([sys.executable, "-m", "drkit.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == f"drkit {drkit.__version__}"
+    r = subprocess.run([sys.executable, "-m", "drkit.cli", "inspect", "/no/such/store"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "no such drkit store" in r.stderr and "Traceback" not in r.stderr
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute module names imported by a module of the drkit package."""
+    pkg = ".".join(path.relative_to(PKG.parent).with_suffix("").parts[:-1])
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = pkg.rsplit(".", node.level - 1)[0] if node.level else ""
+            mod = ".".join(x for x in (base, node.module or "") if x)
+            out.add(mod)
+            out |= {f"{mod}.{a.name}" for a in node.names}
+    return out
+
+
+def test_no_stage_imports_another_stage():
+    stages = {p.stem for p in (PKG / "stages").glob("*.py") if p.stem != "__init__"}
+    assert {"preprocess", "train_dr", "rank_eval", "gen_dr", "train_task", "eval_task", "predict"} <= stages
+    for p in (PKG / "stages").glob("*.py"):
+        if p.stem in ("demo", "__init__"):
+            continue
+        imported = _imports(p)
+        bad = {m for m in imported if m.startswith("drkit.stages.") or m == "drkit.cli"}
+        assert not bad, f"{p.name} imports {bad}"
+    for p in PKG.glob("*.py"):   # library modules never import stages (the CLI does, lazily)
+        if p.stem != "cli":
+            assert not {m for m in _imports(p) if m.startswith("drkit.stages")}, p.name
+
+
+def test_readers_do_not_import_the_training_loop():
+    code = ("import sys, drkit.checkpoint, drkit.predictor, drkit.mdr, drkit.ranking, drkit.tasks, "
+            "drkit.stages.rank_eval, drkit.stages.gen_dr, drkit.stages.predict, drkit.stages.eval_task; "
+            "assert 'drkit.train' not in sys.modules, 'training loop imported'; "
+            "import drkit.cli, drkit.configs, drkit.contracts; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+    # the CLI's help path stays light: no torch
+    r = subprocess.run([sys.executable, "-c", "import sys, drkit.cli; print('torch' in sys.modules)"],
+                       capture_output=True, text=True)
+    assert r.stdout.strip() == "False", r.stdout + r.stderr
+
+
+def test_every_command_has_help():
+    for name in [*COMMANDS, "inspect", "labels"]:
+        r = cli(name, "--help")
+        assert r.returncode == 0 and "Usage" in r.stdout, name
