@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
+from rich.markup import escape
 
 from . import __version__, configs as C, log
 from .contracts import Arch, Backend, InputKind, LabelLayout, Param, Task
@@ -40,14 +41,21 @@ def command(name: str | None = None, **kw):
             except DrkitError as e:
                 if log.VERBOSITY >= 2:
                     log.console.print_exception()
-                log.console.print(f"[red]error:[/red] {e}", soft_wrap=True, markup=True, highlight=False)
+                log.console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
                 raise typer.Exit(e.exit_code)
+            except OSError as e:   # read-only folder, a folder where a file is expected, disk full
+                if log.VERBOSITY >= 2:
+                    log.console.print_exception()
+                where = f"{e.filename}: " if e.filename else ""
+                log.console.print(f"[red]error:[/red] {escape(where + (e.strerror or str(e)))} "
+                                  "(check the path and its permissions, and free disk space)", soft_wrap=True)
+                raise typer.Exit(1)
             except Exception as e:
                 if type(e).__module__.startswith(("typer", "click")):   # Exit, usage errors
                     raise
                 if log.VERBOSITY >= 2:
                     log.console.print_exception()
-                log.console.print(f"[red]error:[/red] internal error: {type(e).__name__}: {e} "
+                log.console.print(f"[red]error:[/red] internal error: {type(e).__name__}: {escape(str(e))} "
                                   "(rerun with -v for the traceback)", soft_wrap=True)
                 raise typer.Exit(1)
         return app.command(name, **kw)(wrapper)
@@ -144,7 +152,8 @@ def preprocess(
         workers=workers, shard=shard, redetect_every=redetect_every, naive=naive, overwrite=overwrite))
     fps_s = s.frames / s.seconds if s.seconds else 0.0
     tail = f", {len(s.no_face)} without any face" if s.no_face else ""
-    log.info(f"preprocess: {len(s.ok)} ok, {len(s.skipped)} skipped (already done), "
+    rep = f" ({len(s.repaired)} repaired)" if s.repaired else ""
+    log.info(f"preprocess: {len(s.ok)} ok{rep}, {len(s.skipped)} skipped (already done), "
              f"{len(s.failed)} failed{tail}; {s.frames} frames written in "
              f"{s.seconds:.1f} s ({fps_s:.0f} frames/s) -> {s.store}")
     for path, reason in s.failed.items():
@@ -434,8 +443,31 @@ def run_argv(argv: list[str]) -> None:
         raise err
 
 
+def _quiet_native_stderr(argv: list[str]) -> None:
+    """Keep messages that C libraries print straight to the stderr file descriptor (FFmpeg's
+    decoder complaints, libjpeg's "Corrupt JPEG data") out from between drkit's own lines,
+    unless -v: drkit's output moves to a duplicate of stderr, and descriptor 2 goes to
+    /dev/null. Damaged inputs are still reported by drkit itself."""
+    import os
+    import sys
+    if "-v" in argv or "--verbose" in argv or not hasattr(os, "dup2"):
+        return
+    try:
+        keep = os.dup(2)
+        sys.stderr.flush()
+        sys.stderr = os.fdopen(keep, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                               errors="backslashreplace")
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    except OSError:
+        pass
+
+
 def main() -> None:
     """Console entry point."""
+    import sys
+    _quiet_native_stderr(sys.argv[1:])
     app()
 
 

@@ -10,7 +10,12 @@ Write once, mark complete last: a video is written into ``_partial/<id>-<token>`
 ``<id>`` by a single directory rename once all of it is on disk, and only then listed in the
 root attribute ``videos``. A run killed at any point therefore leaves either a complete video or
 no video (plus scratch in ``_partial`` that the next run of the same video removes). Root
-attributes are updated under a file lock, so several ``--shard`` jobs may share one store.
+attributes, renames and listings happen under a store lock, and each video is written under a
+per-video *claim* (an flock on ``_partial/<id>.claim`` held by the live process writing it), so
+any number of runs and ``--shard`` jobs may share one store: a video another live process owns is
+never touched, and scratch is removed only when its owner is gone. A video whose arrays are
+damaged (a missing chunk, arrays of different lengths) is refused on read and redone by the next
+run of the stage that writes it.
 """
 
 from __future__ import annotations
@@ -24,14 +29,14 @@ import re
 import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, get_args
 
 import numpy as np
 import zarr
 
-from . import __version__
+from . import __version__, log
 from .contracts import (
     STORE_SCHEMA_VERSION,
     ArraySpec,
@@ -75,6 +80,7 @@ class Store:
     root: zarr.Group
     kind: str
     meta: dict[str, Any]
+    _checked: set[str] = field(default_factory=set, repr=False)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -95,8 +101,16 @@ class Store:
         return self.root.attrs.get("videos", {})[vid]
 
     def video(self, vid: str) -> zarr.Group:
+        """One complete video's group, its arrays checked (once per opened store)."""
         if vid not in self.root.attrs.get("videos", {}):
             raise StoreError(f"{self.path}: no complete video '{vid}' (see `drkit inspect {self.path}`)")
+        if vid not in self._checked:
+            problem = video_problem(self.path, vid, self.kind)
+            if problem:
+                fix = {"faces": "rerun `drkit preprocess` with the same inputs and -o",
+                       "dr": "rerun `drkit gen-dr` with the same face store, checkpoints and -o"}[self.kind]
+                raise StoreError(f"{self.path}/{vid}: damaged ({problem}); {fix} to redo it")
+            self._checked.add(vid)
         return zarr.open_group(self.path / vid, mode="r")
 
     @property
@@ -151,11 +165,10 @@ def create_store(path: str | os.PathLike, kind: str,
         must_match = getattr(params, "MUST_MATCH", ())
     if not isinstance(params, dict):
         params = params.to_dict()
-    if path.exists() and not (path / "zarr.json").exists():
-        if path.is_file() or any(path.iterdir()):
-            raise StoreError(f"{path}: exists and is not a drkit store; choose another -o path.")
-    (path.parent).mkdir(parents=True, exist_ok=True)
-    with _lock(path):
+    if path.is_file():
+        raise StoreError(f"{path}: is a file, not a store folder; choose another -o path.")
+    path.mkdir(parents=True, exist_ok=True)
+    with _lock(path):   # several jobs may create the same new store at once: check and create here
         if (path / "zarr.json").exists():
             store = open_store(path, kind)
             old = store.params
@@ -165,13 +178,15 @@ def create_store(path: str | os.PathLike, kind: str,
                 raise StoreError(f"{path}: store was created with {', '.join(diff)}; rerun with "
                                  "the same settings or write to a new store with -o.")
             return store
-        root = zarr.open_group(path, mode="w")
+        if any(p.name != PARTIAL for p in path.iterdir()):
+            raise StoreError(f"{path}: exists and is not a drkit store; choose another -o path.")
+        root = zarr.open_group(path, mode="a")       # never "w": that would delete the lock file
         meta = {"kind": kind, "schema_version": STORE_SCHEMA_VERSION, "drkit_version": __version__,
                 "created": now(), "params": params}
-        root.attrs.update({"drkit": meta, "videos": {}, "failed": {}, "runs": []})
-        zarr.open_group(path / PARTIAL, mode="w").attrs.update(
-            {"drkit": {"kind": "scratch", "note": "videos being written; safe to delete when no "
-                       "job is running"}})
+        zarr.open_group(path / PARTIAL, mode="a").attrs.update(
+            {"drkit": {"kind": "scratch", "note": "videos being written, and the lock and claim "
+                       "files; scratch is safe to delete when no job is running"}})
+        root.attrs.update({"drkit": meta, "videos": {}, "failed": {}, "runs": []})   # last: marks the store
     return open_store(path, kind)
 
 
@@ -188,19 +203,41 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def update_root(path: str | os.PathLike, fn) -> None:
+def update_root(path: str | os.PathLike, fn, locked: bool = False) -> None:
     """Read-modify-write the root attributes under the store lock: ``fn(attrs_dict)``
-    mutates a plain dict that is then written back in one update."""
+    mutates a plain dict that is then written back in one update. ``locked``: the caller holds
+    the lock already."""
     path = Path(path)
-    with _lock(path):
+    with contextlib.nullcontext() if locked else _lock(path):
         root = zarr.open_group(path, mode="r+")
         attrs = json.loads(json.dumps(dict(root.attrs)))
         fn(attrs)
         root.attrs.update(attrs)
 
 
+@contextlib.contextmanager
+def claim(store_path: str | os.PathLike, vid: str, wait: bool = False) -> Iterator[bool]:
+    """Claim one video of a store for writing: yields True while this process holds an
+    exclusive flock on ``_partial/<vid>.claim`` (released when the block ends or the process
+    dies), False if another live process holds it and ``wait`` is false. Only a claim holder may
+    write, commit, or delete scratch of that video."""
+    d = Path(store_path) / PARTIAL
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / f"{vid}.claim", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class VideoWriter:
     """Append frames of one video to a scratch group; ``commit`` makes it visible at once.
+    The caller holds the video's ``claim``.
 
     Use as a context manager: leaving the block without ``commit`` (an error, a kill signal
     turned into an exception) removes the scratch, so nothing half-written is ever listed::
@@ -281,11 +318,13 @@ class VideoWriter:
         self.group.attrs.update({**video_marker(self.store_kind), **attrs, "n_frames": self.n,
                                  "complete": True, "completed": now()})
         final = self.store_path / self.vid
-        if final.exists():  # an explicit redo (--overwrite) of a complete video
-            shutil.rmtree(final)
-        os.replace(self.tmp, final)
-        list_video(self.store_path, self.vid)
-        remove_partials(self.store_path, self.vid)
+        with _lock(self.store_path):    # readers list and open videos under the same lock
+            if final.exists():          # a redo (--overwrite, or a damaged video) replaces it
+                update_root(self.store_path, lambda a: a.get("videos", {}).pop(self.vid, None), locked=True)
+                shutil.rmtree(final)
+            os.replace(self.tmp, final)
+            list_video(self.store_path, self.vid, locked=True)
+        remove_partials(self.store_path, self.vid)   # the caller holds the claim: any other scratch is dead
         self.committed = True
 
     def abort(self) -> None:
@@ -303,7 +342,7 @@ class VideoWriter:
 LISTED = ("source", "fps", "n_source_frames", "n_frames")
 
 
-def list_video(store_path: str | os.PathLike, vid: str) -> None:
+def list_video(store_path: str | os.PathLike, vid: str, locked: bool = False) -> None:
     """Add a complete video to the root ``videos`` listing, from its own attributes (also used
     to repair a store whose run was killed between the rename and the listing)."""
     a = dict(zarr.open_group(Path(store_path) / vid, mode="r").attrs)
@@ -311,11 +350,12 @@ def list_video(store_path: str | os.PathLike, vid: str) -> None:
     def add(root: dict) -> None:
         root.setdefault("videos", {})[vid] = {k: a.get(k) for k in LISTED}
         root.setdefault("failed", {}).pop(a.get("source") or "", None)
-    update_root(store_path, add)
+    update_root(store_path, add, locked)
 
 
 def remove_partials(store_path: str | os.PathLike, vid: str) -> None:
-    """Delete scratch left by earlier, killed attempts at this video."""
+    """Delete scratch left by earlier, killed attempts at this video. Call only while holding
+    the video's claim (else the scratch may belong to a live process)."""
     d = Path(store_path) / PARTIAL
     for p in d.glob(f"{vid}-*"):
         if p.is_dir() and re.fullmatch(re.escape(vid) + r"-[0-9a-f]{8}", p.name):
@@ -330,3 +370,59 @@ def is_complete(store_path: str | os.PathLike, vid: str) -> bool:
         return bool(json.loads(p.read_text()).get("attributes", {}).get("complete"))
     except (OSError, ValueError):
         return False
+
+
+ARRAY_NAMES = {"faces": ("frames", "landmarks", "frame_index", "confidence", "detected", "transform"),
+               "dr": ("mdr", "frame_index")}
+IMAGE_ARRAY = {"faces": "frames", "dr": "mdr"}
+
+
+def video_problem(store_path: str | os.PathLike, vid: str, kind: str) -> str | None:
+    """What is wrong with a video folder marked complete, or None: its arrays must all be
+    there, as long as ``n_frames``, and the image array's chunks must all be on disk. Cheap:
+    metadata files and one stat per image chunk."""
+    g = Path(store_path) / vid
+    try:
+        attrs = json.loads((g / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return "no readable zarr.json"
+    n = attrs.get("n_frames")
+    if not isinstance(n, int):
+        return "no n_frames attribute"
+    for name in ARRAY_NAMES[kind]:
+        try:
+            meta = json.loads((g / name / "zarr.json").read_text())
+        except (OSError, ValueError):
+            return f"array '{name}' is missing"
+        shape = meta.get("shape") or [None]
+        if shape[0] != n:
+            return f"array '{name}' has {shape[0]} frames, the video {n}"
+        if name == IMAGE_ARRAY[kind] or (name == "frame_index" and n > 1):
+            cf = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+            tail = "/".join("0" * (len(shape) - 1))
+            sep = (meta.get("chunk_key_encoding", {}).get("configuration", {}) or {}).get("separator", "/")
+            for i in range(-(-n // cf)):
+                key = f"c{sep}{i}" + (f"{sep}{tail.replace('/', sep)}" if tail else "")
+                if not (g / name / key).exists():
+                    return f"array '{name}' misses chunk {i} of {-(-n // cf)}"
+    return None
+
+
+def video_state(store_path: str | os.PathLike, vid: str, kind: str) -> str:
+    """Bring one video's listing in line with its folder and say what a writer should do.
+    Call while holding the video's claim. Returns:
+
+    - ``"done"``: complete and intact (listed now if a killed run had renamed but not listed it);
+    - ``"damaged"``: marked complete but its arrays are not whole: unlisted now, to be redone;
+    - ``"todo"``: not there yet."""
+    if not is_complete(store_path, vid):
+        return "todo"
+    problem = video_problem(store_path, vid, kind)
+    if problem:
+        log.warn(f"{Path(store_path) / vid}: damaged ({problem}); redoing it")
+        update_root(store_path, lambda a: a.get("videos", {}).pop(vid, None))
+        return "damaged"
+    listed = zarr.open_group(Path(store_path), mode="r").attrs.get("videos", {})
+    if vid not in listed:   # killed between the rename and the listing: list it now
+        list_video(store_path, vid)
+    return "done"

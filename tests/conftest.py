@@ -161,3 +161,26 @@ def task_data(tmp_path_factory):
     mdr = d / "mdr.zarr"
     gen_dr.run(gen_dr.GenDRConfig(store=str(store), out=str(mdr), dr=[str(p) for p in drs]))
     return {"dir": d, "faces": store, "labels": labels, "drs": drs, "mdr": mdr}
+
+
+def store_arrays(path: Path) -> dict:
+    from drkit.store import open_store
+    st = open_store(path)
+    out = {}
+    for v in st.videos:
+        g = st.video(v)
+        out[v] = {k: g[k][:] for k in sorted(g.array_keys())}
+    return out
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    """Same videos, same listing, every array equal (the stores' scratch is not compared)."""
+    from drkit.store import open_store
+    A, B = store_arrays(a), store_arrays(b)
+    assert sorted(A) == sorted(B)
+    la, lb = open_store(a).root.attrs["videos"], open_store(b).root.attrs["videos"]
+    assert {v: {k: x[k] for k in ("fps", "n_frames", "n_source_frames")} for v, x in la.items()} == \
+        {v: {k: x[k] for k in ("fps", "n_frames", "n_source_frames")} for v, x in lb.items()}
+    for v in A:
+        for k in A[v]:
+            np.testing.assert_array_equal(A[v][k], B[v][k], err_msg=f"{v}/{k}")

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import zarr
-from conftest import cli, face_frames, real_videos, write_video
+from conftest import assert_same_store, cli, face_frames, real_videos, write_video
 
 from drkit.errors import DrkitError, NothingProcessed
 from drkit.faces import hull_mask
@@ -125,20 +125,6 @@ def test_rerun_skips_complete_and_settings_must_match(tmp_path, videos):
         run(PreprocessConfig(inputs=[str(videos / "a.avi")], out=str(out), size=128))
 
 
-def _arrays(path: Path) -> dict:
-    st = open_store(path)
-    return {v: {k: st.video(v)[k][:] for k in ("frames", "landmarks", "frame_index", "transform")}
-            for v in st.videos}
-
-
-def _assert_same_store(a: Path, b: Path) -> None:
-    A, B = _arrays(a), _arrays(b)
-    assert sorted(A) == sorted(B)
-    for v in A:
-        for k in A[v]:
-            np.testing.assert_array_equal(A[v][k], B[v][k], err_msg=f"{v}/{k}")
-
-
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -165,7 +151,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     r = _cli("preprocess", src, "-o", out, "--size", "64")
     assert r.returncode == 0, r.stderr
     assert "skipped" in r.stderr
-    _assert_same_store(ref, out)
+    assert_same_store(ref, out)
     assert open_store(out).partial_leftovers() == []
 
 
@@ -176,7 +162,7 @@ def test_shards_fill_one_store(tmp_path, videos):
     assert sorted(a.ok + b.ok) == ["a.avi", "c.mp4", "sub__b.avi"] and not set(a.ok) & set(b.ok)
     ref = tmp_path / "ref.zarr"
     run(PreprocessConfig(inputs=[str(videos)], out=str(ref), size=64, workers=2))
-    _assert_same_store(ref, out)
+    assert_same_store(ref, out)
     with pytest.raises(DrkitError, match="--shard"):
         run(PreprocessConfig(inputs=[str(videos)], out=str(out), shard="2/2"))
 

@@ -18,7 +18,7 @@ from ..contracts import DRStoreParams, dr_arrays
 from ..errors import DrkitError
 from ..mdr import channel_names, load_mdr
 from ..nets import pick_device
-from ..store import VideoWriter, create_store, is_complete, open_store
+from ..store import VideoWriter, claim, create_store, open_store, remove_partials, video_problem, video_state
 
 
 def run(cfg: GenDRConfig) -> dict:
@@ -39,22 +39,46 @@ def run(cfg: GenDRConfig) -> dict:
     if [c.sha256_16 for c in out.typed_params.checkpoints] != [c.sha256_16 for c in refs]:
         raise DrkitError(f"{out.path}: was made with other DR checkpoints; write to a new -o")
     spec = dr_arrays(C, S)
-    todo = [v for v in src.videos if cfg.overwrite or not is_complete(out.path, v)]
+    listed = out.root.attrs.get("videos", {})
+    todo = [v for v in src.videos if cfg.overwrite or v not in listed or video_problem(out.path, v, "dr")]
     log.info(f"gen-dr: {len(src.videos)} videos, {len(todo)} to do, {C} channels at {S} px -> {out.path}")
-    frames_done = 0
+    done = {"frames": 0, "videos": 0}
     with log.progress() as prog, torch.no_grad():
         task = prog.add_task("frames", total=sum(src.video_info(v)["n_frames"] for v in todo))
-        for vid in todo:
-            g = src.video(vid)
-            with VideoWriter(out.path, vid, spec, "dr") as w:
-                n = g["frames"].shape[0]
-                for i in range(0, n, cfg.batch_size):
-                    x = images_to_tensor(np.asarray(g["frames"][i:i + cfg.batch_size])).to(device)
-                    y = mdr(x).cpu().numpy().astype(np.float16)
-                    w.append(mdr=y, frame_index=g["frame_index"][i:i + len(y)])
-                    prog.advance(task, len(y))
-                w.commit({"fps": g.attrs["fps"], "source": g.attrs.get("source"),
-                          "n_source_frames": g.attrs.get("n_source_frames")})
-            frames_done += n
-    log.info(f"gen-dr: wrote {frames_done} frames of {len(todo)} videos")
-    return {"store": str(out.path), "videos": len(todo), "frames": frames_done, "channels": names}
+
+        def attempt(vid: str, wait: bool) -> bool:
+            """Write one video under its claim; False if another live run holds it."""
+            with claim(out.path, vid, wait) as mine:
+                if not mine:
+                    return False
+                state = video_state(out.path, vid, "dr")
+                if state == "done" and not cfg.overwrite:   # finished by another run meanwhile
+                    prog.advance(task, src.video_info(vid)["n_frames"])
+                    return True
+                remove_partials(out.path, vid)   # scratch of a dead run: we hold the claim
+                done["frames"] += _write_video(src.video(vid), out.path, vid, mdr, spec, device,
+                                               cfg.batch_size, lambda n: prog.advance(task, n))
+                done["videos"] += 1
+                return True
+
+        busy = [v for v in todo if not attempt(v, wait=False)]
+        for vid in busy:   # videos another live run was writing: wait for it, finish what it left
+            log.info(f"{vid}: being written by another run; waiting for it")
+            attempt(vid, wait=True)
+    frames_done = done["frames"]
+    log.info(f"gen-dr: wrote {frames_done} frames of {done['videos']} videos")
+    return {"store": str(out.path), "videos": done["videos"], "frames": frames_done, "channels": names}
+
+
+def _write_video(g, out_path, vid: str, mdr, spec, device, batch_size: int, advance) -> int:
+    """Stack every frame of one face-store video (group ``g``) into the DR store; returns frames."""
+    with VideoWriter(out_path, vid, spec, "dr") as w:
+        n = g["frames"].shape[0]
+        for i in range(0, n, batch_size):
+            x = images_to_tensor(np.asarray(g["frames"][i:i + batch_size])).to(device)
+            y = mdr(x).cpu().numpy().astype(np.float16)
+            w.append(mdr=y, frame_index=g["frame_index"][i:i + len(y)])
+            advance(len(y))
+        w.commit({"fps": g.attrs["fps"], "source": g.attrs.get("source"),
+                  "n_source_frames": g.attrs.get("n_source_frames")})
+    return n

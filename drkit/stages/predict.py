@@ -53,6 +53,9 @@ def dr_picture(crop: np.ndarray, mdr: np.ndarray, image: bool) -> np.ndarray:
 
 
 def run(cfg: PredictConfig) -> dict:
+    if cfg.out.is_dir():
+        raise DrkitError(f"{cfg.out}: is a folder; -o takes the CSV file to write, e.g. "
+                         f"{cfg.out / 'predictions.csv'}")
     pred = Predictor.from_bundle(cfg.model, cfg.device, cfg.backend, cfg.model_root)
     pred.backend  # load the face backend now: a missing model fails before any work
     items = _inputs(cfg.inputs)

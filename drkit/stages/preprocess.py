@@ -9,6 +9,8 @@ resumes it; a failed source is reported and the rest go on.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
 import sys
 import time
 import traceback
@@ -25,13 +27,15 @@ from ..contracts import Backend, check_choice, face_arrays
 from ..errors import DrkitError, UsageError, NothingProcessed
 from ..faces import FaceTracker, crop_face, make_backend
 from ..sources import FrameReader, Source, discover, select_shard
-from ..store import VideoWriter, create_store, is_complete, list_video, now, update_root
+from ..store import (VideoWriter, claim, create_store, is_complete, now, remove_partials, update_root,
+                     video_problem, video_state)
 
 
 @dataclass
 class PreprocessSummary:
     store: str
     ok: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)   # damaged videos redone (also in ok)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)   # source path -> reason
     no_face: list[str] = field(default_factory=list)
@@ -50,10 +54,24 @@ def _backend(name: str, model_root: Path | None):
 
 
 def process_video(src: Source, cfg: PreprocessConfig,
-                  on_frames: Callable[[int], None] = lambda n: None) -> dict:
-    """Preprocess one source into the store; returns its summary. Raises DrkitError if unreadable."""
+                  on_frames: Callable[[int], None] = lambda n: None, wait: bool = False) -> dict:
+    """Preprocess one source into the store under the video's claim; returns its summary
+    (``busy`` if another live run is writing it and ``wait`` is false, ``skipped`` if it is
+    already complete and intact). Raises DrkitError if unreadable."""
     if src.kind == "unknown":
         raise DrkitError(f"not a video file (extension {src.path.suffix or 'none'})")
+    with claim(cfg.out, src.id, wait) as mine:
+        if not mine:
+            return {"id": src.id, "busy": True}
+        state = video_state(cfg.out, src.id, "faces")
+        if state == "done" and not cfg.overwrite:
+            return {"id": src.id, "skipped": True}
+        remove_partials(cfg.out, src.id)   # scratch of a dead run: we hold the claim
+        res = _write_video(src, cfg, on_frames)
+        return {**res, "repaired": state == "damaged"}
+
+
+def _write_video(src: Source, cfg: PreprocessConfig, on_frames: Callable[[int], None]) -> dict:
     backend = _backend(cfg.backend, cfg.model_root)
     reader = FrameReader(src, cfg.fps)
     tracker = FaceTracker(backend, redetect_every=cfg.redetect_every, naive=cfg.naive)
@@ -95,10 +113,10 @@ def process_video(src: Source, cfg: PreprocessConfig,
     return {"id": src.id, "frames": writer.n, "source_frames": n_read, "warnings": warnings}
 
 
-def _safe_process(src: Source, cfg: PreprocessConfig, on_frames) -> dict:
+def _safe_process(src: Source, cfg: PreprocessConfig, on_frames, wait: bool = False) -> dict:
     """process_video, with any failure turned into ``{"id", "error"}`` for the summary."""
     try:
-        return process_video(src, cfg, on_frames)
+        return process_video(src, cfg, on_frames, wait)
     except DrkitError as e:
         return {"id": src.id, "error": str(e)}
     except Exception as e:  # a decoder or backend crash must not take the batch down
@@ -119,10 +137,9 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
     summary = PreprocessSummary(store=str(store.path))
     todo: list[Source] = []
     listed = store.root.attrs.get("videos", {})
-    for s in sources:
-        if not cfg.overwrite and is_complete(store.path, s.id):
-            if s.id not in listed:   # killed between the rename and the listing: list it now
-                list_video(store.path, s.id)
+    for s in sources:   # a first look without claims; each video is checked again under its claim
+        if (not cfg.overwrite and s.id in listed and is_complete(store.path, s.id)
+                and not video_problem(store.path, s.id, "faces")):
             summary.skipped.append(s.id)
         else:
             todo.append(s)
@@ -130,10 +147,17 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
              f"{len(todo)} to do -> {store.path}")
 
     by_id = {s.id: s for s in todo}
+    busy: list[Source] = []
     prog = log.progress()
 
     def record(res: dict) -> None:
         src = by_id[res["id"]]
+        if res.get("busy"):
+            busy.append(src)
+            return
+        if res.get("skipped"):
+            summary.skipped.append(src.id)
+            return
         if "error" in res:
             summary.failed[str(src.path)] = res["error"]
             log.warn(f"skipped {src.path}: {res['error']}")
@@ -142,9 +166,12 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
             return
         summary.ok.append(src.id)
         summary.frames += res["frames"]
+        if res.get("repaired"):
+            summary.repaired.append(src.id)
         if prog.disable:   # batch job without a terminal: one line per video instead of bars
             log.info(f"[{len(summary.ok) + len(summary.failed)}/{len(todo)}] {src.id}: "
-                     f"{res['frames']}/{res['source_frames']} frames with a face")
+                     f"{res['frames']}/{res['source_frames']} frames with a face"
+                     + (" (repaired)" if res.get("repaired") else ""))
         if res["frames"] == 0:
             summary.no_face.append(src.id)
             log.warn(f"{src.path}: no face found in any of {res['source_frames']} frames")
@@ -161,9 +188,10 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
                 prog.advance(vt)
         else:
             ctx = mp.get_context("spawn")
-            with ctx.Manager() as mgr, ProcessPoolExecutor(cfg.workers, mp_context=ctx) as ex:
-                q = mgr.Queue()
-                pending = {ex.submit(_worker, s, cfg, q) for s in todo}
+            q = ctx.Queue()
+            with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(q, os.getpid())) as ex:
+                pending = {ex.submit(_worker, s, cfg) for s in todo}
                 while pending:
                     done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                     while not q.empty():
@@ -171,6 +199,11 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
                     for f in done:
                         record(f.result())
                         prog.advance(vt)
+        # videos another live run was writing: wait for its claim, then finish whatever it left
+        for s in list(busy):
+            busy.remove(s)
+            log.info(f"{s.id}: being written by another run; waiting for it")
+            record(_safe_process(s, cfg, lambda n: prog.advance(ft, n), wait=True))
 
     summary.seconds = time.time() - t0
 
@@ -179,6 +212,7 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
         a.setdefault("runs", []).append({
             "time": now(), "drkit_argv": sys.argv[1:], "shard": cfg.shard,
             "ok": len(summary.ok), "skipped": len(summary.skipped), "failed": len(summary.failed),
+            "repaired": len(summary.repaired),
             "frames": summary.frames, "seconds": round(summary.seconds, 1)})
     update_root(store.path, add_run)
     if not summary.ok and not summary.skipped:
@@ -187,5 +221,22 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
     return summary
 
 
-def _worker(src: Source, cfg: PreprocessConfig, queue) -> dict:
-    return _safe_process(src, cfg, lambda n: queue.put(n) if n else None)
+_QUEUE = None
+
+
+def _init_worker(queue, parent: int) -> None:
+    """In each worker process: where to report progress, and die with the parent (a kill -9 of
+    the run must not leave workers committing videos behind a rerun's back)."""
+    global _QUEUE
+    _QUEUE = queue
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:   # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _worker(src: Source, cfg: PreprocessConfig) -> dict:
+    return _safe_process(src, cfg, lambda n: _QUEUE.put(n) if n else None)
