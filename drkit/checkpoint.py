@@ -42,6 +42,7 @@ class Checkpoint:
     dr_nets: list[DRNet] = field(default_factory=list)
     optimizer: dict | None = None
     rng: torch.Tensor | None = None
+    aux: dict | None = None               # last.pt only: extra training state (train.fit's ``aux``)
     drkit_version: str = __version__
     path: Path | None = None              # where it was loaded from (not stored)
 
@@ -56,6 +57,8 @@ class Checkpoint:
             d["optimizer"] = self.optimizer
         if self.rng is not None:
             d["rng"] = self.rng
+        if self.aux is not None:
+            d["aux"] = self.aux
         return d
 
     @classmethod
@@ -71,7 +74,7 @@ class Checkpoint:
         return cls(kind=kind, model=ModelSpec.from_dict(d["model"], f"{where}: model"), config=conf,
                    state_dict=d["state_dict"], train_state=dict(d.get("train_state") or {}),
                    dr_nets=[DRNet.from_dict(n, f"{where}: dr_nets[{i}]") for i, n in enumerate(d.get("dr_nets", []))],
-                   optimizer=d.get("optimizer"), rng=d.get("rng"),
+                   optimizer=d.get("optimizer"), rng=d.get("rng"), aux=d.get("aux"),
                    drkit_version=d.get("drkit_version", "?"))
 
     def build_model(self) -> torch.nn.Module:

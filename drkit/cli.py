@@ -18,7 +18,8 @@ from typing import Annotated, List, Optional
 import typer
 from rich.markup import escape
 
-from . import __version__, configs as C, log
+from . import __version__, log
+from . import configs as C
 from .contracts import Arch, Backend, InputKind, LabelLayout, Param, Task
 from .errors import DrkitError, UsageError
 
@@ -236,6 +237,7 @@ def rank_eval(
     per-video detail with -v; --json and --plot write them to files."""
     from rich.console import Console
     from rich.table import Table
+
     from .stages import rank_eval as stage
     recs = stage.run(C.RankEvalConfig(
         ckpt=ckpt, stores=stores, T=_ints(T, "--T"), stride=_ints(stride, "--stride"),
@@ -407,6 +409,7 @@ def demo(
     `drkit` command it runs, so every step can be re-run by hand."""
     from rich.console import Console
     from rich.table import Table
+
     from .stages import demo as stage
     s = stage.run(C.DemoConfig(out=out, quick=quick, seed=seed))
     t = Table(title=f"drkit demo ({s['seconds']:.0f} s) -> {out}")

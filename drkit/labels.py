@@ -18,13 +18,16 @@ Converters from dataset layouts (FERA 2015, AVEC 2012) into this format are in `
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import log
 from .errors import DrkitError
 from .fsutil import atomic_path
 
@@ -36,6 +39,7 @@ class Labels:
     targets: list[str]
     frames: dict[str, dict[int, np.ndarray]]   # video -> frame -> (k,) float, NaN = missing
     person: dict[str, str]                      # video -> person
+    path: Path | None = None                    # the file they were read from (for messages)
 
     def lookup(self, video: str, frame_index: np.ndarray) -> np.ndarray:
         """(n, k) targets for these frames of a video; all-NaN rows where unlabelled."""
@@ -47,38 +51,66 @@ class Labels:
         return out
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8, with or without a byte order mark (Excel writes one)."""
+    raw = path.read_bytes()
+    raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DrkitError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as UTF-8 CSV") from None
+
+
 def read_labels(path: str | Path, targets: list[str] | None = None,
                 missing: tuple[float, ...] = ()) -> Labels:
+    """Read a label CSV (module docstring). Rejects what would train on garbage: non-finite
+    values, fractional frame numbers, non-UTF-8 text; warns about duplicate (video, frame) rows
+    (the last one is kept)."""
     path = Path(path)
     if not path.is_file():
         raise DrkitError(f"{path}: no such label file")
-    with open(path, newline="") as f:
-        rd = csv.reader(f)
-        try:
-            header = [h.strip() for h in next(rd)]
-        except StopIteration:
-            raise DrkitError(f"{path}: empty label file") from None
-        if header[:2] != ["video", "frame"]:
-            raise DrkitError(f"{path}: the header must start with 'video,frame' (got {','.join(header[:3])}); "
-                             "see docs/formats.md 'Label CSV'")
-        cols = [h for h in header if h not in RESERVED]
-        want = targets or cols
-        bad = [t for t in want if t not in cols]
-        if bad:
-            raise DrkitError(f"{path}: no column {', '.join(bad)}; targets here: {', '.join(cols)}")
-        ti = [header.index(t) for t in want]
-        pi = header.index("person") if "person" in header else None
-        frames: dict[str, dict[int, np.ndarray]] = {}
-        person: dict[str, str] = {}
-        for n, row in enumerate(rd, start=2):
+    rd = csv.reader(io.StringIO(_read_text(path), newline=""))
+    try:
+        header = [h.strip() for h in next(rd)]
+    except StopIteration:
+        raise DrkitError(f"{path}: empty label file") from None
+    if header[:2] != ["video", "frame"]:
+        raise DrkitError(f"{path}: the header must start with 'video,frame' (got {','.join(header[:3])}); "
+                         "see docs/formats.md 'Label CSV'")
+    cols = [h for h in header if h not in RESERVED]
+    if not cols:
+        raise DrkitError(f"{path}: has no target columns after video,frame[,person] (header: "
+                         f"{','.join(header)}); add one column per target, e.g. video,frame,person,AU06")
+    want = targets or cols
+    bad = [t for t in want if t not in cols]
+    if bad:
+        raise DrkitError(f"{path}: no column {', '.join(bad)}; targets here: {', '.join(cols)}")
+    ti = [header.index(t) for t in want]
+    pi = header.index("person") if "person" in header else None
+    frames: dict[str, dict[int, np.ndarray]] = {}
+    person: dict[str, str] = {}
+    seen: dict[tuple[str, int], int] = {}     # (video, frame) -> line
+    dups, first_dup = 0, None
+    try:
+        for row in rd:
+            n = rd.line_num
             if not row or not "".join(row).strip():
                 continue
             if len(row) != len(header):
                 raise DrkitError(f"{path}:{n}: {len(row)} fields, header has {len(header)}")
+            cell = row[1].strip()
             try:
-                fr = int(float(row[1]))
+                f = float(cell)
             except ValueError:
-                raise DrkitError(f"{path}:{n}: frame {row[1]!r} is not an integer") from None
+                f = math.nan
+            if not f.is_integer():      # also NaN and inf
+                raise DrkitError(f"{path}:{n}: frame {row[1]!r} is not an integer; frame numbers are "
+                                 "source frame indices (0, 1, 2, ...)")
+            fr = int(f)
             vals = np.full(len(ti), np.nan, np.float32)
             for j, c in enumerate(ti):
                 cell = row[c].strip()
@@ -87,14 +119,31 @@ def read_labels(path: str | Path, targets: list[str] | None = None,
                         v = float(cell)
                     except ValueError:
                         raise DrkitError(f"{path}:{n}: {header[c]}={cell!r} is not a number") from None
-                    if not any(math.isclose(v, m) for m in missing):
-                        vals[j] = v
+                    if math.isnan(v) or any(math.isclose(v, m) for m in missing):
+                        continue
+                    if not abs(v) <= _F32_MAX:
+                        what = "is not a finite number" if math.isinf(v) else "is too large (float32)"
+                        raise DrkitError(f"{path}:{n}: column {header[c]}: {cell!r} {what}; "
+                                         "leave the cell empty (or NaN) for a missing label")
+                    vals[j] = v
             video = row[0].strip()
+            line = seen.get((video, fr))
+            if line is not None:
+                dups += 1
+                if first_dup is None:
+                    first_dup = (line, n, video, fr)
+            seen[(video, fr)] = n
             frames.setdefault(video, {})[fr] = vals
             person[video] = row[pi].strip() if pi is not None and row[pi].strip() else person.get(video, video)
+    except csv.Error as e:
+        raise DrkitError(f"{path}:{rd.line_num}: not a readable CSV row ({e})") from None
     if not frames:
         raise DrkitError(f"{path}: no label rows")
-    return Labels(list(want), frames, person)
+    if dups:
+        a, b, video, fr = first_dup
+        log.warn(f"{path}: {dups} duplicate (video, frame) row(s), the last of each is used; "
+                 f"first: lines {a} and {b} ({video} frame {fr})")
+    return Labels(list(want), frames, person, path)
 
 
 def write_labels(path: str | Path, rows: list[dict], targets: list[str]) -> None:

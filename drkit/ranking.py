@@ -28,6 +28,7 @@ from typing import get_args
 import numpy as np
 import torch
 
+from . import log
 from .batching import evenly_spread
 from .contracts import Baseline
 from .errors import DrkitError
@@ -93,6 +94,16 @@ def method_deltas(method: str, V: torch.Tensor, model=None) -> torch.Tensor:
     raise DrkitError(f"unknown method {method!r}; baselines: {', '.join(BASELINES)}")
 
 
+_WARNED_EMPTY: set = set()
+
+
+def empty_reason(T: int, stride: int) -> str:
+    """Why a (T, stride) cell can have no full window, for warnings."""
+    n = 2 * T * stride + 1
+    return (f"videos shorter than 2T*stride+1 = {n} frames at 25 fps (proportionally more at "
+            "higher fps) with a face in each")
+
+
 @dataclass
 class Tally:
     """Correct / total pairs per video and side."""
@@ -109,23 +120,38 @@ class Tally:
                 c[1] += int(m.sum())
 
     def summary(self) -> dict:
+        """Accuracy and pair counts overall, per side and per video; NaN accuracy (0 pairs)
+        where nothing was scored, e.g. when there was no full window."""
         def acc(c, n):
             return float(c / n) if n else float("nan")
-        tot = np.sum(list(self.counts.values()), 0) if self.counts else np.zeros(2)
-        side = {name: np.sum([c for (v, s), c in self.counts.items() if s == k], 0)
+
+        def total(cs) -> tuple[int, int]:
+            cs = list(cs)
+            return (int(sum(c[0] for c in cs)), int(sum(c[1] for c in cs)))
+        tot = total(self.counts.values())
+        side = {name: total(c for (v, s), c in self.counts.items() if s == k)
                 for k, name in enumerate(("past", "future"))}
         vids = sorted({v for v, _ in self.counts})
-        per_video = {v: np.sum([self.counts.get((v, s), [0, 0]) for s in (0, 1)], 0) for v in vids}
-        return {"accuracy": acc(*tot), "pairs": int(tot[1]),
-                **{k: {"accuracy": acc(*c), "pairs": int(c[1])} for k, c in side.items()},
-                "videos": {v: {"accuracy": acc(*c), "pairs": int(c[1])} for v, c in per_video.items()}}
+        per_video = {v: total(self.counts.get((v, s), [0, 0]) for s in (0, 1)) for v in vids}
+        return {"accuracy": acc(*tot), "pairs": tot[1],
+                **{k: {"accuracy": acc(*c), "pairs": c[1]} for k, c in side.items()},
+                "videos": {v: {"accuracy": acc(*c), "pairs": c[1]} for v, c in per_video.items()}}
 
 
 def evaluate_windows(stores, T: int, stride: int, methods: list[str], model=None,
                      size: int | None = None, device=None, batch_size: int = 32, every: int = 1,
-                     max_windows: int | None = None, progress=None) -> dict[str, dict]:
-    """Rank accuracy of each method on all valid (T, stride) windows of ``stores``."""
+                     max_windows: int | None = None, progress=None,
+                     warn_empty: bool = True) -> dict[str, dict]:
+    """Rank accuracy of each method on all valid (T, stride) windows of ``stores``. With no full
+    window every method gets windows 0, pairs 0 and accuracy NaN (and, with ``warn_empty``, one
+    warning per stores, T and stride)."""
     ws = collect_windows(stores, T, stride, every=every)
+    if len(ws) == 0 and warn_empty:
+        key = (tuple(str(st.path) for st in stores), T, stride)
+        if key not in _WARNED_EMPTY:
+            _WARNED_EMPTY.add(key)
+            log.warn(f"{', '.join(key[0])}: no full window at T={T}, stride {stride} "
+                     f"({empty_reason(T, stride)}); ranking accuracy there is undefined (NaN)")
     order = evenly_spread(len(ws), max_windows)
     cache = FrameCache(ws.stores, max_bytes=512 << 20)
     tallies = {m: Tally() for m in methods}

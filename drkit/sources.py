@@ -10,6 +10,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from . import log
 from .errors import DrkitError, UsageError
 from .store import video_id_from_path
 
@@ -60,7 +61,9 @@ def discover(inputs: list[str | Path]) -> list[Source]:
     A file is a video (any file given explicitly is tried, so a bad one is reported rather than
     silently ignored). A folder is walked recursively: video files by extension, and every folder
     holding image files is one image sequence. Ids are paths relative to the given folder (a
-    file given directly is identified by its name); clashes get a numeric suffix."""
+    file given directly is identified by its name); clashes get a numeric suffix. A file or image
+    folder reached twice (given twice, a folder and a file in it, a symlink) is taken once, as
+    first found, with a warning naming both paths."""
     found: list[tuple[str, Path, str]] = []
     for inp in map(Path, inputs):
         if not inp.exists():
@@ -78,12 +81,20 @@ def discover(inputs: list[str | Path]) -> list[Source]:
                     found.append((f.relative_to(inp).as_posix(), f, "video"))
     out: list[Source] = []
     seen: set[str] = set()
+    first_of: dict[Path, tuple[Path, str]] = {}   # real path -> (path as found, its id)
     for rel, path, kind in found:
+        real = path.resolve()
+        if real in first_of:
+            p0, id0 = first_of[real]
+            log.warn(f"{path}: same {'image folder' if kind == 'images' else 'file'} as {p0} "
+                     f"(already taken as '{id0}'); processed once")
+            continue
         vid = base = video_id_from_path(rel)
         k = 2
         while vid in seen:
             vid, k = f"{base}-{k}", k + 1
         seen.add(vid)
+        first_of[real] = (path, vid)
         out.append(Source(vid, path, kind))
     return sorted(out, key=lambda s: s.id)
 
@@ -107,6 +118,25 @@ class VideoMeta:
     n_frames: int      # as reported by the container (may be approximate for videos)
 
 
+FPS_RANGE = (1.0, 1000.0)   # frame rates a container may plausibly report
+
+
+def plausible_fps(reported: float | None, default: float, path) -> float:
+    """The container's frame rate if it lies in ``FPS_RANGE``, else ``default`` (``--fps``)
+    with a warning naming the file and the reported value."""
+    lo, hi = FPS_RANGE
+    try:
+        fps = float(reported or 0.0)
+    except (TypeError, ValueError):
+        fps = float("nan")
+    if np.isfinite(fps) and lo <= fps <= hi:
+        return fps
+    what = "no frame rate" if fps == 0 else f"an implausible frame rate of {fps:g} fps"
+    log.warn(f"{path}: the container reports {what} (expected {lo:g} to {hi:g}); "
+             f"using {default:g} fps (--fps)")
+    return float(default)
+
+
 class FrameReader:
     """Iterate (index, BGR uint8 frame) over a source; raises DrkitError if unreadable."""
 
@@ -114,9 +144,14 @@ class FrameReader:
         self.src = src
         if src.kind == "images":
             self.files = _images_in(src.path)
-            first = cv2.imread(str(self.files[0])) if self.files else None
+            first = None
+            for f in self.files:   # unreadable images are dropped (and counted) when iterating
+                first = cv2.imread(str(f))
+                if first is not None:
+                    break
             if first is None:
-                raise DrkitError(f"{src.path}: cannot read image {self.files[0] if self.files else ''}")
+                raise DrkitError(f"{src.path}: cannot read any image "
+                                 f"({self.files[0].name if self.files else 'no image files'})")
             self.meta = VideoMeta(default_fps, first.shape[1], first.shape[0], len(self.files))
             return
         cap = cv2.VideoCapture(str(src.path))
@@ -126,20 +161,26 @@ class FrameReader:
         if not ok or first is None:
             cap.release()
             raise DrkitError(f"{src.path}: video has no decodable frame")
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        if not fps or not np.isfinite(fps) or fps <= 0 or fps > 1000:
-            fps = default_fps
+        fps = plausible_fps(cap.get(cv2.CAP_PROP_FPS), default_fps, src.path)
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.cap, self._first = cap, first
         self.meta = VideoMeta(float(fps), first.shape[1], first.shape[0], max(n, 1))
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         if self.src.kind == "images":
-            for i, f in zip(frame_numbers(self.files), self.files):
-                img = cv2.imread(str(f))
-                if img is None:
-                    continue  # unreadable image: treated like a frame without a face
-                yield i, img
+            bad: list[Path] = []
+            try:
+                for i, f in zip(frame_numbers(self.files), self.files):
+                    img = cv2.imread(str(f))
+                    if img is None:
+                        bad.append(f)   # unreadable image: treated like a frame without a face
+                        continue
+                    yield i, img
+            finally:
+                self.n_bad = len(bad)
+                if bad:
+                    log.warn(f"{self.src.path}: {len(bad)} unreadable image(s) skipped as frames "
+                             f"without a face (first: {bad[0].name})")
             return
         frame, i = self._first, 0
         try:

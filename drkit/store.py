@@ -263,7 +263,8 @@ class VideoWriter:
         self.arrays = {
             name: self.group.create_array(
                 name, shape=(0, *s.tail), chunks=(s.chunk_frames, *s.tail), dtype=s.dtype,
-                dimension_names=list(s.dims), fill_value=0)
+                dimension_names=list(s.dims), fill_value=0,
+                config={"write_empty_chunks": True})   # every chunk on disk: a missing one is damage
             for name, s in specs.items()}
         self.n = 0
         self._io = ThreadPoolExecutor(1)

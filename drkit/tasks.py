@@ -20,6 +20,18 @@ from .labels import Labels, read_labels
 from .store import Store, open_store
 from .windows import FrameCache, FrameRefs
 
+# The range of each task's labels: AU intensity 0..5 (FACS A-E), valence / arousal -1..1.
+TASK_RANGE = {"au": (0.0, 5.0), "affect": (-1.0, 1.0)}
+
+
+def out_of_range(task: str, targets: list[str], y: np.ndarray) -> dict[str, int]:
+    """Per target, how many labels (non-missing entries of ``y`` (n, k)) fall outside the task's
+    range (TASK_RANGE); only targets with some."""
+    lo, hi = TASK_RANGE[task]
+    with np.errstate(invalid="ignore"):
+        bad = ((y < lo) | (y > hi)).sum(0) if len(y) else np.zeros(len(targets), int)
+    return {t: int(c) for t, c in zip(targets, bad) if c}
+
 
 def select_channels(names: list[str], kind: str) -> list[int]:
     """Indices of the channels an input kind uses: ``si`` the image, ``sdr`` the last DR,
@@ -56,26 +68,57 @@ def people_in(labels: Labels, stores: list[Store]) -> list[str]:
 
 def labelled_frames(stores: list[Store], labels: Labels, people: set[str] | None = None) -> Samples:
     vids, pos, ys, owner = [], [], [], {}
+    known = matched = 0        # videos of the label file in the stores; those with a matching frame
     for st in stores:
         for v in st.videos:
-            if v not in labels.frames or (people is not None and person_of(labels, v) not in people):
+            if v not in labels.frames:
                 continue
-            y = labels.lookup(v, st.video(v)["frame_index"][:])
+            known += 1
+            if people is not None and person_of(labels, v) not in people:
+                continue
+            fi = st.video(v)["frame_index"][:]
+            y = labels.lookup(v, fi)
+            matched += bool(np.isin(fi, list(labels.frames[v])).any())
             keep = np.flatnonzero(~np.isnan(y).all(1))
             vids += [v] * len(keep)
             pos.append(keep)
             ys.append(y[keep])
             owner[v] = st
     if not vids:
-        raise DrkitError("no labelled frame in the input: check that the label file's video ids "
-                         "and frame numbers match the store (`drkit inspect STORE`)")
+        raise DrkitError(_why_no_frames(stores, labels, people, known, matched))
     return Samples(vids, np.concatenate(pos), owner, y=np.concatenate(ys))
+
+
+def _why_no_frames(stores: list[Store], labels: Labels, people: set[str] | None, known: int,
+                   matched: int) -> str:
+    """The real cause when no labelled frame was found (one line)."""
+    src = labels.path.name if labels.path is not None else "the label file"
+    where = ", ".join(str(st.path) for st in stores) or "(no store)"
+    first = stores[0].path if stores else "STORE"
+    if not known:
+        lab_ids = list(labels.frames)[:2]
+        st_ids = [v for st in stores for v in st.videos][:2]
+        return (f"none of the {len(labels.frames)} video ids in {src} is in {where} (label ids look like "
+                f"{', '.join(map(repr, lab_ids))}, store ids like {', '.join(map(repr, st_ids)) or '(none)'}); "
+                f"see `drkit inspect {first}`")
+    if people is not None and matched == 0 and not any(
+            v in labels.frames and person_of(labels, v) in people for st in stores for v in st.videos):
+        return (f"none of the {known} videos of {src} in {where} belongs to the people asked for "
+                f"({', '.join(sorted(people)[:5]) or 'none'}); check the person column and the people "
+                "options")
+    if not matched:
+        return (f"{known} video(s) of {src} are in {where} but none of their frame numbers is; frame "
+                f"numbers are source frame indices (the store's frame_index, see `drkit inspect {first}`)")
+    return (f"every label of the matching frames of {src} in {where} is missing (empty, NaN or a "
+            "--missing sentinel)")
 
 
 def person_split(labels: Labels, stores: list[Store], share: float, seed: int) -> tuple[set[str], set[str]]:
     """(train, validation) people: a ``share`` of the labelled people, at least one, held out
     at random (fixed by ``seed``). The two sets never overlap."""
     people = people_in(labels, stores)
+    if not people:      # the real cause: no video of the label file is in the stores
+        raise DrkitError(_why_no_frames(stores, labels, None, 0, 0))
     if len(people) < 2:
         raise DrkitError("need labelled videos of at least two people to hold some out for "
                          "validation; or pass --val STORE")

@@ -10,7 +10,16 @@ A run writes into its output folder:
 
 Resuming (``resume=True``) restores weights, optimizer, epoch, position in the epoch, elapsed
 time and RNG state, and the data order is a function of (seed, epoch) (drkit.batching), so a
-resumed run continues exactly where the interrupted one stopped.
+resumed run continues exactly where the interrupted one stopped; the epoch's running sums are
+kept in the progress too, so the metrics record of an epoch resumed midway covers all of it.
+
+Extra training state beside the model (the pix2pix discriminator and its optimizer) is passed
+as ``aux``: an object with ``to(device)``, ``state_dict()`` and ``load_state_dict(d)``. Its
+state is saved in last.pt under the key ``aux`` and restored on resume; best.pt and the model
+weights stay the model's alone.
+
+A non-finite loss (or non-finite weights) stops the run with a DrkitError before anything more
+is saved: last.pt and best.pt keep the last good state.
 """
 
 from __future__ import annotations
@@ -98,12 +107,13 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, template: Checkpoint,
         batches: Callable[[int, int], Iterator], n_batches: int,
         step: Callable[[torch.nn.Module, Any, torch.device], tuple[torch.Tensor, dict[str, float]]],
         validate: Callable[[torch.nn.Module, torch.device], dict[str, float]] | None,
-        monitor: str, mode: str = "max") -> dict[str, Any]:
+        monitor: str, mode: str = "max", aux: Any = None) -> dict[str, Any]:
     """Train ``model``. ``batches(epoch, start)`` yields the epoch's batches from index ``start``
     on (deterministically); ``step`` returns the loss and per-batch metrics; ``validate`` returns
     metrics including ``monitor`` (without it, the training metric of that name is used).
     ``template`` (kind, model spec, config, DR networks of a bundle) is what every checkpoint
-    holds besides the weights and the progress."""
+    holds besides the weights and the progress. ``aux``: extra training state saved in last.pt
+    and restored on resume (module docstring)."""
     out = Path(cfg.out)
     last = out / "last.pt"
     if last.exists() and not (cfg.resume or cfg.overwrite):
@@ -113,9 +123,13 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, template: Checkpoint,
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model.to(device)
+    if aux is not None:
+        aux.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    # ep_*: the current epoch's running sums so far (a mid-epoch resume writes a whole record)
     st = {"epoch": 0, "batch": 0, "global_step": 0, "elapsed": 0.0, "best": None,
-          "best_epoch": None, "finished": False}
+          "best_epoch": None, "finished": False,
+          "ep_sums": {}, "ep_seen": 0, "ep_time": 0.0, "ep_wait": 0.0}
     if cfg.resume and last.exists():
         ck = load_checkpoint(last)
         if ck.model != template.model or ck.config.to_dict() != template.config.to_dict():
@@ -123,6 +137,10 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, template: Checkpoint,
                              "options or use --overwrite")
         model.load_state_dict(ck.state_dict)
         opt.load_state_dict(ck.optimizer)
+        if aux is not None:
+            if ck.aux is None:
+                raise DrkitError(f"{last}: has no 'aux' training state to resume from; use --overwrite")
+            aux.load_state_dict(ck.aux)
         st.update(ck.train_state)
         torch.set_rng_state(ck.rng)
         if st["finished"]:
@@ -141,7 +159,25 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, template: Checkpoint,
         return dataclasses.replace(
             template, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
             train_state=dict(st), optimizer=opt.state_dict() if with_opt else None,
-            rng=torch.get_rng_state() if with_opt else None, drkit_version=__version__)
+            rng=torch.get_rng_state() if with_opt else None,
+            aux=aux.state_dict() if with_opt and aux is not None else None, drkit_version=__version__)
+
+    def kept() -> str:
+        have = [f for f in ("last.pt", "best.pt") if (out / f).exists()]
+        return f"kept the last good checkpoint ({', '.join(have)})" if have else "no checkpoint was saved yet"
+
+    def check_weights() -> None:
+        """Stop before non-finite weights are saved or scored (a finite loss can still have given
+        non-finite gradients)."""
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise DrkitError(f"{out}: the weights became non-finite (NaN/inf) by epoch {st['epoch'] + 1}, "
+                             f"batch {st['batch']}; stopped and {kept()}; check the labels for extreme "
+                             "values or lower --lr")
+
+    def save(path: Path, with_opt: bool) -> None:
+        """Save a checkpoint, never one with non-finite weights."""
+        check_weights()
+        save_checkpoint(ckpt(with_opt), path)
 
     better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
     budget = cfg.time_budget or math.inf
@@ -155,37 +191,50 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, template: Checkpoint,
                              completed=st["epoch"] * n_batches + st["batch"], info="")
         while st["epoch"] < cfg.epochs and not st["finished"]:
             model.train()
-            sums: dict[str, float] = {}
-            n_seen, t_ep = 0, time.perf_counter()
+            sums: dict[str, float] = dict(st["ep_sums"])
+            st["ep_sums"] = sums
+            time0, wait0 = st["ep_time"], st["ep_wait"]
+            t_ep = time.perf_counter()
             data = Prefetch(batches(st["epoch"], st["batch"]))
             try:
                 for batch in data:
                     loss, stats = step(model, batch, device)
+                    lv = float(loss.detach())
+                    if not math.isfinite(lv):
+                        raise DrkitError(
+                            f"{out}: the training loss became {lv} at epoch {st['epoch'] + 1}, batch "
+                            f"{st['batch'] + 1}; stopped and {kept()}; check the labels for extreme "
+                            "values or lower --lr")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    n_seen += 1
-                    for k, v in {"loss": float(loss.detach()), **stats}.items():
+                    st["ep_seen"] += 1
+                    for k, v in {"loss": lv, **stats}.items():
                         sums[k] = sums.get(k, 0.0) + v
                     st["batch"] += 1
                     st["global_step"] += 1
                     st["elapsed"] = time.perf_counter() - t_start
                     prog.update(task, advance=1, info=" ".join(
-                        f"{k} {v / n_seen:.4g}" for k, v in sums.items()))
+                        f"{k} {v / st['ep_seen']:.4g}" for k, v in sums.items()))
                     if st["elapsed"] >= budget:
                         st["finished"] = True
                         break
                     if time.perf_counter() - last_save > cfg.save_every_s:
-                        save_checkpoint(ckpt(True), last)
+                        st["ep_time"] = time0 + time.perf_counter() - t_ep
+                        st["ep_wait"] = wait0 + data.wait
+                        save(last, True)
                         last_save = time.perf_counter()
             finally:
                 data.close()
-            ep_time = time.perf_counter() - t_ep
+            check_weights()
+            ep_time = time0 + time.perf_counter() - t_ep
+            wait, n_seen = wait0 + data.wait, st["ep_seen"]
             rec = {"epoch": st["epoch"] + 1, "step": st["global_step"],
                    "seconds": round(st["elapsed"], 1),
                    **{f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()},
                    "batches_per_s": round(n_seen / ep_time, 3) if ep_time else None,
-                   "data_wait_share": round(data.wait / ep_time, 4) if ep_time else None}
+                   "data_wait_share": round(wait / ep_time, 4) if ep_time else None}
+            st.update(ep_sums={}, ep_seen=0, ep_time=0.0, ep_wait=0.0)   # the record is written below
             if validate is not None:
                 model.eval()
                 with torch.no_grad():
@@ -199,15 +248,15 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, template: Checkpoint,
                 st["finished"] = True
             if value is not None and value == value and (st["best"] is None or better(value, st["best"])):
                 st["best"], st["best_epoch"] = value, rec["epoch"]
-                save_checkpoint(ckpt(False), out / "best.pt")
+                save(out / "best.pt", False)
             rec["best"] = st["best"]
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            save_checkpoint(ckpt(True), last)
+            save(last, True)
             last_save = time.perf_counter()
             log.info("epoch {epoch}: ".format(**rec) + ", ".join(
                 f"{k} {v:.4g}" for k, v in rec.items()
                 if isinstance(v, float) and k != "seconds" and "/" not in k))   # no per-target detail
     if not (out / "best.pt").exists():   # the monitored metric was never defined (e.g. constant labels)
-        save_checkpoint(ckpt(False), out / "best.pt")
+        save(out / "best.pt", False)
     return st

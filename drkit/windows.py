@@ -118,15 +118,44 @@ class FrameCache:
         return out
 
 
+def crop_sizes(stores: list[Store]) -> dict[int, list[Store]]:
+    """Crop side -> the stores holding frames of that side (read from the frames arrays, so
+    stores made by any version agree with what windows will read)."""
+    out: dict[int, list[Store]] = {}
+    for st in stores:
+        sides = {int(st.video(v)["frames"].shape[1]) for v in st.videos}
+        for side in sorted(sides):
+            out.setdefault(side, []).append(st)
+    return out
+
+
 def window_tensor(frames: list[np.ndarray], size: int | None = None):
-    """List of B windows (N, H, W, 3) uint8 -> float tensor (B, N, 3, size, size) in [0, 1]."""
+    """List of B windows (N, H, W, 3) uint8 -> float tensor (B, N, 3, size, size) in [0, 1].
+
+    Windows may come from stores of different crop sizes: each is resized to ``size`` on its
+    own (windows of one shape together) before they are stacked. Without ``size`` all windows
+    must have the same shape."""
+    import torch
     import torch.nn.functional as F
-    x = images_to_tensor(np.stack(frames))
-    B, N, C, H, W = x.shape
-    if size and (H, W) != (size, size):
-        x = F.interpolate(x.flatten(0, 1), size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False).view(B, N, C, size, size)
-    return x
+    shapes = {f.shape[1:3] for f in frames}
+    if len(shapes) > 1 and not size:
+        raise ValueError(f"windows of different frame sizes {sorted(shapes)} need a size to resize to")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, f in enumerate(frames):
+        groups.setdefault(f.shape[1:3], []).append(i)
+    out = None
+    for (H, W), idx in groups.items():
+        x = images_to_tensor(np.stack([frames[i] for i in idx]))
+        B, N, C = x.shape[:3]
+        if size and (H, W) != (size, size):
+            x = F.interpolate(x.flatten(0, 1), size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False).view(B, N, C, size, size)
+        if len(groups) == 1:
+            return x
+        if out is None:
+            out = torch.empty((len(frames), *x.shape[1:]), dtype=x.dtype)
+        out[idx] = x
+    return out
 
 
 def iter_windows(ws: WindowSet, cache: FrameCache, order: np.ndarray, batch_size: int,

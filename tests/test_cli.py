@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,31 @@ def test_every_command_has_help():
     for name in [*COMMANDS, "inspect", "labels"]:
         r = cli(name, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout, name
+
+
+def test_native_library_noise_stays_out_of_drkit_output(tmp_path):
+    """FFmpeg's own complaints about a broken file ("moov atom not found") go to the stderr
+    descriptor directly; drkit keeps them out unless -v and reports the file itself."""
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 64)
+    r = subprocess.run([sys.executable, "-m", "drkit.cli", "preprocess", str(bad), "-o", str(tmp_path / "s.zarr")],
+                       capture_output=True, text=True)
+    assert r.returncode == 3 and "broken.mp4" in r.stderr
+    assert "moov atom" not in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "drkit.cli", "-v", "preprocess", str(bad), "-o",
+                        str(tmp_path / "t.zarr")], capture_output=True, text=True)
+    assert r.returncode == 3 and "moov atom" in r.stderr     # -v shows everything
+
+
+def test_a_code_executing_pickle_is_refused_in_one_line(tmp_path):
+    import torch
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"format": "drkit.checkpoint", "x": Evil()}, tmp_path / "evil.pt")
+    r = cli("rank-eval", tmp_path / "evil.pt", tmp_path)
+    assert r.returncode == 1 and "evil.pt: not a drkit checkpoint" in r.stderr
+    assert "weights_only" not in r.stderr and r.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "pwned").exists()

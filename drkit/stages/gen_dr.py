@@ -18,7 +18,15 @@ from ..contracts import DRStoreParams, dr_arrays
 from ..errors import DrkitError
 from ..mdr import channel_names, load_mdr
 from ..nets import pick_device
-from ..store import VideoWriter, claim, create_store, open_store, remove_partials, video_problem, video_state
+from ..store import (
+    VideoWriter,
+    claim,
+    create_store,
+    open_store,
+    remove_partials,
+    video_problem,
+    video_state,
+)
 
 
 def run(cfg: GenDRConfig) -> dict:

@@ -24,11 +24,20 @@ import numpy as np
 from .. import log
 from ..configs import PreprocessConfig
 from ..contracts import Backend, check_choice, face_arrays
-from ..errors import DrkitError, UsageError, NothingProcessed
+from ..errors import DrkitError, NothingProcessed, UsageError
 from ..faces import FaceTracker, crop_face, make_backend
 from ..sources import FrameReader, Source, discover, select_shard
-from ..store import (VideoWriter, claim, create_store, is_complete, now, remove_partials, update_root,
-                     video_problem, video_state)
+from ..store import (
+    VideoWriter,
+    claim,
+    create_store,
+    is_complete,
+    now,
+    remove_partials,
+    update_root,
+    video_problem,
+    video_state,
+)
 
 
 @dataclass

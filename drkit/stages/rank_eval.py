@@ -14,11 +14,12 @@ from .. import log
 from ..checkpoint import load_checkpoint
 from ..configs import RankEvalConfig
 from ..contracts import Baseline, check_choice
-from ..errors import DrkitError
+from ..errors import DrkitError, UsageError
 from ..fsutil import atomic_path, write_json_atomic
 from ..nets import pick_device
 from ..ranking import evaluate_windows
 from ..store import open_store
+from ..windows import crop_sizes
 
 
 def run(cfg: RankEvalConfig) -> list[dict]:
@@ -38,18 +39,32 @@ def run(cfg: RankEvalConfig) -> list[dict]:
     if not Ts or not Ss:
         raise DrkitError("give --T and --stride (there is no checkpoint to take them from)")
     stores = [open_store(p, "faces") for p in cfg.stores]
-    records = []
+    if not size:
+        sides = crop_sizes(stores)
+        if len(sides) > 1:
+            which = "; ".join(f"{k} in {', '.join(str(st.path) for st in v)}" for k, v in sorted(sides.items()))
+            raise UsageError(f"stores have crop sizes {' and '.join(map(str, sorted(sides)))} ({which}): "
+                             "give --size to evaluate them at one size")
+    records, empty = [], []
     with log.progress() as prog:
         for T in Ts:
             for S in Ss:
                 res = evaluate_windows(stores, T, S, [m for m in methods if m != "ranksvm" or T >= 2],
                                        model, size, device, cfg.batch_size, cfg.every,
-                                       cfg.max_windows, prog)
+                                       cfg.max_windows, prog, warn_empty=False)
+                if not any(r["pairs"] for r in res.values()):
+                    empty.append((T, S))
+                    continue
                 for m, r in res.items():
                     records.append({"method": m, "T": T, "stride": S, **r})
-    if not any(r["pairs"] for r in records):
+    if not records:
         raise DrkitError("no full window in these stores for the asked T and stride "
                          "(videos too short, or too many frames without a face)")
+    if empty:
+        cells = ", ".join(f"T={T} stride {S} ({2 * T * S + 1} frames)" for T, S in empty)
+        log.warn(f"no full window at {cells} in {', '.join(str(st.path) for st in stores)}: the videos "
+                 "are shorter than 2T*stride+1 frames at 25 fps (proportionally more at higher fps) "
+                 "with a face in each; left out of the results")
     if cfg.json:
         write_json_atomic(cfg.json, records)
     if cfg.plot:
@@ -69,7 +84,8 @@ def table_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     for c in cols:
         row = [str(c[0]), str(c[1])] + [f"{100 * acc[(m, *c)]:.1f}" if (m, *c) in acc else "-" for m in methods]
         if diff:
-            row.append(f"{100 * (acc[('dr', *c)] - acc[('identity', *c)]):+.1f}")
+            both = ("dr", *c) in acc and ("identity", *c) in acc
+            row.append(f"{100 * (acc[('dr', *c)] - acc[('identity', *c)]):+.1f}" if both else "-")
         rows.append(row)
     return header, rows
 

@@ -38,11 +38,13 @@ from ..labels import read_labels
 from ..nets import create_model, pick_device
 from ..store import open_store
 from ..tasks import (
+    TASK_RANGE,
     Batcher,
     channel_stats,
     evaluate_bundle,
     labelled_frames,
     masked_mse,
+    out_of_range,
     people_in,
     person_of,
     person_split,
@@ -51,6 +53,19 @@ from ..tasks import (
     select_channels,
 )
 from ..train import LoopConfig, fit
+
+
+def _same_layout(stores) -> None:
+    """All DR stores of a run must have the same channels and map size (frames are stacked)."""
+    first = stores[0]
+    for st in stores[1:]:
+        if st.params["channels"] != first.params["channels"]:
+            raise DrkitError(f"{st.path}: channels {st.params['channels']} differ from {first.path}'s "
+                             f"{first.params['channels']}; make both with gen-dr and the same --dr checkpoints")
+        if st.params["size"] != first.params["size"]:
+            raise DrkitError(f"{st.path}: maps of {st.params['size']} px, {first.path} has "
+                             f"{first.params['size']} px; remake one with `drkit gen-dr --size "
+                             f"{first.params['size']}`")
 
 
 def _model_spec(arch: str, in_ch: int, n_out: int, width: int) -> ModelSpec:
@@ -85,9 +100,7 @@ def run(cfg: TrainTaskConfig) -> dict:
         raise DrkitError("-o RUN is required")
     stores = [open_store(p, "dr") for p in cfg.input]
     names = stores[0].params["channels"]
-    for st in stores[1:]:
-        if st.params["channels"] != names:
-            raise DrkitError(f"{st.path}: channels differ from {stores[0].path}")
+    _same_layout(stores + [open_store(p, "dr") for p in cfg.val or []])
     ch = select_channels(names, cfg.input_kind)
     labels = read_labels(cfg.labels, cfg.targets, tuple(cfg.missing))
     if cfg.val:
@@ -107,6 +120,7 @@ def run(cfg: TrainTaskConfig) -> dict:
         train_s, val_s = labelled_frames(stores, labels, tr_p), labelled_frames(stores, labels, va_p)
         log.info(f"person split: {len(tr_p)} people train, {len(va_p)} validation ({', '.join(sorted(va_p)[:5])}"
                  + (" ..." if len(va_p) > 5 else "") + ")")
+    _warn_range(cfg, labels.targets, np.concatenate([train_s.y, val_s.y]))
     mean, std = channel_stats(train_s, ch, seed=cfg.seed)
     spec = _model_spec(cfg.arch, len(ch), len(labels.targets), cfg.width)
     torch.manual_seed(cfg.seed)
@@ -167,3 +181,14 @@ def _load_init(model: torch.nn.Module, path: Path) -> None:
     ok = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(ok, strict=False)
     log.info(f"--init {path}: loaded {len(ok)} of {len(own)} tensors")
+
+
+def _warn_range(cfg: TrainTaskConfig, targets: list[str], y: np.ndarray) -> None:
+    """Warn (training goes on) when labels fall outside the task's range: a wrong --task or a
+    scale the metrics do not expect."""
+    bad = out_of_range(cfg.task, targets, y)
+    if bad:
+        lo, hi = TASK_RANGE[cfg.task]
+        log.warn(f"{cfg.labels}: {sum(bad.values())} label value(s) outside the --task {cfg.task} range "
+                 f"{lo:g}..{hi:g} ({', '.join(f'{t}: {n}' for t, n in bad.items())}); check --task and the "
+                 "label scale")
