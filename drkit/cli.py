@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from . import __version__, log
 from . import configs as C
-from .contracts import Arch, Backend, InputKind, LabelLayout, Param, Task
+from .contracts import Arch, Backend, InputKind, LabelLayout, Objective, Param, Target, Task
 from .errors import DrkitError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -184,6 +184,14 @@ def train_dr(
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder to write (best.pt, last.pt, metrics.jsonl).")],
     T: Annotated[int, typer.Option("--T", help="Frames on each side of the centre (window 2T+1).")] = C.TrainDRConfig.T,
     stride: Annotated[int, typer.Option(help="Stride in frames at 25 fps (scaled with each video's fps).")] = C.TrainDRConfig.stride,
+    objective: Annotated[Objective, typer.Option(help="rank: the rank loss (Eq. 3); mse, perceptual, pix2pix: "
+                                                 "reproduce a fixed --target (the paper's comparison methods).")] = C.TrainDRConfig.objective,
+    target: Annotated[Optional[Target], typer.Option(help="Fixed target: di / bdi, the window's dynamic image "
+                                                     "forward / backward in time (not with rank).")] = None,
+    perceptual_weights: Annotated[Optional[Path], typer.Option(help="perceptual: VGG-16 weights, a torchvision "
+                                                               "state dict file (features.0.weight ...); results depend on them.")] = None,
+    l1_weight: Annotated[float, typer.Option(help="pix2pix: weight of the L1 term.")] = C.TrainDRConfig.l1_weight,
+    disc_base: Annotated[int, typer.Option(help="pix2pix: PatchGAN discriminator width.")] = C.TrainDRConfig.disc_base,
     val: Annotated[Optional[List[Path]], typer.Option(help="Validation face store(s) (other people!).")] = None,
     size: Annotated[int, typer.Option(help="Side the network trains at (net_size); frames are resized on the fly.")] = C.TrainDRConfig.size,
     epochs: Epochs = C.TrainDRConfig.epochs,
@@ -196,20 +204,27 @@ def train_dr(
     gamma: Annotated[float, typer.Option(help="Weight of mean(d^2).")] = C.TrainDRConfig.gamma,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Mirror whole windows at random.")] = C.TrainDRConfig.flip,
     jitter: Annotated[float, typer.Option(help="Brightness/contrast jitter per window (0 = off).")] = C.TrainDRConfig.jitter,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (betas 0.5, 0.9).")] = C.TrainDRConfig.lr,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default 1e-3 with betas 0.5, 0.9; "
+                                                "pix2pix 2e-4 with betas 0.5, 0.999).")] = None,
     seed: Seed = C.TrainDRConfig.seed,
     device: Device = C.TrainDRConfig.device,
     resume: Resume = False,
     overwrite: Overwrite = False,
 ) -> None:
-    """Train a DR network (UNet) with the rank loss on windows of 2T+1 frames.
+    """Train a DR network (UNet) with the rank loss on windows of 2T+1 frames, or with a fixed target.
+
+    --objective mse | perceptual | pix2pix --target di | bdi trains the paper's comparison methods
+    (UNet(MSE), UNet(P), Pix2Pix) to reproduce the window's dynamic image, normalised per window
+    to zero mean and unit RMS, with the same UNet, windows, loop and checkpoints.
 
     Output: a run folder with best.pt / last.pt checkpoints (weights + every setting needed to
     use them), metrics.jsonl (loss, ranking accuracy, validation accuracy beside the identity
     baseline, data-wait share per epoch) and config.json."""
     from .stages import train_dr as stage
     st = stage.run(C.TrainDRConfig(
-        stores=stores, out=out, T=T, stride=stride, val=val or None, size=size, epochs=epochs,
+        stores=stores, out=out, T=T, stride=stride, objective=objective, target=target,
+        perceptual_weights=perceptual_weights, l1_weight=l1_weight, disc_base=disc_base,
+        val=val or None, size=size, epochs=epochs,
         time_budget=time_budget, batch_size=batch_size, base=base, depth=depth, param=param,
         theta=theta, gamma=gamma, flip=flip, jitter=jitter, lr=lr, seed=seed, device=device,
         resume=resume, overwrite=overwrite))
@@ -219,41 +234,52 @@ def train_dr(
 
 @command("rank-eval")
 def rank_eval(
-    ckpt: Annotated[Path, typer.Argument(help="DR checkpoint (.pt) or train-dr run folder (uses best.pt).")],
-    stores: Annotated[List[Path], typer.Argument(help="Face stores to evaluate on.")],
-    T: Annotated[Optional[str], typer.Option("--T", help="T value(s), e.g. 9 or 3,5,7,9 (default: the checkpoint's).")] = None,
-    stride: Annotated[Optional[str], typer.Option(help="Stride(s) at 25 fps, e.g. 4 or 1,2,3,4 (default: the checkpoint's).")] = None,
+    paths: Annotated[List[Path], typer.Argument(
+        metavar="PATH...", help="DR checkpoints (.pt) or train-dr run folders (best.pt), and the face stores "
+        "to evaluate on (folders with zarr.json), in any order.")],
+    T: Annotated[Optional[str], typer.Option("--T", help="T value(s), e.g. 9 or 3,5,7,9 (default: the first checkpoint's).")] = None,
+    stride: Annotated[Optional[str], typer.Option(help="Stride(s) at 25 fps, e.g. 4 or 1,2,3,4 (default: the first checkpoint's).")] = None,
     baselines: Annotated[str, typer.Option(help="Comma list of identity, ranksvm, di; '' for none.")] = ",".join(C.DEFAULT_BASELINES),
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write one record per (method, T, stride).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write the accuracy grid as a PNG.")] = None,
-    size: Annotated[Optional[int], typer.Option(help="Side to evaluate at (default: the checkpoint's net_size).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Side to evaluate at (default: each checkpoint's net_size; "
+                                                "baselines at the first's).")] = None,
     every: Annotated[int, typer.Option(help="Use every n-th centre frame.")] = C.RankEvalConfig.every,
     max_windows: Annotated[Optional[int], typer.Option(help="At most this many windows per (T, stride).")] = None,
     device: Device = C.RankEvalConfig.device,
 ) -> None:
-    """Ranking accuracy of a DR checkpoint and baselines over (T, stride) windows (paper Sec. 4.3).
+    """Ranking accuracy of DR checkpoints and baselines over (T, stride) windows (paper Sec. 4.3).
 
-    Prints a table (one row per (T, stride): accuracy in % per method, and dr - identity), per-side and
-    per-video detail with -v; --json and --plot write them to files."""
+    `drkit rank-eval RUN STORE...` scores one DR; `drkit rank-eval RUN_A RUN_B ... STORE...` puts
+    several in one table, JSON and plot (the Fig. 4 comparison). Each checkpoint is named by its
+    objective: dr (rank loss), unet_mse_di, unet_p_bdi, pix2pix_di, ... (NAME@<run folder> where
+    names repeat). With no --T / --stride, the grid is the first checkpoint's T and stride.
+
+    Prints two tables, one row per (T, stride): accuracy in % per method with dr - identity, then
+    past / future side accuracy per method; -v adds per-record and per-video detail. --json and
+    --plot write them to files."""
     from rich.console import Console
     from rich.table import Table
 
     from .stages import rank_eval as stage
+    ckpts, stores = stage.split_paths(paths)
     recs = stage.run(C.RankEvalConfig(
-        ckpt=ckpt, stores=stores, T=_ints(T, "--T"), stride=_ints(stride, "--stride"),
+        ckpt=ckpts, stores=stores, T=_ints(T, "--T"), stride=_ints(stride, "--stride"),
         baselines=[b for b in baselines.split(",") if b], json=json_out, plot=plot, size=size,
         every=every, max_windows=max_windows, device=device))
-    header, rows = stage.table_rows(recs)
-    t = Table(title="ranking accuracy (%) on same-side pairs")
-    for h in header:
-        t.add_column(h, justify="right")
-    for r in rows:
-        t.add_row(*r)
-    Console().print(t)
-    for r in recs:
-        print(f"{r['method']:>9} T={r['T']} S={r['stride']}: {100 * r['accuracy']:.2f}% of {r['pairs']} pairs "
-              f"(past {100 * r['past']['accuracy']:.1f}%, future {100 * r['future']['accuracy']:.1f}%)")
-        if log.VERBOSITY >= 2:
+    for title, sides in (("ranking accuracy (%) on same-side pairs", False),
+                         ("past / future side accuracy (%)", True)):
+        header, rows = stage.table_rows(recs, sides)
+        t = Table(title=title)
+        for h in header:
+            t.add_column(h, justify="right")
+        for r in rows:
+            t.add_row(*r)
+        Console().print(t)
+    if log.VERBOSITY >= 2:
+        for r in recs:
+            print(f"{r['method']:>9} T={r['T']} S={r['stride']}: {100 * r['accuracy']:.2f}% of {r['pairs']} pairs "
+                  f"(past {100 * r['past']['accuracy']:.1f}%, future {100 * r['future']['accuracy']:.1f}%)")
             for v, x in r["videos"].items():
                 print(f"    {v}: {100 * x['accuracy']:.1f}% of {x['pairs']}")
 
@@ -291,7 +317,7 @@ def train_task(
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Run folder to write; best.pt is the model bundle.")] = None,
     task: Annotated[Task, typer.Option(help="au (ICC, MSE, MAE) or affect (PCC, CCC, MSE).")] = C.TrainTaskConfig.task,
     input_kind: Annotated[InputKind, typer.Option("--input", help="si (image), sdr (one DR) or mdr (image + DRs).")] = C.TrainTaskConfig.input_kind,
-    arch: Annotated[Arch, typer.Option(help="small (CPU-friendly CNN) or vgg16.")] = C.TrainTaskConfig.arch,
+    arch: Annotated[Arch, typer.Option(help="small (CPU-friendly CNN), vgg16, or hg_hmr (HG-HMR: an hourglass regressing one heatmap per AU at its facial landmarks; --task au, AU targets, a DR store with landmarks).")] = C.TrainTaskConfig.arch,
     targets: Annotated[Optional[str], typer.Option(help="Comma list of label columns (default: all).")] = None,
     missing: Annotated[Optional[str], typer.Option(help="Comma list of sentinel values meaning 'no label', e.g. 9.")] = None,
     val: Annotated[Optional[List[Path]], typer.Option(help="Validation DR store(s); default: hold out people.")] = None,
@@ -302,7 +328,9 @@ def train_task(
     time_budget: TimeBudget = None,
     batch_size: Annotated[int, typer.Option(help="Frames per batch.")] = C.TrainTaskConfig.batch_size,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = C.TrainTaskConfig.lr,
-    width: Annotated[int, typer.Option(help="Width of the small CNN.")] = C.TrainTaskConfig.width,
+    width: Annotated[Optional[int], typer.Option(help="Network width: channels of the small CNN (default 16) or of the hourglass (hg_hmr, default 32); vgg16 uses its own.")] = C.TrainTaskConfig.width,
+    stacks: Annotated[int, typer.Option(help="hg_hmr: stacked hourglasses.")] = C.TrainTaskConfig.stacks,
+    heatmap_sigma: Annotated[float, typer.Option(help="hg_hmr: std of the target Gaussians, a fraction of the heatmap side (1/4 of the map side).")] = C.TrainTaskConfig.heatmap_sigma,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Mirror frames at random.")] = C.TrainTaskConfig.flip,
     init: Annotated[Optional[Path], typer.Option(help="Pretrained weights (state dict) for the network.")] = None,
     seed: Seed = C.TrainTaskConfig.seed,
@@ -320,7 +348,8 @@ def train_task(
         targets=targets.split(",") if targets else None, missing=_floats(missing, "--missing") or [],
         val=val or None, val_share=val_share, train_people=_names(train_people),
         val_people=_names(val_people), epochs=epochs, time_budget=time_budget, batch_size=batch_size,
-        lr=lr, width=width, flip=flip, init=init, seed=seed, device=device, resume=resume,
+        lr=lr, width=width, stacks=stacks, heatmap_sigma=heatmap_sigma, flip=flip, init=init, seed=seed,
+        device=device, resume=resume,
         overwrite=overwrite, eval_only=eval_only))
     _print_metrics(r if eval_only else r["val"])
 

@@ -44,6 +44,11 @@ class TrainDRConfig:
     out: Path
     T: int = 5
     stride: int = 2
+    objective: str = "rank"          # rank (Eq. 3), or fixed-target: mse, perceptual, pix2pix (drkit.objectives)
+    target: str | None = None        # fixed-target objectives: di | bdi (dynamic image forward / backward)
+    perceptual_weights: Path | None = None   # perceptual: torchvision VGG-16 state dict file
+    l1_weight: float = 100.0         # pix2pix: weight of the L1 term
+    disc_base: int = 64              # pix2pix: PatchGAN width
     val: list[Path] | None = None
     size: int = 112                  # net_size: the side the network trains at (frames resized on the fly)
     base: int = 16                   # UNet width (channels at full resolution)
@@ -58,7 +63,7 @@ class TrainDRConfig:
     epochs: int = 10
     time_budget: float | None = None
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float | None = None          # Adam; default 1e-3 (betas 0.5, 0.9), pix2pix 2e-4 (betas 0.5, 0.999)
     seed: int = 0
     device: str = "auto"
     resume: bool = False
@@ -68,25 +73,28 @@ class TrainDRConfig:
 
     def __post_init__(self):
         self.stores, self.out, self.val = as_paths(self.stores), as_path(self.out), as_paths(self.val)
+        self.perceptual_weights = as_path(self.perceptual_weights)
 
 
 @dataclass
 class RankEvalConfig:
-    ckpt: Path | None
+    ckpt: Path | list[Path] | None      # DR checkpoint(s) or run folder(s); a list after init
     stores: list[Path]
-    T: list[int] | None = None          # default: the checkpoint's
-    stride: list[int] | None = None     # default: the checkpoint's
+    T: list[int] | None = None          # default: the (first) checkpoint's
+    stride: list[int] | None = None     # default: the (first) checkpoint's
     baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
     json: Path | None = None
     plot: Path | None = None
-    size: int | None = None             # side to evaluate at; default: the checkpoint's net_size
+    size: int | None = None             # side to evaluate at; default: each DR at its net_size
     batch_size: int = 32
     every: int = 1                      # use every n-th centre frame
     max_windows: int | None = None      # at most this many windows per (T, stride)
     device: str = "auto"
 
     def __post_init__(self):
-        self.ckpt, self.stores = as_path(self.ckpt), as_paths(self.stores)
+        ck = self.ckpt
+        self.ckpt = as_paths([] if ck is None else [ck] if isinstance(ck, (str, Path)) else ck)
+        self.stores = as_paths(self.stores)
         self.json, self.plot = as_path(self.json), as_path(self.plot)
 
 
@@ -105,6 +113,9 @@ class GenDRConfig:
         self.store, self.out, self.dr = as_path(self.store), as_path(self.out), as_paths(self.dr) or []
 
 
+ARCH_WIDTH = {"small": 16, "vgg16": 16, "hg_hmr": 32}   # TrainTaskConfig.width when not given
+
+
 @dataclass
 class TrainTaskConfig:
     input: list[Path]
@@ -112,7 +123,7 @@ class TrainTaskConfig:
     labels: Path
     task: str = "au"                      # au | affect
     input_kind: str = "mdr"               # si | sdr | mdr
-    arch: str = "small"                   # small | vgg16
+    arch: str = "small"                   # small | vgg16 | hg_hmr
     targets: list[str] | None = None
     missing: list[float] = field(default_factory=list)   # sentinel values, e.g. [9]
     val: list[Path] | None = None
@@ -124,7 +135,9 @@ class TrainTaskConfig:
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    width: int = 16                       # small CNN width; vgg16 uses its own
+    width: int | None = None              # network width; None: the arch's (ARCH_WIDTH); vgg16 uses its own
+    stacks: int = 1                       # hg_hmr: stacked hourglasses
+    heatmap_sigma: float = 0.06           # hg_hmr: target Gaussian std, a fraction of the heatmap side
     init: Path | None = None              # pretrained weights for the network (state dict .pt)
     flip: bool = True
     seed: int = 0
@@ -137,6 +150,8 @@ class TrainTaskConfig:
         self.input, self.val = as_paths(self.input), as_paths(self.val)
         self.out, self.labels = as_path(self.out), as_path(self.labels)
         self.init, self.eval_only = as_path(self.init), as_path(self.eval_only)
+        if self.width is None:
+            self.width = ARCH_WIDTH.get(self.arch, 16)
 
 
 @dataclass

@@ -41,7 +41,7 @@ Objective = Literal["rank", "mse", "perceptual", "pix2pix"]
 Target = Literal["di", "bdi"]
 Task = Literal["au", "affect"]
 InputKind = Literal["si", "sdr", "mdr"]
-Arch = Literal["small", "vgg16"]
+Arch = Literal["small", "vgg16", "hg_hmr"]
 LabelLayout = Literal["fera2015", "avec2012"]
 StoreKind = Literal["faces", "dr"]
 CheckpointKind = Literal["dr", "task"]
@@ -90,13 +90,19 @@ def face_arrays(crop_size: int) -> dict[str, ArraySpec]:
 
 
 def dr_arrays(n_channels: int, map_size: int) -> dict[str, ArraySpec]:
-    """The arrays of one video of a DR store (`drkit gen-dr`)."""
+    """The arrays of one video of a DR store (`drkit gen-dr`). ``landmarks`` (the face store's
+    68 landmarks in map pixels, for `train-task --arch hg_hmr`) is written by gen-dr since 0.2.0; DR
+    stores without it still read (DR_OPTIONAL_ARRAYS)."""
     s = map_size
     return {
         "mdr": ArraySpec((n_channels, s, s), "float16", ("frame", "channel", "y", "x"),
                          chunk_frames(2 * n_channels * s * s)),
         "frame_index": ArraySpec((), "int64", ("frame",)),
+        "landmarks": ArraySpec((68, 2), "float32", ("frame", "point", "xy")),
     }
+
+
+DR_OPTIONAL_ARRAYS = ("landmarks",)   # arrays of dr_arrays an older DR store may lack
 
 
 STORE_ARRAYS = {"faces": face_arrays, "dr": dr_arrays}

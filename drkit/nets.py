@@ -5,6 +5,9 @@ and kwargs, so ``create_model(ckpt["model"]["name"], **ckpt["model"]["kwargs"])`
   [0, 1] to a same-size 3-channel dynamic representation d_t.
 - ``vgg16``: VGG-16 (configuration D) regression network, as used for affect in the paper.
 - ``small_cnn``: a small CNN regressor that trains in minutes on a CPU.
+- ``patchgan``: the 70x70 PatchGAN discriminator of pix2pix (`drkit train-dr --objective pix2pix`).
+- ``hg_hmr``: HG-HMR, an hourglass regressing one heatmap per AU (drkit.hourglass, the paper's
+  [36]); it returns the AU intensities decoded from its heatmaps.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .hourglass import HourglassHMR
 
 
 def _norm(ch: int) -> nn.Module:
@@ -124,7 +129,28 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-REGISTRY = {"dr_unet": DRNet, "vgg16": VGG16, "small_cnn": SmallCNN}
+class PatchGAN(nn.Module):
+    """The 70x70 PatchGAN discriminator of pix2pix (Isola et al.): C64-C128-C256-C512 (4x4
+    convolutions, strides 2, 2, 2, 1, LeakyReLU 0.2, no norm on the first) and a 4x4 convolution
+    to one logit per 70x70 patch. ``in_ch``: the conditioning image and the real or generated
+    output, stacked. GroupNorm like the other drkit nets (pix2pix: BatchNorm at batch size 1)."""
+
+    def __init__(self, in_ch: int = 6, base: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers, c = [nn.Conv2d(in_ch, base, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)], base
+        for i in range(1, n_layers + 1):
+            w = base * 2 ** min(i, 3)
+            layers += [nn.Conv2d(c, w, 4, 2 if i < n_layers else 1, 1, bias=False), _norm(w),
+                       nn.LeakyReLU(0.2, inplace=True)]
+            c = w
+        self.net = nn.Sequential(*layers, nn.Conv2d(c, 1, 4, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+REGISTRY = {"dr_unet": DRNet, "vgg16": VGG16, "small_cnn": SmallCNN, "patchgan": PatchGAN,
+            "hg_hmr": HourglassHMR}
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

@@ -80,10 +80,11 @@ def ranksvm_deltas(V: torch.Tensor, C: float = 1.0, iters: int = 300) -> torch.T
 
 
 def method_deltas(method: str, V: torch.Tensor, model=None) -> torch.Tensor:
-    """Deltas (B, P) of one method on windows V (B, 2T+1, 3, H, W); NaN = pair not scored."""
+    """Deltas (B, P) of one method on windows V (B, 2T+1, 3, H, W); NaN = pair not scored. With
+    a ``model``, the method is that DR network (whatever its name)."""
     T = (V.shape[1] - 1) // 2
     centre = V[:, T]
-    if method == "dr":
+    if model is not None:
         return pair_deltas(scores(model(centre), V), T)
     if method == "identity":
         return pair_deltas(scores(identity_dr(centre), V), T)
@@ -142,9 +143,11 @@ def evaluate_windows(stores, T: int, stride: int, methods: list[str], model=None
                      size: int | None = None, device=None, batch_size: int = 32, every: int = 1,
                      max_windows: int | None = None, progress=None,
                      warn_empty: bool = True) -> dict[str, dict]:
-    """Rank accuracy of each method on all valid (T, stride) windows of ``stores``. With no full
+    """Rank accuracy of each method on all valid (T, stride) windows of ``stores``. ``model``:
+    the DR network of method ``dr``, or {method name: DR network} for several. With no full
     window every method gets windows 0, pairs 0 and accuracy NaN (and, with ``warn_empty``, one
     warning per stores, T and stride)."""
+    models = model if isinstance(model, dict) else {"dr": model}
     ws = collect_windows(stores, T, stride, every=every)
     if len(ws) == 0 and warn_empty:
         key = (tuple(str(st.path) for st in stores), T, stride)
@@ -161,8 +164,9 @@ def evaluate_windows(stores, T: int, stride: int, methods: list[str], model=None
     with torch.no_grad():
         for idx, V in iter_windows(ws, cache, order, batch_size, size):
             vids = [ws.videos[i] for i in idx]
+            Vd = V.to(device) if any(m in models for m in methods) else V
             for m in methods:
-                dl = method_deltas(m, V.to(device) if m == "dr" else V, model).cpu()
+                dl = method_deltas(m, Vd if m in models else V, models.get(m)).cpu()
                 tallies[m].add(vids, dl, sides)
             if progress:
                 progress.advance(task, len(idx))

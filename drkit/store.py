@@ -38,6 +38,7 @@ import zarr
 
 from . import __version__, log
 from .contracts import (
+    DR_OPTIONAL_ARRAYS,
     STORE_SCHEMA_VERSION,
     ArraySpec,
     DRStoreParams,
@@ -375,13 +376,16 @@ def is_complete(store_path: str | os.PathLike, vid: str) -> bool:
 
 ARRAY_NAMES = {"faces": ("frames", "landmarks", "frame_index", "confidence", "detected", "transform"),
                "dr": ("mdr", "frame_index")}
+# arrays a video may lack (DR stores made before gen-dr wrote landmarks), checked when present
+OPTIONAL_ARRAY_NAMES = {"faces": (), "dr": DR_OPTIONAL_ARRAYS}
 IMAGE_ARRAY = {"faces": "frames", "dr": "mdr"}
 
 
 def video_problem(store_path: str | os.PathLike, vid: str, kind: str) -> str | None:
     """What is wrong with a video folder marked complete, or None: its arrays must all be
-    there, as long as ``n_frames``, and the image array's chunks must all be on disk. Cheap:
-    metadata files and one stat per image chunk."""
+    there (optional ones, OPTIONAL_ARRAY_NAMES, only checked when present), as long as
+    ``n_frames``, and the image array's chunks must all be on disk. Cheap: metadata files and
+    one stat per image chunk."""
     g = Path(store_path) / vid
     try:
         attrs = json.loads((g / "zarr.json").read_text()).get("attributes", {})
@@ -390,7 +394,8 @@ def video_problem(store_path: str | os.PathLike, vid: str, kind: str) -> str | N
     n = attrs.get("n_frames")
     if not isinstance(n, int):
         return "no n_frames attribute"
-    for name in ARRAY_NAMES[kind]:
+    optional = [a for a in OPTIONAL_ARRAY_NAMES[kind] if (g / a).exists()]
+    for name in (*ARRAY_NAMES[kind], *optional):
         try:
             meta = json.loads((g / name / "zarr.json").read_text())
         except (OSError, ValueError):

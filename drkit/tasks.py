@@ -128,19 +128,41 @@ def person_split(labels: Labels, stores: list[Store], share: float, seed: int) -
     return set(people) - val, val
 
 
-class Batcher:
-    """Batches (x normalised (B, C, H, W), y (B, k)) from a DR store's ``mdr`` array."""
+def require_landmarks(s: Samples, why: str = "--arch hg_hmr") -> None:
+    """A DrkitError naming the videos of ``s`` whose DR store has no ``landmarks`` array (made
+    by a gen-dr that did not write them) and the command that adds them."""
+    lacking = sorted(v for v, st in s.stores.items() if "landmarks" not in st.video(v))
+    if lacking:
+        stores = sorted({str(s.stores[v].path) for v in lacking})
+        raise DrkitError(f"{why} needs the face landmarks in the DR store; {len(lacking)} video(s) "
+                         f"({', '.join(lacking[:3])}{' ...' if len(lacking) > 3 else ''}) of "
+                         f"{', '.join(stores)} have none (made by an older gen-dr): rerun `drkit gen-dr "
+                         "FACES -o DRSTORE --dr ... --overwrite` to add them")
 
-    def __init__(self, s: Samples, channels: list[int], mean: np.ndarray, std: np.ndarray):
+
+class Batcher:
+    """Batches (x normalised (B, C, H, W), y (B, k)) from a DR store's ``mdr`` array; with
+    ``landmarks``, (x, y, landmarks (B, 68, 2) in map pixels) (see require_landmarks)."""
+
+    def __init__(self, s: Samples, channels: list[int], mean: np.ndarray, std: np.ndarray,
+                 landmarks: bool = False):
         self.s, self.ch = s, channels
         self.cache = FrameCache(s.stores, array="mdr", max_bytes=2 << 30)
         self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
+        self.lm = None
+        if landmarks:
+            require_landmarks(s)
+            self.lm = FrameCache(s.stores, array="landmarks", max_bytes=256 << 20)
 
-    def get(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
         x = np.stack([self.cache.get(self.s.videos[i], self.s.positions[i:i + 1])[0][self.ch] for i in idx])
         x = (torch.from_numpy(x.astype(np.float32)) - self.mean) / self.std
-        return x, torch.from_numpy(self.s.y[idx])
+        y = torch.from_numpy(self.s.y[idx])
+        if self.lm is None:
+            return x, y
+        lm = np.stack([self.lm.get(self.s.videos[i], self.s.positions[i:i + 1])[0] for i in idx])
+        return x, y, torch.from_numpy(lm.astype(np.float32))
 
 
 def channel_stats(s: Samples, channels: list[int], n: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,11 @@ For every frame: the image itself (level T=0, 3 channels in [0, 1]) stacked with
 checkpoint given (3 channels each): image + DR(T=5) = 6 channels (AU setting), image + DR(T=3)
 + DR(T=5) = 9 channels (affect setting); ``--no-image`` keeps the DRs only (SDR). The stack is
 drkit.mdr.MDR, the very module `drkit predict` runs.
+
+Each video also gets the face store's 68 ``landmarks`` in map pixels (what `train-task --arch
+hg_hmr` draws its target heatmaps from): crop pixels scaled by map_size / crop_size with pixel
+centres aligned, ``x_map = (x_crop + 0.5) * map_size / crop_size - 0.5``, the mapping of the
+image resize (bilinear, half-pixel centres) itself.
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ def run(cfg: GenDRConfig) -> dict:
     spec = dr_arrays(C, S)
     listed = out.root.attrs.get("videos", {})
     todo = [v for v in src.videos if cfg.overwrite or v not in listed or video_problem(out.path, v, "dr")]
+    no_lm = [v for v in listed if v not in todo and not (out.path / v / "landmarks").exists()]
+    if no_lm:
+        log.warn(f"{out.path}: {len(no_lm)} video(s) made by an older gen-dr have no landmarks (needed by "
+                 "`train-task --arch hg_hmr`); rerun with --overwrite to add them")
     log.info(f"gen-dr: {len(src.videos)} videos, {len(todo)} to do, {C} channels at {S} px -> {out.path}")
     done = {"frames": 0, "videos": 0}
     with log.progress() as prog, torch.no_grad():
@@ -81,11 +90,13 @@ def run(cfg: GenDRConfig) -> dict:
 def _write_video(g, out_path, vid: str, mdr, spec, device, batch_size: int, advance) -> int:
     """Stack every frame of one face-store video (group ``g``) into the DR store; returns frames."""
     with VideoWriter(out_path, vid, spec, "dr") as w:
-        n = g["frames"].shape[0]
+        n, crop_size = g["frames"].shape[0], g["frames"].shape[1]
+        scale = spec["mdr"].tail[-1] / crop_size
         for i in range(0, n, batch_size):
             x = images_to_tensor(np.asarray(g["frames"][i:i + batch_size])).to(device)
             y = mdr(x).cpu().numpy().astype(np.float16)
-            w.append(mdr=y, frame_index=g["frame_index"][i:i + len(y)])
+            lm = (np.asarray(g["landmarks"][i:i + len(y)], np.float32) + 0.5) * scale - 0.5
+            w.append(mdr=y, frame_index=g["frame_index"][i:i + len(y)], landmarks=lm)
             advance(len(y))
         w.commit({"fps": g.attrs["fps"], "source": g.attrs.get("source"),
                   "n_source_frames": g.attrs.get("n_source_frames")})

@@ -9,6 +9,12 @@ of the training people (``--val-share``), never on frames of training people.
 
 The best checkpoint is a complete bundle for `drkit predict`: the task network, channel
 normalisation, the DR networks (weights included) and the preprocessing settings.
+
+``--arch hg_hmr`` (HG-HMR, the paper's AU network [36]; drkit/hourglass.py) regresses one heatmap
+per AU, trained against Gaussians drawn at the AU's facial landmarks (read from the DR store's
+``landmarks``) with the intensity as amplitude; random mirroring flips the image and its target
+heatmaps together. Validation, eval-task and predict use the intensities its forward decodes
+from the heatmaps, as for the other architectures.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from ..contracts import (
 )
 from ..errors import DrkitError
 from ..fsutil import jsonable, write_json_atomic
+from ..hourglass import au_centres, canonical_au, heatmap_loss, heatmap_side, target_heatmaps
 from ..labels import read_labels
 from ..nets import create_model, pick_device
 from ..store import open_store
@@ -49,6 +56,7 @@ from ..tasks import (
     person_of,
     person_split,
     predict_samples,
+    require_landmarks,
     score,
     select_channels,
 )
@@ -68,10 +76,27 @@ def _same_layout(stores) -> None:
                              f"{first.params['size']}`")
 
 
-def _model_spec(arch: str, in_ch: int, n_out: int, width: int) -> ModelSpec:
+HG_FIELDS = ("stacks", "heatmap_sigma")   # TrainTaskConfig fields only hg_hmr uses
+
+
+def _model_spec(arch: str, in_ch: int, n_out: int, width: int, cfg: TrainTaskConfig | None = None,
+                targets: list[str] | None = None) -> ModelSpec:
     check_choice(arch, Arch, "--arch")
     if arch == "small":
         return ModelSpec("small_cnn", {"in_ch": in_ch, "n_out": n_out, "width": width})
+    if arch == "hg_hmr":
+        if cfg is None or targets is None:
+            raise ValueError("hg_hmr needs the config and the targets")
+        if cfg.task != "au":
+            raise DrkitError(f"--arch hg_hmr regresses AU intensities as heatmaps at facial points; "
+                             f"--task {cfg.task} has no such targets: use --arch small or vgg16")
+        if cfg.stacks < 1 or not 0 < cfg.heatmap_sigma <= 1 or width < 1:
+            raise DrkitError(f"--arch hg_hmr: --stacks must be >= 1, --heatmap-sigma in (0, 1] (a "
+                             f"fraction of the heatmap side) and --width >= 1; found {cfg.stacks}, "
+                             f"{cfg.heatmap_sigma}, {width}")
+        return ModelSpec("hg_hmr", {"in_ch": in_ch, "n_out": n_out, "width": width, "stacks": cfg.stacks,
+                                    "depth": 3, "sigma": float(cfg.heatmap_sigma),
+                                    "aus": [canonical_au(t) for t in targets], "centres": au_centres(targets)})
     return ModelSpec("vgg16", {"in_ch": in_ch, "n_out": n_out})
 
 
@@ -96,13 +121,17 @@ def run(cfg: TrainTaskConfig) -> dict:
         return evaluate_bundle(load_checkpoint(cfg.eval_only, "task"), cfg.input, cfg.labels,
                                cfg.val_people, cfg.missing or None, pick_device(cfg.device))
     check_choice(cfg.task, Task, "--task")
+    check_choice(cfg.arch, Arch, "--arch")
     if not cfg.out:
         raise DrkitError("-o RUN is required")
+    hg = cfg.arch == "hg_hmr"
     stores = [open_store(p, "dr") for p in cfg.input]
     names = stores[0].params["channels"]
     _same_layout(stores + [open_store(p, "dr") for p in cfg.val or []])
     ch = select_channels(names, cfg.input_kind)
     labels = read_labels(cfg.labels, cfg.targets, tuple(cfg.missing))
+    if hg:   # fail before anything is read: no AU table for a target, or an affect task
+        _model_spec(cfg.arch, len(ch), len(labels.targets), cfg.width, cfg, labels.targets)
     if cfg.val:
         val_stores = [open_store(p, "dr") for p in cfg.val]
         train_s, val_s = labelled_frames(stores, labels), labelled_frames(val_stores, labels)
@@ -122,7 +151,9 @@ def run(cfg: TrainTaskConfig) -> dict:
                  + (" ..." if len(va_p) > 5 else "") + ")")
     _warn_range(cfg, labels.targets, np.concatenate([train_s.y, val_s.y]))
     mean, std = channel_stats(train_s, ch, seed=cfg.seed)
-    spec = _model_spec(cfg.arch, len(ch), len(labels.targets), cfg.width)
+    if hg:
+        require_landmarks(train_s)
+    spec = _model_spec(cfg.arch, len(ch), len(labels.targets), cfg.width, cfg, labels.targets)
     torch.manual_seed(cfg.seed)
     model = create_model(spec.name, **spec.kwargs)
     if cfg.init:
@@ -133,23 +164,39 @@ def run(cfg: TrainTaskConfig) -> dict:
         store_channels=names, norm_mean=mean.tolist(), norm_std=std.tolist(), map_size=dstore.map_size,
         image=dstore.image, preprocess=dstore.face_params, missing=list(cfg.missing),
         train=jsonable({k: v for k, v in dataclasses.asdict(cfg).items()
-                        if k not in ("resume", "overwrite", "device", "eval_only", "epochs", "time_budget")}))
+                        if k not in ("resume", "overwrite", "device", "eval_only", "epochs", "time_budget")
+                        and (hg or k not in HG_FIELDS)}))
     template = Checkpoint(kind="task", model=spec, config=config, state_dict={},
                           dr_nets=_bundled_dr_nets(stores[0]))
     log.info(f"train-task: {len(train_s)} train / {len(val_s)} validation frames, input {cfg.input_kind} "
              f"({len(ch)} channels), targets {', '.join(labels.targets)}, {cfg.arch}")
-    tb, vb = Batcher(train_s, ch, mean, std), Batcher(val_s, ch, mean, std)
+    tb, vb = Batcher(train_s, ch, mean, std, landmarks=hg), Batcher(val_s, ch, mean, std)
     nb = n_batches(len(train_s), cfg.batch_size)
+    if hg:
+        side, kw = heatmap_side(dstore.map_size), spec.kwargs
 
     def epoch_batches(epoch: int, start: int):
         order = epoch_order(len(train_s), cfg.seed, epoch)
         for b, idx in batches(order, cfg.batch_size, start):
-            x, y = tb.get(np.sort(idx))
+            if not hg:
+                x, y = tb.get(np.sort(idx))
+                if cfg.flip:
+                    random_flip(x, batch_generator(cfg.seed, epoch, b))
+                yield x, y
+                continue
+            # hg_hmr: targets from the unflipped landmarks, then image and targets mirrored
+            # together (the same generator state picks the same samples for both)
+            x, y, lm = tb.get(np.sort(idx))
+            t = target_heatmaps(lm, y, kw["centres"], dstore.map_size, side, kw["sigma"])
             if cfg.flip:
                 random_flip(x, batch_generator(cfg.seed, epoch, b))
-            yield x, y
+                random_flip(t, batch_generator(cfg.seed, epoch, b))
+            yield x, y, t
 
     def step(model, batch, device):
+        if hg:
+            x, y, t = (v.to(device) for v in batch)
+            return heatmap_loss(model.heatmaps(x), t, y), {}
         x, y = (t.to(device) for t in batch)
         return masked_mse(model(x), y), {}
 
