@@ -77,6 +77,10 @@ class Checkpoint:
                    optimizer=d.get("optimizer"), rng=d.get("rng"), aux=d.get("aux"),
                    drkit_version=d.get("drkit_version", "?"))
 
+    def dr_net(self) -> DRNet:
+        """This DR checkpoint as the DR network a task bundle embeds (weights included)."""
+        return DRNet(self.model, self.state_dict, self.config)
+
     def build_model(self) -> torch.nn.Module:
         """The network in eval mode, weights loaded."""
         return build_model(self.model, self.state_dict, self.path)

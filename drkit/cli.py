@@ -20,12 +20,26 @@ from rich.markup import escape
 
 from . import __version__, log
 from . import configs as C
-from .contracts import Arch, Backend, InputKind, LabelLayout, Objective, Param, Target, Task
+from .contracts import (
+    Arch,
+    Backend,
+    InputKind,
+    LabelLayout,
+    Objective,
+    Param,
+    Target,
+    Task,
+)
 from .errors import DrkitError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode="rich",
                   help="drkit: dynamic representations (DRs) of facial actions from a still image.")
+
+
+def _from_cli_framework(e: BaseException) -> bool:
+    """Typer/click's own exceptions (Exit, usage errors): theirs to handle, not ours."""
+    return type(e).__module__.startswith(("typer", "click"))
 
 
 def command(name: str | None = None, **kw):
@@ -52,7 +66,7 @@ def command(name: str | None = None, **kw):
                                   "(check the path and its permissions, and free disk space)", soft_wrap=True)
                 raise typer.Exit(1)
             except Exception as e:
-                if type(e).__module__.startswith(("typer", "click")):   # Exit, usage errors
+                if _from_cli_framework(e):
                     raise
                 if log.VERBOSITY >= 2:
                     log.console.print_exception()
@@ -466,7 +480,7 @@ def run_argv(argv: list[str]) -> None:
     except typer.Exit as e:   # raised by the error handling of `command`
         rc = e.exit_code
     except Exception as e:
-        if type(e).__module__.startswith(("typer", "click")):
+        if _from_cli_framework(e):
             raise UsageError(f"`drkit {shlex.join(map(str, argv))}`: {e}") from e
         raise
     if rc not in (None, 0):

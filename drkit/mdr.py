@@ -65,6 +65,6 @@ def load_mdr(paths: list[Path], image: bool, map_size: int | None) -> tuple[MDR,
     refs = [DRNetRef(path=str(ck.path.resolve()), sha256_16=sha256_16(ck.path), T=ck.config.T,
                      stride=ck.config.stride, net_size=ck.config.net_size, model=ck.model.to_dict())
             for ck in cks]
-    nets = [DRNet(ck.model, ck.state_dict, ck.config) for ck in cks]
+    nets = [ck.dr_net() for ck in cks]
     mdr = MDR([ck.build_model() for ck in cks], [ck.config.net_size for ck in cks], map_size, image)
     return mdr, refs, nets

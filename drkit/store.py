@@ -414,6 +414,12 @@ def video_problem(store_path: str | os.PathLike, vid: str, kind: str) -> str | N
     return None
 
 
+def is_done(store: Store, vid: str) -> bool:
+    """A first look, without the claim: ``vid`` is listed, marked complete and intact."""
+    return (vid in store.root.attrs.get("videos", {}) and is_complete(store.path, vid)
+            and not video_problem(store.path, vid, store.kind))
+
+
 def video_state(store_path: str | os.PathLike, vid: str, kind: str) -> str:
     """Bring one video's listing in line with its folder and say what a writer should do.
     Call while holding the video's claim. Returns:

@@ -27,9 +27,9 @@ from ..store import (
     VideoWriter,
     claim,
     create_store,
+    is_done,
     open_store,
     remove_partials,
-    video_problem,
     video_state,
 )
 
@@ -53,7 +53,7 @@ def run(cfg: GenDRConfig) -> dict:
         raise DrkitError(f"{out.path}: was made with other DR checkpoints; write to a new -o")
     spec = dr_arrays(C, S)
     listed = out.root.attrs.get("videos", {})
-    todo = [v for v in src.videos if cfg.overwrite or v not in listed or video_problem(out.path, v, "dr")]
+    todo = [v for v in src.videos if cfg.overwrite or not is_done(out, v)]
     no_lm = [v for v in listed if v not in todo and not (out.path / v / "landmarks").exists()]
     if no_lm:
         log.warn(f"{out.path}: {len(no_lm)} video(s) made by an older gen-dr have no landmarks (needed by "

@@ -31,11 +31,10 @@ from ..store import (
     VideoWriter,
     claim,
     create_store,
-    is_complete,
+    is_done,
     now,
     remove_partials,
     update_root,
-    video_problem,
     video_state,
 )
 
@@ -146,10 +145,8 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
     store = create_store(cfg.out, "faces", cfg.store_params())
     summary = PreprocessSummary(store=str(store.path))
     todo: list[Source] = []
-    listed = store.root.attrs.get("videos", {})
     for s in sources:   # a first look without claims; each video is checked again under its claim
-        if (not cfg.overwrite and s.id in listed and is_complete(store.path, s.id)
-                and not video_problem(store.path, s.id, "faces")):
+        if not cfg.overwrite and is_done(store, s.id):
             summary.skipped.append(s.id)
         else:
             todo.append(s)

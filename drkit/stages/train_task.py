@@ -40,7 +40,13 @@ from ..contracts import (
 )
 from ..errors import DrkitError
 from ..fsutil import jsonable, write_json_atomic
-from ..hourglass import au_centres, canonical_au, heatmap_loss, heatmap_side, target_heatmaps
+from ..hourglass import (
+    au_centres,
+    canonical_au,
+    heatmap_loss,
+    heatmap_side,
+    target_heatmaps,
+)
 from ..labels import read_labels
 from ..nets import create_model, pick_device
 from ..store import open_store
@@ -109,7 +115,7 @@ def _bundled_dr_nets(store) -> list[DRNet]:
             raise DrkitError(f"DR checkpoint {p} (used to make {store.path}) is missing; the model "
                              "bundle must include it: restore it at that path")
         ck = load_checkpoint(p, "dr")
-        nets.append(DRNet(ck.model, ck.state_dict, ck.config))
+        nets.append(ck.dr_net())
     return nets
 
 
@@ -127,13 +133,13 @@ def run(cfg: TrainTaskConfig) -> dict:
     hg = cfg.arch == "hg_hmr"
     stores = [open_store(p, "dr") for p in cfg.input]
     names = stores[0].params["channels"]
-    _same_layout(stores + [open_store(p, "dr") for p in cfg.val or []])
+    val_stores = [open_store(p, "dr") for p in cfg.val or []]
+    _same_layout(stores + val_stores)
     ch = select_channels(names, cfg.input_kind)
     labels = read_labels(cfg.labels, cfg.targets, tuple(cfg.missing))
     if hg:   # fail before anything is read: no AU table for a target, or an affect task
         _model_spec(cfg.arch, len(ch), len(labels.targets), cfg.width, cfg, labels.targets)
-    if cfg.val:
-        val_stores = [open_store(p, "dr") for p in cfg.val]
+    if val_stores:
         train_s, val_s = labelled_frames(stores, labels), labelled_frames(val_stores, labels)
         shared = {person_of(labels, v) for v in train_s.stores} & {person_of(labels, v) for v in val_s.stores}
         if shared:
