@@ -34,9 +34,14 @@ def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(s) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
+def flip_mask(n: int, g: torch.Generator) -> torch.Tensor:
+    """Which of ``n`` samples to mirror: a random half, drawn from ``g``."""
+    return torch.rand(n, generator=g) < 0.5
+
+
 def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Mirror (last axis) a random half of the batch (axis 0), in place; also returns ``x``."""
-    f = torch.rand(x.shape[0], generator=g) < 0.5
+    f = flip_mask(x.shape[0], g)
     x[f] = x[f].flip(-1)
     return x
 

@@ -41,7 +41,7 @@ Objective = Literal["rank", "mse", "perceptual", "pix2pix"]
 Target = Literal["di", "bdi"]
 Task = Literal["au", "affect"]
 InputKind = Literal["si", "sdr", "mdr"]
-Arch = Literal["small", "vgg16", "hg_hmr"]
+Arch = Literal["small", "vgg16", "hg_hmr", "dr_encoder"]
 LabelLayout = Literal["fera2015", "avec2012"]
 StoreKind = Literal["faces", "dr"]
 CheckpointKind = Literal["dr", "task"]
@@ -89,20 +89,28 @@ def face_arrays(crop_size: int) -> dict[str, ArraySpec]:
     }
 
 
-def dr_arrays(n_channels: int, map_size: int) -> dict[str, ArraySpec]:
+def dr_arrays(n_channels: int, map_size: int, n_mirror: int = 0) -> dict[str, ArraySpec]:
     """The arrays of one video of a DR store (`drkit gen-dr`). ``landmarks`` (the face store's
-    68 landmarks in map pixels, for `train-task --arch hg_hmr`) is written by gen-dr since 0.2.0; DR
-    stores without it still read (DR_OPTIONAL_ARRAYS)."""
+    68 landmarks in map pixels, for `train-task --arch hg_hmr`) is written by gen-dr since 0.2.0.
+    ``mdr_mirror`` (``n_mirror`` > 0: the number of DR channels) holds the DR channels of the
+    *mirrored* face crop, in the mirrored crop's coordinates: a DR network is not mirror-symmetric
+    (the DR of a mirrored face is not the mirrored DR), so `train-task` builds a mirrored training
+    sample from the flipped image channels and these, never by flipping DR maps (since 0.2.0). DR
+    stores without these arrays still read (DR_OPTIONAL_ARRAYS)."""
     s = map_size
-    return {
+    out = {
         "mdr": ArraySpec((n_channels, s, s), "float16", ("frame", "channel", "y", "x"),
                          chunk_frames(2 * n_channels * s * s)),
         "frame_index": ArraySpec((), "int64", ("frame",)),
         "landmarks": ArraySpec((68, 2), "float32", ("frame", "point", "xy")),
     }
+    if n_mirror:
+        out["mdr_mirror"] = ArraySpec((n_mirror, s, s), "float16", ("frame", "channel", "y", "x"),
+                                      chunk_frames(2 * n_mirror * s * s))
+    return out
 
 
-DR_OPTIONAL_ARRAYS = ("landmarks",)   # arrays of dr_arrays an older DR store may lack
+DR_OPTIONAL_ARRAYS = ("landmarks", "mdr_mirror")   # arrays of dr_arrays an older DR store may lack
 
 
 STORE_ARRAYS = {"faces": face_arrays, "dr": dr_arrays}

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .checkpoint import build_model, load_checkpoint, sha256_16
 from .contracts import DRConfig, DRNet, DRNetRef
+from .pretrained import is_pretrained
 
 
 def resize(x: torch.Tensor, side: int) -> torch.Tensor:
@@ -34,10 +35,14 @@ class MDR(torch.nn.Module):
 
     resize = staticmethod(resize)
 
+    def drs(self, x: torch.Tensor) -> torch.Tensor:
+        """The DR channels only (B, 3 * len(nets), map_size, map_size)."""
+        return torch.cat([resize(net(resize(x, s)), self.map_size) for net, s in zip(self.nets, self.net_sizes)], 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = [resize(x, self.map_size)] if self.image else []
-        for net, s in zip(self.nets, self.net_sizes):
-            parts.append(resize(net(resize(x, s)), self.map_size))
+        if len(self.nets):
+            parts.append(self.drs(x))
         return torch.cat(parts, 1)
 
     @classmethod
@@ -55,16 +60,17 @@ def channel_names(configs: list[DRConfig], image: bool) -> list[str]:
 
 
 def load_mdr(paths: list[Path], image: bool, map_size: int | None) -> tuple[MDR, list[DRNetRef], list[DRNet]]:
-    """The MDR of DR checkpoints ``paths`` (files or run folders). ``map_size`` defaults to the
-    first network's ``net_size``. Also returns what a DR store records of each checkpoint and
+    """The MDR of DR checkpoints ``paths`` (files, run folders or ``pretrained:NAME``).
+    ``map_size`` defaults to the first network's ``net_size``. Also returns what a DR store records of each checkpoint and
     what a task bundle embeds of it."""
     cks = [load_checkpoint(p, "dr") for p in paths]
     map_size = map_size or (cks[0].config.net_size if cks else None)
     if map_size is None:
         raise ValueError("map_size is needed when there is no DR checkpoint")
-    refs = [DRNetRef(path=str(ck.path.resolve()), sha256_16=sha256_16(ck.path), T=ck.config.T,
-                     stride=ck.config.stride, net_size=ck.config.net_size, model=ck.model.to_dict())
-            for ck in cks]
+    # a shipped model is recorded by name (its file lives inside the drkit install)
+    refs = [DRNetRef(path=str(p) if is_pretrained(p) else str(ck.path.resolve()), sha256_16=sha256_16(ck.path),
+                     T=ck.config.T, stride=ck.config.stride, net_size=ck.config.net_size, model=ck.model.to_dict())
+            for p, ck in zip(paths, cks)]
     nets = [ck.dr_net() for ck in cks]
     mdr = MDR([ck.build_model() for ck in cks], [ck.config.net_size for ck in cks], map_size, image)
     return mdr, refs, nets

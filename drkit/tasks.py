@@ -56,6 +56,9 @@ class Samples(FrameRefs):
     """Labelled frames: ``y`` (n, k) targets with NaN where missing."""
     y: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
+    def subset(self, idx: np.ndarray) -> "Samples":
+        return Samples([self.videos[i] for i in idx], self.positions[idx], self.stores, y=self.y[idx])
+
 
 def person_of(labels: Labels, video: str) -> str:
     return labels.person.get(video, video)
@@ -142,7 +145,11 @@ def require_landmarks(s: Samples, why: str = "--arch hg_hmr") -> None:
 
 class Batcher:
     """Batches (x normalised (B, C, H, W), y (B, k)) from a DR store's ``mdr`` array; with
-    ``landmarks``, (x, y, landmarks (B, 68, 2) in map pixels) (see require_landmarks)."""
+    ``landmarks``, (x, y, landmarks (B, 68, 2) in map pixels) (see require_landmarks).
+
+    ``get(idx, flip)`` mirrors the samples where ``flip`` is True the way the DR networks see a
+    mirrored face: image channels flipped, DR channels read from ``mdr_mirror`` (the DRs of the
+    mirrored crop, see drkit.contracts.dr_arrays), never flipped DR maps."""
 
     def __init__(self, s: Samples, channels: list[int], mean: np.ndarray, std: np.ndarray,
                  landmarks: bool = False):
@@ -150,19 +157,48 @@ class Batcher:
         self.cache = FrameCache(s.stores, array="mdr", max_bytes=2 << 30)
         self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
+        names = next(iter(s.stores.values())).params["channels"] if s.stores else []
+        self.n_image = sum(n.startswith("image_") for n in names)
+        self.uses_dr = any(c >= self.n_image for c in channels)
+        self.mirror = None
+        if self.uses_dr and can_mirror(s):
+            self.mirror = FrameCache(s.stores, array="mdr_mirror", max_bytes=1 << 30)
         self.lm = None
         if landmarks:
             require_landmarks(s)
             self.lm = FrameCache(s.stores, array="landmarks", max_bytes=256 << 20)
 
-    def get(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
-        x = np.stack([self.cache.get(self.s.videos[i], self.s.positions[i:i + 1])[0][self.ch] for i in idx])
+    @property
+    def can_flip(self) -> bool:
+        """Whether mirrored samples can be made: image-only input, or mirrored DRs stored."""
+        return not self.uses_dr or self.mirror is not None
+
+    def _frame(self, i: int, flip: bool) -> np.ndarray:
+        v, pos = self.s.videos[i], self.s.positions[i:i + 1]
+        x = self.cache.get(v, pos)[0]
+        if flip:
+            if not self.can_flip:
+                raise DrkitError("cannot mirror DR inputs: the DR store has no mdr_mirror")
+            x = x.copy()
+            x[:self.n_image] = x[:self.n_image, :, ::-1]
+            if self.uses_dr:
+                x[self.n_image:] = self.mirror.get(v, pos)[0]
+        return x[self.ch]
+
+    def get(self, idx: np.ndarray, flip: np.ndarray | None = None) -> tuple[torch.Tensor, ...]:
+        flip = np.zeros(len(idx), bool) if flip is None else np.asarray(flip, bool)
+        x = np.stack([self._frame(i, f) for i, f in zip(idx, flip)])
         x = (torch.from_numpy(x.astype(np.float32)) - self.mean) / self.std
         y = torch.from_numpy(self.s.y[idx])
         if self.lm is None:
             return x, y
         lm = np.stack([self.lm.get(self.s.videos[i], self.s.positions[i:i + 1])[0] for i in idx])
         return x, y, torch.from_numpy(lm.astype(np.float32))
+
+
+def can_mirror(s: Samples) -> bool:
+    """Whether every video of ``s`` has mirrored DRs (``mdr_mirror``, gen-dr since 0.2.0)."""
+    return all("mdr_mirror" in st.video(v) for v, st in s.stores.items())
 
 
 def channel_stats(s: Samples, channels: list[int], n: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -218,3 +218,105 @@ def test_predict_rows_for_faces_and_no_faces(task_data, tmp_path):
     assert by[str(blank)]["face_found"] == "0" and by[str(blank)]["t1"] == ""
     pic = cv2.imread(str(tmp_path / "dr" / "face.png"))
     assert pic.shape[1] == 3 * pic.shape[0]      # crop + two DRs side by side
+
+
+# ------------------------------------------------------------------ mirroring DR inputs
+
+def _asymmetric_dr(path, T=2):
+    """A DR checkpoint whose network is clearly not mirror-symmetric (random direct UNet), like
+    trained DR networks on real faces (DR(flip I) differs from flip DR(I) by ~50-70% RMS)."""
+    from drkit.checkpoint import Checkpoint, save_checkpoint
+    from drkit.contracts import DRConfig, ModelSpec
+    from drkit.nets import create_model
+    torch.manual_seed(3)
+    spec = ModelSpec("dr_unet", {"base": 4, "depth": 2, "param": "direct", "zero_mean": True})
+    net = create_model(spec.name, **spec.kwargs)
+    save_checkpoint(Checkpoint(kind="dr", model=spec, config=DRConfig(T=T, stride=1, net_size=32),
+                               state_dict=net.state_dict()), path)
+    return path
+
+
+def test_mirrored_samples_are_the_drs_of_the_mirrored_face(task_data, tmp_path):
+    """train-task's mirrored MDR sample must equal the sample gen-dr makes from the mirrored crop
+    (flipped image, DRs of the flipped face), not the flipped DR maps. 0.1.0 flipped the maps,
+    which no DR network produces: MDR generalised worse than SI on real faces."""
+    from conftest import make_face_store
+
+    from drkit.tasks import Batcher, channel_stats, labelled_frames
+    dr = _asymmetric_dr(tmp_path / "asym.pt")
+    faces = open_store(task_data["faces"])
+    vids = faces.videos[:3]
+    mirrored = make_face_store(tmp_path / "mirrored.zarr",
+                               {v: faces.video(v)["frames"][:][:, :, ::-1] for v in vids})
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    gen_dr.run(gen_dr.GenDRConfig(store=task_data["faces"], out=a, dr=[task_data["drs"][0], dr]))
+    gen_dr.run(gen_dr.GenDRConfig(store=mirrored, out=b, dr=[task_data["drs"][0], dr]))
+    labels = read_labels(task_data["labels"])
+    people = {labels.person[v] for v in vids}
+    sa, sb = labelled_frames([open_store(a)], labels, people), labelled_frames([open_store(b)], labels, people)
+    assert sa.videos == sb.videos and len(sa) == 3 * 48
+    ch = list(range(9))
+    mean, std = channel_stats(sa, ch)
+    ba, bb = Batcher(sa, ch, mean, std), Batcher(sb, ch, mean, std)
+    idx = np.arange(0, len(sa), 5)
+    flipped = ba.get(idx, np.ones(len(idx), bool))[0]
+    reference = bb.get(idx)[0]                      # what the DR nets give for the mirrored faces
+    torch.testing.assert_close(flipped, reference, atol=2e-2 * float(reference.std()), rtol=0)
+    # the guard is needed: flipping the stored maps of this DR is far from its mirrored-face DR
+    old_way = ba.get(idx)[0].flip(-1)
+    err = (old_way[:, 6:] - reference[:, 6:]).pow(2).mean().sqrt() / reference[:, 6:].pow(2).mean().sqrt()
+    assert err > 0.3
+    # unflipped samples are unchanged; a store without mdr_mirror cannot mirror DR inputs
+    assert ba.get(idx, np.zeros(len(idx), bool))[0].equal(ba.get(idx)[0])
+    c = tmp_path / "c.zarr"
+    gen_dr.run(gen_dr.GenDRConfig(store=task_data["faces"], out=c, dr=[dr], mirror=False))
+    sc = labelled_frames([open_store(c)], labels, people)
+    assert "mdr_mirror" not in open_store(c).video(vids[0])
+    assert not Batcher(sc, list(range(6)), np.zeros(6), np.ones(6)).can_flip
+    assert Batcher(sc, [0, 1, 2], np.zeros(3), np.ones(3)).can_flip     # image only: flipping is exact
+
+
+def test_train_task_without_mirrored_drs_trains_unmirrored(task_data, tmp_path, capsys):
+    c = tmp_path / "nomirror.zarr"
+    gen_dr.run(gen_dr.GenDRConfig(store=task_data["faces"], out=c, dr=[task_data["drs"][0]], mirror=False))
+    out = tmp_path / "run"
+    train_task.run(train_task.TrainTaskConfig(input=[c], out=out, labels=task_data["labels"], task="au",
+                                              input_kind="mdr", epochs=1, val_share=0.25))
+    assert "no mirrored DRs" in capsys.readouterr().err
+    assert load_checkpoint(out / "best.pt", "task").config.train["flip"] is False
+
+
+def test_dr_encoder_starts_from_the_dr_networks_encoder(task_data, tmp_path):
+    """--arch dr_encoder: the task network's encoder is the DR UNet's (same features for the
+    image), extra DR input channels start at zero (MDR starts as the image-only network)."""
+    from drkit.nets import DREncoderRegressor
+    dr = load_checkpoint(task_data["drs"][1], "dr")
+    kw = dr.model.kwargs
+    x = torch.rand(2, 3, 32, 32)
+    si = DREncoderRegressor(3, 2, kw["base"], kw["depth"])
+    mdr = DREncoderRegressor(9, 2, kw["base"], kw["depth"])
+    assert si.init_from(dr.state_dict) == mdr.init_from(dr.state_dict) == len(
+        [k for k in dr.state_dict if k.startswith("unet.down.")])
+    mdr.head.load_state_dict(si.head.state_dict())
+    unet = dr.build_model().unet
+    si.eval(), mdr.eval()
+    with torch.no_grad():
+        feats = x
+        for i, block in enumerate(unet.down):
+            feats = block(feats if i == 0 else torch.nn.functional.max_pool2d(feats, 2))
+        ours = x
+        for i, block in enumerate(si.down):
+            ours = block(ours if i == 0 else torch.nn.functional.max_pool2d(ours, 2))
+        torch.testing.assert_close(ours, feats)
+        torch.testing.assert_close(mdr(torch.cat([x, torch.randn(2, 6, 32, 32)], 1)), si(x))
+    out = tmp_path / "enc"
+    r = train_task.run(train_task.TrainTaskConfig(input=[task_data["mdr"]], out=out, labels=task_data["labels"],
+                                                  task="au", input_kind="mdr", arch="dr_encoder", epochs=1,
+                                                  val_share=0.25))
+    ck = load_checkpoint(out / "best.pt", "task")
+    assert ck.model.name == "dr_encoder" and ck.model.kwargs["in_ch"] == 9 and np.isfinite(r["val"]["mse"])
+    si_store = tmp_path / "si.zarr"
+    gen_dr.run(gen_dr.GenDRConfig(store=task_data["faces"], out=si_store, dr=[], size=32))
+    with pytest.raises(DrkitError, match="dr_encoder starts from a DR network"):
+        train_task.run(train_task.TrainTaskConfig(input=[si_store], out=tmp_path / "x", labels=task_data["labels"],
+                                                  input_kind="si", arch="dr_encoder", epochs=1))

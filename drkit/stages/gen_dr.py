@@ -9,6 +9,12 @@ Each video also gets the face store's 68 ``landmarks`` in map pixels (what `trai
 hg_hmr` draws its target heatmaps from): crop pixels scaled by map_size / crop_size with pixel
 centres aligned, ``x_map = (x_crop + 0.5) * map_size / crop_size - 0.5``, the mapping of the
 image resize (bilinear, half-pixel centres) itself.
+
+With ``--mirror`` (default), each video also gets ``mdr_mirror``: the DR channels of the
+mirrored crop. A DR network is not mirror-symmetric (on real faces the DR of a mirrored crop
+differs from the mirrored DR by ~50-70% of its RMS), so flipping stored DR maps would hand the
+task network inputs no DR network ever produces; `train-task` mirrors a sample by flipping its
+image channels and taking these DRs instead.
 """
 
 from __future__ import annotations
@@ -51,13 +57,18 @@ def run(cfg: GenDRConfig) -> dict:
     out = create_store(cfg.out, "dr", params)
     if [c.sha256_16 for c in out.typed_params.checkpoints] != [c.sha256_16 for c in refs]:
         raise DrkitError(f"{out.path}: was made with other DR checkpoints; write to a new -o")
-    spec = dr_arrays(C, S)
+    n_dr = C - (0 if cfg.no_image else 3)
+    spec = dr_arrays(C, S, n_dr if cfg.mirror else 0)
     listed = out.root.attrs.get("videos", {})
     todo = [v for v in src.videos if cfg.overwrite or not is_done(out, v)]
-    no_lm = [v for v in listed if v not in todo and not (out.path / v / "landmarks").exists()]
-    if no_lm:
-        log.warn(f"{out.path}: {len(no_lm)} video(s) made by an older gen-dr have no landmarks (needed by "
-                 "`train-task --arch hg_hmr`); rerun with --overwrite to add them")
+    for arr, why in (("landmarks", "needed by `train-task --arch hg_hmr`"),
+                     ("mdr_mirror", "mirrored DRs, needed to mirror DR inputs in `train-task`")):
+        if arr not in spec:
+            continue
+        lacking = [v for v in listed if v not in todo and not (out.path / v / arr).exists()]
+        if lacking:
+            log.warn(f"{out.path}: {len(lacking)} video(s) made by an older or --no-mirror gen-dr have no "
+                     f"{arr} ({why}); rerun with --overwrite to add them")
     log.info(f"gen-dr: {len(src.videos)} videos, {len(todo)} to do, {C} channels at {S} px -> {out.path}")
     done = {"frames": 0, "videos": 0}
     with log.progress() as prog, torch.no_grad():
@@ -96,7 +107,10 @@ def _write_video(g, out_path, vid: str, mdr, spec, device, batch_size: int, adva
             x = images_to_tensor(np.asarray(g["frames"][i:i + batch_size])).to(device)
             y = mdr(x).cpu().numpy().astype(np.float16)
             lm = (np.asarray(g["landmarks"][i:i + len(y)], np.float32) + 0.5) * scale - 0.5
-            w.append(mdr=y, frame_index=g["frame_index"][i:i + len(y)], landmarks=lm)
+            rows = {"mdr": y, "frame_index": g["frame_index"][i:i + len(y)], "landmarks": lm}
+            if "mdr_mirror" in spec:   # the DRs of the mirrored crop (image channels come first)
+                rows["mdr_mirror"] = mdr.drs(x.flip(-1)).cpu().numpy().astype(np.float16)
+            w.append(**rows)
             advance(len(y))
         w.commit({"fps": g.attrs["fps"], "source": g.attrs.get("source"),
                   "n_source_frames": g.attrs.get("n_source_frames")})
