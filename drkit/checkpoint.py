@@ -118,7 +118,11 @@ def save_checkpoint(ck: Checkpoint | dict, path: str | os.PathLike) -> None:
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or ``best.pt`` (else ``last.pt``) of a run folder."""
+    """A checkpoint file, ``best.pt`` (else ``last.pt``) of a run folder, or the verified file of
+    a shipped model named ``pretrained:NAME`` (drkit.pretrained)."""
+    from . import pretrained
+    if pretrained.is_pretrained(path):
+        return pretrained.path_of(path)
     p = Path(path)
     if p.is_dir():
         p = p / "best.pt" if (p / "best.pt").is_file() else p / "last.pt"

@@ -192,6 +192,38 @@ def inspect(
     stage.print_summary(store)
 
 
+@command()
+def models(
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the manifest of the shipped models here.")] = None,
+) -> None:
+    """List the DR models that ship with drkit (use them as --dr pretrained:T5, or in rank-eval).
+
+    Each is checked against its SHA-256 on load. Shown: window, net size, the people it was
+    trained on, and its ranking accuracy on people it never saw beside the identity baseline."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import pretrained
+    from .fsutil import write_json_atomic
+    man = pretrained.manifest()
+    if not man["models"]:
+        raise DrkitError("this drkit install ships no pretrained DR models (drkit/pretrained/MANIFEST.json)")
+    t = Table(title="drkit pretrained DR models")
+    for c in ("name", "T", "stride", "net size", "held-out acc (DR / identity / ranksvm)", "SHA-256"):
+        t.add_column(c)
+    for name in pretrained.names():
+        m = man["models"][name]
+        h = m.get("held_out", {})
+        acc = " / ".join(f"{h[k]:.1f}%" if isinstance(h.get(k), (int, float)) else "-" for k in ("dr", "identity", "ranksvm"))
+        t.add_row(pretrained.PREFIX + name, str(m["T"]), str(m["stride"]), str(m["net_size"]), acc, m["sha256"][:16])
+    con = Console()   # the listing is the command's output: stdout
+    con.print(t)
+    if man.get("trained_on"):
+        con.print(f"trained on: {man['trained_on']}", soft_wrap=True)
+    if json_out:
+        write_json_atomic(json_out, man)
+
+
 @command("train-dr")
 def train_dr(
     stores: Annotated[List[Path], typer.Argument(help="Face stores to train on.")],
@@ -305,6 +337,7 @@ def gen_dr(
     dr: Annotated[Optional[List[Path]], typer.Option("--dr", help="DR checkpoint or run folder; repeat for MDR levels.")] = None,
     no_image: Annotated[bool, typer.Option(help="Leave the image channels out (DRs only).")] = C.GenDRConfig.no_image,
     size: Annotated[Optional[int], typer.Option(help="Side of the stored maps, map_size (default: the first checkpoint's net_size).")] = None,
+    mirror: Annotated[bool, typer.Option(help="Also store the DRs of the mirrored face (what train-task's mirroring uses; DR networks are not mirror-symmetric).")] = C.GenDRConfig.mirror,
     batch_size: Annotated[int, typer.Option(help="Frames per forward pass.")] = C.GenDRConfig.batch_size,
     device: Device = C.GenDRConfig.device,
     overwrite: Annotated[bool, typer.Option(help="Redo videos already complete in the output.")] = False,
@@ -315,7 +348,7 @@ def gen_dr(
     channels (affect setting). Keeps video ids and source frame indices; resumable."""
     from .stages import gen_dr as stage
     r = stage.run(C.GenDRConfig(store=store, out=out, dr=dr or [], no_image=no_image, size=size,
-                                batch_size=batch_size, device=device, overwrite=overwrite))
+                                mirror=mirror, batch_size=batch_size, device=device, overwrite=overwrite))
     log.info(f"gen-dr: {r['frames']} frames of {r['videos']} videos, channels {', '.join(r['channels'])} -> {r['store']}")
 
 
@@ -331,7 +364,7 @@ def train_task(
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Run folder to write; best.pt is the model bundle.")] = None,
     task: Annotated[Task, typer.Option(help="au (ICC, MSE, MAE) or affect (PCC, CCC, MSE).")] = C.TrainTaskConfig.task,
     input_kind: Annotated[InputKind, typer.Option("--input", help="si (image), sdr (one DR) or mdr (image + DRs).")] = C.TrainTaskConfig.input_kind,
-    arch: Annotated[Arch, typer.Option(help="small (CPU-friendly CNN), vgg16, or hg_hmr (HG-HMR: an hourglass regressing one heatmap per AU at its facial landmarks; --task au, AU targets, a DR store with landmarks).")] = C.TrainTaskConfig.arch,
+    arch: Annotated[Arch, typer.Option(help="small (CPU-friendly CNN), vgg16, hg_hmr (HG-HMR: an hourglass regressing one heatmap per AU at its facial landmarks; --task au, AU targets, a DR store with landmarks), or dr_encoder (the store's first DR network's UNet encoder, initialised from it, with a small head).")] = C.TrainTaskConfig.arch,
     targets: Annotated[Optional[str], typer.Option(help="Comma list of label columns (default: all).")] = None,
     missing: Annotated[Optional[str], typer.Option(help="Comma list of sentinel values meaning 'no label', e.g. 9.")] = None,
     val: Annotated[Optional[List[Path]], typer.Option(help="Validation DR store(s); default: hold out people.")] = None,
@@ -340,6 +373,8 @@ def train_task(
     val_people: Annotated[Optional[str], typer.Option(help="Validate on exactly these people (a,b,c or @file).")] = None,
     epochs: Epochs = C.TrainTaskConfig.epochs,
     time_budget: TimeBudget = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better validation score (best.pt is the best epoch).")] = None,
+    val_frames: Annotated[Optional[int], typer.Option(help="Validate on this many frames, spread evenly over the validation people (faster epochs).")] = None,
     batch_size: Annotated[int, typer.Option(help="Frames per batch.")] = C.TrainTaskConfig.batch_size,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = C.TrainTaskConfig.lr,
     width: Annotated[Optional[int], typer.Option(help="Network width: channels of the small CNN (default 16) or of the hourglass (hg_hmr, default 32); vgg16 uses its own.")] = C.TrainTaskConfig.width,
@@ -361,7 +396,7 @@ def train_task(
         input=inputs, out=out, labels=labels, task=task, input_kind=input_kind, arch=arch,
         targets=targets.split(",") if targets else None, missing=_floats(missing, "--missing") or [],
         val=val or None, val_share=val_share, train_people=_names(train_people),
-        val_people=_names(val_people), epochs=epochs, time_budget=time_budget, batch_size=batch_size,
+        val_people=_names(val_people), epochs=epochs, time_budget=time_budget, patience=patience, val_frames=val_frames, batch_size=batch_size,
         lr=lr, width=width, stacks=stacks, heatmap_sigma=heatmap_sigma, flip=flip, init=init, seed=seed,
         device=device, resume=resume,
         overwrite=overwrite, eval_only=eval_only))
@@ -429,44 +464,63 @@ def synth(
     n: Annotated[int, typer.Option("--n", help="Number of sequences.")] = C.SynthConfig.n,
     seconds: Annotated[float, typer.Option(help="Length of each sequence.")] = C.SynthConfig.seconds,
     fps: Annotated[float, typer.Option(help="Frame rate.")] = C.SynthConfig.fps,
-    faces: Annotated[Optional[List[Path]], typer.Option("--faces", help="Identity photos, image folders or videos "
-                                                        "(default: pseudo-identities of scikit-image's astronaut photo).")] = None,
+    faces: Annotated[Optional[List[Path]], typer.Option("--faces", help="Identity photo, image folder or video; repeat "
+                                                        "for more (one person per file, named by its stem; default: "
+                                                        "pseudo-identities of scikit-image's astronaut photo).")] = None,
     identities: Annotated[int, typer.Option(help="Pseudo-identities to make when no --faces are given.")] = C.SynthConfig.identities,
     size: Annotated[int, typer.Option(help="Frame side in pixels.")] = C.SynthConfig.size,
     seed: Seed = C.SynthConfig.seed,
+    appearance: Annotated[bool, typer.Option(help="Draw the AUs' wrinkles, folds, shading, teeth and mouth "
+                                             "cavity on the warped face (off: landmark warp only).")] = C.SynthConfig.appearance,
+    morphology: Annotated[float, typer.Option(help="Largest resting AU offset of a person (0-5): each identity gets "
+                                              "a resting face (slight smile, lowered brows, deep folds...) that is "
+                                              "not in the labels. 0: none.")] = C.SynthConfig.morphology,
 ) -> None:
     """Make face videos with exact per-frame AU intensities, valence/arousal and landmarks."""
     from .stages import synth as stage
     stage.run(C.SynthConfig(out=out, n=n, seconds=seconds, fps=fps, faces=faces or [],
-                            identities=identities, size=size, seed=seed))
+                            identities=identities, size=size, seed=seed, appearance=appearance,
+                            morphology=morphology))
 
 
 @command()
 def demo(
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for everything the demo makes.")] = C.DemoConfig.out,
-    quick: Annotated[bool, typer.Option(help="Smaller data and shorter training (about 2 minutes).")] = C.DemoConfig.quick,
+    quick: Annotated[bool, typer.Option(help="Less data, shorter training, 2 seeds (under 3 minutes on 2 CPU cores).")] = C.DemoConfig.quick,
+    train_dr: Annotated[bool, typer.Option(help="Train the DR here (on the training people) instead of using the shipped pretrained:T5.")] = C.DemoConfig.train_dr,
     seed: Seed = C.DemoConfig.seed,
 ) -> None:
-    """Run the whole pipeline on synthetic faces: synth, preprocess, train-dr (T=3, 5), rank-eval,
-    gen-dr (MDR), train-task (SI vs MDR), eval-task, predict. Each step is printed as the exact
-    `drkit` command it runs, so every step can be re-run by hand."""
+    """Run the whole pipeline on synthetic faces: synth, preprocess, DRs (shipped, or trained with
+    --train-dr), rank-eval, gen-dr (MDR), train-task (SI and MDR over seeds), eval-task on held-out
+    people, predict on a held-out video and still. Each step is printed as the exact `drkit`
+    command it runs, so every step can be re-run by hand."""
     from rich.console import Console
     from rich.table import Table
 
     from .stages import demo as stage
-    s = stage.run(C.DemoConfig(out=out, quick=quick, seed=seed))
-    t = Table(title=f"drkit demo ({s['seconds']:.0f} s) -> {out}")
+    s = stage.run(C.DemoConfig(out=out, quick=quick, train_dr=train_dr, seed=seed))
+    con = Console()
+    t = Table(title=f"drkit demo ({s['seconds']:.0f} s, DR {s['dr']}) -> {out}")
     t.add_column("what")
     t.add_column("result", justify="right")
     for k, v in s["rank_accuracy"].items():
-        t.add_row(f"rank accuracy {k}, held-out person: DR / identity", f"{v['dr']:.1f}% / {v['identity']:.1f}%")
-    t.add_row("AU intensity ICC(3,1), held-out person: SI / MDR", f"{s['au_icc']['si']:.3f} / {s['au_icc']['mdr']:.3f}")
-    t.add_row("AU intensity MSE: SI / MDR", f"{s['au_mse']['si']:.3f} / {s['au_mse']['mdr']:.3f}")
-    p = s["predict"]
-    t.add_row("predict on a held-out still: AU12 predicted / true", f"{float(p['AU12'][0] or 'nan'):.2f} / {float(p['AU12'][1]):.2f}")
+        t.add_row(f"rank accuracy {k}, held-out people: DR / identity", f"{v['dr']:.1f}% / {v['identity']:.1f}%")
+    i, m = s["au_icc"], s["au_mse"]
+    n = len(i["si"]["runs"])
+    t.add_row(f"AU ICC(3,1), held-out people, mean ± sd of {n} seeds: SI / MDR",
+              f"{i['si']['mean']:.3f} ± {i['si']['sd']:.3f} / {i['mdr']['mean']:.3f} ± {i['mdr']['sd']:.3f}")
+    t.add_row("AU MSE: SI / MDR", f"{m['si']['mean']:.3f} / {m['mdr']['mean']:.3f}")
     for k, v in s["files"].items():
         t.add_row(k, v)
-    Console().print(t)
+    con.print(t)
+    per = Table(title="per AU: held-out ICC (mean over seeds) and the showcase still "
+                      f"({s['showcase']['video']} frame {s['showcase']['frame']}, {s['better_input'].upper()} model)")
+    for c in ("AU", "ICC SI", "ICC MDR", "still: predicted", "still: true"):
+        per.add_column(c, justify="right")
+    for a, (p, tr) in s["showcase"]["au"].items():
+        per.add_row(a, f"{s['au_icc_per_au']['si'][a]:.3f}", f"{s['au_icc_per_au']['mdr'][a]:.3f}",
+                    "-" if p is None else f"{p:.2f}", f"{tr:.2f}")
+    con.print(per)
 
 
 # ------------------------------------------------------------------ entry points

@@ -105,6 +105,7 @@ class GenDRConfig:
     dr: list[Path]
     no_image: bool = False
     size: int | None = None          # map_size; default: the first checkpoint's net_size
+    mirror: bool = True              # also store the DRs of the mirrored crop (mdr_mirror)
     batch_size: int = 32
     device: str = "auto"
     overwrite: bool = False
@@ -132,6 +133,8 @@ class TrainTaskConfig:
     val_people: list[str] | None = None     # hold out exactly these
     epochs: int = 20
     time_budget: float | None = None
+    patience: int | None = None          # stop after N epochs without a better validation score
+    val_frames: int | None = None        # validate on this many frames spread evenly over the validation people
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -195,6 +198,8 @@ class SynthConfig:
     identities: int = 6            # pseudo-identities made from one photo when --faces is empty
     size: int = 256
     seed: int = 0
+    appearance: bool = True        # AU wrinkles, folds, shading, teeth drawn on the warped face
+    morphology: float = 0.0        # largest resting AU offset of a person (0-5; 0: none)
 
     def __post_init__(self):
         self.out, self.faces = as_path(self.out), as_paths(self.faces) or []
@@ -204,6 +209,7 @@ class SynthConfig:
 class DemoConfig:
     out: Path = Path("drkit-demo")
     quick: bool = False
+    train_dr: bool = False        # train the DR here instead of using the shipped pretrained:T5
     seed: int = 0
 
     def __post_init__(self):

@@ -6,6 +6,8 @@ and kwargs, so ``create_model(ckpt["model"]["name"], **ckpt["model"]["kwargs"])`
 - ``vgg16``: VGG-16 (configuration D) regression network, as used for affect in the paper.
 - ``small_cnn``: a small CNN regressor that trains in minutes on a CPU.
 - ``patchgan``: the 70x70 PatchGAN discriminator of pix2pix (`drkit train-dr --objective pix2pix`).
+- ``dr_encoder``: a regressor on the DR UNet's encoder, initialised from a trained DR network
+  (`drkit train-task --arch dr_encoder`): the self-supervised features as a starting point.
 - ``hg_hmr``: HG-HMR, an hourglass regressing one heatmap per AU (drkit.hourglass, the paper's
   [36]); it returns the AU intensities decoded from its heatmaps.
 """
@@ -129,6 +131,48 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class DREncoderRegressor(nn.Module):
+    """The encoder of a DR network's UNet (same blocks, same parameter names ``down.*`` as
+    ``unet.down.*`` in a DR checkpoint) and the small CNN's head (4x4 map, MLP). ``init_from`` a
+    DR state dict copies the encoder; with ``in_ch`` > 3 (image + DR channels) the first
+    convolution's extra input channels start at zero, so training starts from the image-only
+    network."""
+
+    def __init__(self, in_ch: int = 3, n_out: int = 1, base: int = 16, depth: int = 3, dropout: float = 0.2):
+        super().__init__()
+        chs = [base * 2 ** i for i in range(depth + 1)]
+        self.down = nn.ModuleList([_DoubleConv(in_ch, chs[0])] +
+                                  [_DoubleConv(chs[i], chs[i + 1]) for i in range(depth)])
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(chs[-1] * 16, 128), nn.ReLU(inplace=True), nn.Linear(128, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+        return self.head(x)
+
+    def init_from(self, dr_state: dict[str, torch.Tensor]) -> int:
+        """Copy the encoder of a DR network (``unet.down.*``); returns the tensors copied."""
+        own, n = self.state_dict(), 0
+        with torch.no_grad():
+            for k, v in dr_state.items():
+                if not k.startswith("unet.down."):
+                    continue
+                name = k[len("unet."):]
+                if name not in own:
+                    continue
+                t = own[name]
+                if t.shape == v.shape:
+                    t.copy_(v)
+                elif t.dim() == 4 and t.shape[0] == v.shape[0] and t.shape[2:] == v.shape[2:] and t.shape[1] > v.shape[1]:
+                    t.zero_()
+                    t[:, :v.shape[1]] = v          # image channels from the DR net, the rest from zero
+                else:
+                    continue
+                n += 1
+        return n
+
+
 class PatchGAN(nn.Module):
     """The 70x70 PatchGAN discriminator of pix2pix (Isola et al.): C64-C128-C256-C512 (4x4
     convolutions, strides 2, 2, 2, 1, LeakyReLU 0.2, no norm on the first) and a 4x4 convolution
@@ -150,7 +194,7 @@ class PatchGAN(nn.Module):
 
 
 REGISTRY = {"dr_unet": DRNet, "vgg16": VGG16, "small_cnn": SmallCNN, "patchgan": PatchGAN,
-            "hg_hmr": HourglassHMR}
+            "hg_hmr": HourglassHMR, "dr_encoder": DREncoderRegressor}
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

@@ -57,6 +57,7 @@ class LoopConfig:
     resume: bool = False
     overwrite: bool = False
     save_every_s: float = 60.0
+    patience: int | None = None          # stop after this many epochs without a better monitored value
 
 # ---------------------------------------------------------------- data prefetch
 
@@ -250,6 +251,11 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, template: Checkpoint,
                 st["best"], st["best_epoch"] = value, rec["epoch"]
                 save(out / "best.pt", False)
             rec["best"] = st["best"]
+            if (cfg.patience and st["best_epoch"] is not None and not st["finished"]
+                    and rec["epoch"] - st["best_epoch"] >= cfg.patience):
+                st["finished"] = True
+                log.info(f"no better {key} for {cfg.patience} epochs (best {st['best']:.4g}, epoch "
+                         f"{st['best_epoch']}): stopping")
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
             save(last, True)

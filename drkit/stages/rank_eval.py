@@ -22,6 +22,7 @@ from ..contracts import Baseline, check_choice
 from ..errors import DrkitError, UsageError
 from ..fsutil import atomic_path, write_json_atomic
 from ..nets import pick_device
+from ..pretrained import is_pretrained
 from ..ranking import evaluate_windows
 from ..store import open_store
 from ..windows import crop_sizes
@@ -44,8 +45,8 @@ def method_names(cks: list[Checkpoint], given: list[Path]) -> list[str]:
     """``method_name`` of each checkpoint; repeated names get ``@<run folder>`` (``#k`` if even
     those repeat)."""
     base = [method_name(ck) for ck in cks]
-    runs = [p.name if p.is_dir() else p.parent.name if p.name in ("best.pt", "last.pt") else p.stem
-            for p in map(Path, given)]
+    runs = [str(p) if is_pretrained(p) else p.name if p.is_dir()
+            else p.parent.name if p.name in ("best.pt", "last.pt") else p.stem for p in map(Path, given)]
     names = [b if base.count(b) == 1 else f"{b}@{r}" for b, r in zip(base, runs)]
     return [n if names.count(n) == 1 else f"{n}#{names[:i].count(n) + 1}" for i, n in enumerate(names)]
 
@@ -60,7 +61,7 @@ def run(cfg: RankEvalConfig) -> list[dict]:
         raise UsageError("nothing to evaluate: give a DR checkpoint or --baselines")
     device = pick_device(cfg.device)
     for p in cfg.ckpt:
-        if not p.exists():
+        if not p.exists() and not is_pretrained(p):
             raise DrkitError(f"{p}: no checkpoint, run folder or face store there")
     cks = [load_checkpoint(p, "dr") for p in cfg.ckpt]
     names = method_names(cks, cfg.ckpt)

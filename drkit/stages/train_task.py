@@ -15,6 +15,13 @@ per AU, trained against Gaussians drawn at the AU's facial landmarks (read from 
 ``landmarks``) with the intensity as amplitude; random mirroring flips the image and its target
 heatmaps together. Validation, eval-task and predict use the intensities its forward decodes
 from the heatmaps, as for the other architectures.
+
+Mirroring (``--flip``, default) makes a mirrored sample as the DR networks would see a mirrored
+face: image channels flipped, DR channels taken from the store's ``mdr_mirror`` (the DRs of the
+mirrored crop). Flipping stored DR maps instead, as 0.1.0 did, gives inputs no DR network
+produces (DR networks are not mirror-symmetric) and made MDR models generalise worse than SI
+(held-out ICC 0.29 vs 0.45 where correct mirroring gives 0.73; CHANGELOG 0.2.0). DR stores without
+``mdr_mirror`` train unmirrored, with a warning.
 """
 
 from __future__ import annotations
@@ -26,8 +33,15 @@ import numpy as np
 import torch
 
 from .. import log
-from ..batching import batch_generator, batches, epoch_order, n_batches, random_flip
-from ..checkpoint import Checkpoint, load_checkpoint
+from ..batching import (
+    batch_generator,
+    batches,
+    epoch_order,
+    evenly_spread,
+    flip_mask,
+    n_batches,
+)
+from ..checkpoint import Checkpoint, load_checkpoint, sha256_16
 from ..configs import TrainTaskConfig
 from ..contracts import (
     TASK_MONITOR,
@@ -49,6 +63,7 @@ from ..hourglass import (
 )
 from ..labels import read_labels
 from ..nets import create_model, pick_device
+from ..pretrained import is_pretrained
 from ..store import open_store
 from ..tasks import (
     TASK_RANGE,
@@ -86,7 +101,7 @@ HG_FIELDS = ("stacks", "heatmap_sigma")   # TrainTaskConfig fields only hg_hmr u
 
 
 def _model_spec(arch: str, in_ch: int, n_out: int, width: int, cfg: TrainTaskConfig | None = None,
-                targets: list[str] | None = None) -> ModelSpec:
+                targets: list[str] | None = None, dr: DRNet | None = None) -> ModelSpec:
     check_choice(arch, Arch, "--arch")
     if arch == "small":
         return ModelSpec("small_cnn", {"in_ch": in_ch, "n_out": n_out, "width": width})
@@ -103,6 +118,13 @@ def _model_spec(arch: str, in_ch: int, n_out: int, width: int, cfg: TrainTaskCon
         return ModelSpec("hg_hmr", {"in_ch": in_ch, "n_out": n_out, "width": width, "stacks": cfg.stacks,
                                     "depth": 3, "sigma": float(cfg.heatmap_sigma),
                                     "aus": [canonical_au(t) for t in targets], "centres": au_centres(targets)})
+    if arch == "dr_encoder":
+        if dr is None:
+            raise DrkitError("--arch dr_encoder starts from a DR network's encoder: train on a DR store "
+                             "made with at least one --dr (e.g. `drkit gen-dr FACES -o S --dr pretrained:T5`)")
+        kw = dr.model.kwargs
+        return ModelSpec("dr_encoder", {"in_ch": in_ch, "n_out": n_out, "base": kw.get("base", 16),
+                                        "depth": kw.get("depth", 3)})
     return ModelSpec("vgg16", {"in_ch": in_ch, "n_out": n_out})
 
 
@@ -111,10 +133,14 @@ def _bundled_dr_nets(store) -> list[DRNet]:
     nets = []
     for ref in store.typed_params.checkpoints:
         p = Path(ref.path)
-        if not p.is_file():
+        if not p.is_file() and not is_pretrained(p):
             raise DrkitError(f"DR checkpoint {p} (used to make {store.path}) is missing; the model "
                              "bundle must include it: restore it at that path")
         ck = load_checkpoint(p, "dr")
+        if sha256_16(ck.path) != ref.sha256_16:
+            raise DrkitError(f"DR checkpoint {p} changed since {store.path} was made with it (SHA-256 "
+                             f"{sha256_16(ck.path)}, the store records {ref.sha256_16}): the bundle would "
+                             "not match its inputs; rerun gen-dr with it, or restore the original")
         nets.append(ck.dr_net())
     return nets
 
@@ -155,13 +181,22 @@ def run(cfg: TrainTaskConfig) -> dict:
         train_s, val_s = labelled_frames(stores, labels, tr_p), labelled_frames(stores, labels, va_p)
         log.info(f"person split: {len(tr_p)} people train, {len(va_p)} validation ({', '.join(sorted(va_p)[:5])}"
                  + (" ..." if len(va_p) > 5 else "") + ")")
+    if cfg.val_frames and len(val_s) > cfg.val_frames:
+        val_s = val_s.subset(evenly_spread(len(val_s), cfg.val_frames))
+        log.info(f"--val-frames: validating on {len(val_s)} frames spread evenly over the validation people")
     _warn_range(cfg, labels.targets, np.concatenate([train_s.y, val_s.y]))
     mean, std = channel_stats(train_s, ch, seed=cfg.seed)
     if hg:
         require_landmarks(train_s)
-    spec = _model_spec(cfg.arch, len(ch), len(labels.targets), cfg.width, cfg, labels.targets)
+    dr_nets = _bundled_dr_nets(stores[0])
+    spec = _model_spec(cfg.arch, len(ch), len(labels.targets), cfg.width, cfg, labels.targets,
+                       dr_nets[0] if dr_nets else None)
     torch.manual_seed(cfg.seed)
     model = create_model(spec.name, **spec.kwargs)
+    if cfg.arch == "dr_encoder":
+        n = model.init_from(dr_nets[0].state_dict)
+        log.info(f"--arch dr_encoder: {n} encoder tensors from DR network T={dr_nets[0].config.T} "
+                 f"(S={dr_nets[0].config.stride})")
     if cfg.init:
         _load_init(model, cfg.init)
     dstore = stores[0].typed_params
@@ -170,10 +205,9 @@ def run(cfg: TrainTaskConfig) -> dict:
         store_channels=names, norm_mean=mean.tolist(), norm_std=std.tolist(), map_size=dstore.map_size,
         image=dstore.image, preprocess=dstore.face_params, missing=list(cfg.missing),
         train=jsonable({k: v for k, v in dataclasses.asdict(cfg).items()
-                        if k not in ("resume", "overwrite", "device", "eval_only", "epochs", "time_budget")
+                        if k not in ("resume", "overwrite", "device", "eval_only", "epochs", "time_budget", "patience")
                         and (hg or k not in HG_FIELDS)}))
-    template = Checkpoint(kind="task", model=spec, config=config, state_dict={},
-                          dr_nets=_bundled_dr_nets(stores[0]))
+    template = Checkpoint(kind="task", model=spec, config=config, state_dict={}, dr_nets=dr_nets)
     log.info(f"train-task: {len(train_s)} train / {len(val_s)} validation frames, input {cfg.input_kind} "
              f"({len(ch)} channels), targets {', '.join(labels.targets)}, {cfg.arch}")
     tb, vb = Batcher(train_s, ch, mean, std, landmarks=hg), Batcher(val_s, ch, mean, std)
@@ -181,22 +215,27 @@ def run(cfg: TrainTaskConfig) -> dict:
     if hg:
         side, kw = heatmap_side(dstore.map_size), spec.kwargs
 
+    flip = cfg.flip and tb.can_flip
+    config.train["flip"] = flip
+    if cfg.flip and not flip:
+        log.warn(f"{', '.join(sorted({str(st.path) for st in train_s.stores.values()}))}: no mirrored DRs "
+                 "(mdr_mirror; made by an older or --no-mirror gen-dr), and mirroring the stored DR maps is "
+                 "not the DR of the mirrored face: training without mirroring. Rerun gen-dr --overwrite to "
+                 "mirror DR inputs")
+
     def epoch_batches(epoch: int, start: int):
         order = epoch_order(len(train_s), cfg.seed, epoch)
         for b, idx in batches(order, cfg.batch_size, start):
+            # mirrored samples: image channels flipped, DR channels of the mirrored face
+            f = flip_mask(len(idx), batch_generator(cfg.seed, epoch, b)).numpy() if flip else None
             if not hg:
-                x, y = tb.get(np.sort(idx))
-                if cfg.flip:
-                    random_flip(x, batch_generator(cfg.seed, epoch, b))
-                yield x, y
+                yield tb.get(np.sort(idx), f)
                 continue
-            # hg_hmr: targets from the unflipped landmarks, then image and targets mirrored
-            # together (the same generator state picks the same samples for both)
-            x, y, lm = tb.get(np.sort(idx))
+            # hg_hmr: targets from the unflipped landmarks, mirrored with their samples
+            x, y, lm = tb.get(np.sort(idx), f)
             t = target_heatmaps(lm, y, kw["centres"], dstore.map_size, side, kw["sigma"])
-            if cfg.flip:
-                random_flip(x, batch_generator(cfg.seed, epoch, b))
-                random_flip(t, batch_generator(cfg.seed, epoch, b))
+            if flip:
+                t[torch.from_numpy(f)] = t[torch.from_numpy(f)].flip(-1)
             yield x, y, t
 
     def step(model, batch, device):
@@ -211,7 +250,7 @@ def run(cfg: TrainTaskConfig) -> dict:
 
     loop = LoopConfig(out=cfg.out, epochs=cfg.epochs, time_budget=cfg.time_budget, lr=cfg.lr,
                       betas=(0.9, 0.999), weight_decay=cfg.weight_decay, seed=cfg.seed, device=cfg.device,
-                      resume=cfg.resume, overwrite=cfg.overwrite)
+                      resume=cfg.resume, overwrite=cfg.overwrite, patience=cfg.patience)
     st = fit(model, loop, template, epoch_batches, nb, step, validate, monitor=TASK_MONITOR[cfg.task],
              mode="max")
     best = load_checkpoint(cfg.out / "best.pt", "task")

@@ -1,0 +1,67 @@
+"""Copy the trained DR models of examples/pretrained/build.sh into drkit/pretrained/ and write
+MANIFEST.json: file, SHA-256, window, net size, the people and licences trained on, the command,
+and the held-out ranking accuracy beside the baselines (from each rank-eval JSON).
+
+    python examples/pretrained/make_manifest.py WORK_DIR FACES_DIR --epochs N -o drkit/pretrained
+"""
+
+import argparse
+import csv
+import hashlib
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+ap = argparse.ArgumentParser()
+ap.add_argument("work")
+ap.add_argument("faces")
+ap.add_argument("--epochs", type=int, required=True)
+ap.add_argument("-o", "--out", required=True)
+a = ap.parse_args()
+work, out = Path(a.work), Path(a.out)
+
+rows = list(csv.DictReader(open(Path(a.faces) / "manifest.csv")))
+train_paths = {Path(p).resolve() for p in (work / "train.txt").read_text().split()}
+test_paths = {Path(p).resolve() for p in (work / "test.txt").read_text().split()}
+
+
+def clip(r):
+    return (Path(a.faces) / re.sub(r"/? \(.*\)$", "", r["path"])).resolve()
+
+
+train_rows = [r for r in rows if clip(r) in train_paths]
+test_people = sorted({r["person"] for r in rows if clip(r) in test_paths})
+models = {}
+for T, S in ((3, 2), (5, 2), (9, 4)):
+    ck = torch.load(work / f"T{T}" / "best.pt", map_location="cpu", weights_only=True)
+    for k in ("optimizer", "rng", "aux"):      # training state: not needed to run the model
+        ck.pop(k, None)
+    ck["config"]["train"]["train_stores"] = ["<26 training people of ../shared/data/faces, see MANIFEST.json>"]
+    dest = out / f"T{T}.pt"
+    torch.save(ck, dest)
+    res = json.loads((work / f"T{T}.json").read_text())
+    acc = {r["method"]: round(100 * r["accuracy"], 2) for r in res if r["T"] == T and r["stride"] == S}
+    models[f"T{T}"] = {
+        "file": dest.name, "sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),
+        "T": T, "stride": S, "net_size": ck["config"]["net_size"], "model": ck["model"],
+        "train_steps": ck["train_state"].get("global_step"),
+        "command": f"drkit train-dr train112.zarr -o T{T} --T {T} --stride {S} --size 64 --epochs {a.epochs} --seed 0",
+        "held_out": {**acc, "people": len(test_people), "windows": next((r["windows"] for r in res), None),
+                     "command": f"drkit rank-eval T{T} test112.zarr --T {T} --stride {S} --baselines identity,ranksvm"},
+    }
+manifest = {
+    "format": "drkit-pretrained", "format_version": 1,
+    "trained_on": (f"{len(train_rows)} clips of {len({r['person'] for r in train_rows})} people of "
+                   "../shared/data/faces (person split of examples/real_faces/person_split.py, seed 0), "
+                   "preprocessed with `drkit preprocess --size 112` (dlib); licences "
+                   + ", ".join(f"{k} x{v}" for k, v in sorted(Counter(r["licence"] for r in train_rows).items()))),
+    "train_clips": sorted(r["path"] for r in train_rows),
+    "held_out_people": test_people,
+    "build": "bash examples/pretrained/build.sh WORK_DIR",
+    "models": models,
+}
+(out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
+print(json.dumps({k: v["held_out"] for k, v in models.items()}, indent=1))
