@@ -1,9 +1,18 @@
 """`drkit synth`: face videos with exact per-frame facial-action labels, made offline.
 
 Each sequence takes an identity photo, finds its 68 landmarks, and animates it with facial
-action units, blinks, head motion, lighting drift and noise; the parts live in `drkit.synthesis`:
-the AU model and valence / arousal (`au_model`), the piecewise-affine warp (`warp`), the faces
-(`identities`) and the animation of one sequence (`render`).
+action units (landmark warp plus their wrinkles, folds, shading, teeth and mouth cavity), blinks,
+head motion, lighting drift and noise; the parts live in `drkit.synthesis`: the AU model and
+valence / arousal (`au_model`), the piecewise-affine warp (`warp`), the AU appearance and each
+person's skin and morphology (`appearance`), the faces (`identities`) and the animation of one
+sequence (`render`).
+
+Each identity gets its own wrinkle depth and pattern and, with ``--morphology A > 0``, resting
+offsets in AU space (up to A: a slight resting smile, lowered brows, deep nasolabial folds ...)
+that shape every frame of that person but are not in the labels, so that one label looks
+different on different people. They are drawn from their own seeded streams (``seed``, identity
+number): the labels, and the AU curves, blinks, head motion and noise of the videos, do not
+change with ``--morphology`` or ``--appearance``.
 
 Identities: photos / video frames given with ``--faces``; with none, the astronaut photo that
 scikit-image ships, turned into distinct pseudo-identities (face proportions, skin tone, mirror,
@@ -11,8 +20,8 @@ background) so that person-disjoint splits exist on a fresh machine.
 
 Output (``-o DIR``): ``videos/synth_XXX.avi`` (MJPG), ``labels.csv`` in the drkit label format
 (video, frame, person, AU01 ... AU26, valence, arousal), ``landmarks/synth_XXX.npy`` (n, 68, 2)
-exact landmarks per frame, and ``synth.json`` (settings, identities, seed). Deterministic for a
-seed.
+exact landmarks per frame, and ``synth.json`` (settings, seed, identities with their resting
+offsets and wrinkle depth). Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -26,10 +35,11 @@ import numpy as np
 
 from .. import __version__, log
 from ..configs import SynthConfig
-from ..errors import DrkitError
+from ..errors import DrkitError, UsageError
 from ..faces import make_backend
 from ..fsutil import atomic_path, jsonable, write_json_atomic
 from ..labels import write_labels
+from ..synthesis.appearance import IdentityParams, draw_identity_params
 from ..synthesis.au_model import AU_MOVES, AUS, affect
 from ..synthesis.identities import (
     identity_from_image,
@@ -58,7 +68,15 @@ def _write_video(path: str | Path, frames: list[np.ndarray], fps: float, size: i
             avi.unlink(missing_ok=True)
 
 
+def person_params(seed: int, j: int, morphology: float) -> IdentityParams:
+    """Skin and morphology of the ``j``-th identity: a random stream of its own (``seed``, 1, j),
+    untouched by the one of the videos."""
+    return draw_identity_params(np.random.default_rng([seed, 1, j]), morphology)
+
+
 def run(cfg: SynthConfig) -> dict:
+    if not 0 <= cfg.morphology <= 5:
+        raise UsageError(f"--morphology {cfg.morphology}: expected a resting intensity from 0 to 5")
     out = cfg.out
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / "landmarks").mkdir(exist_ok=True)
@@ -73,6 +91,7 @@ def run(cfg: SynthConfig) -> dict:
         img = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
         base = identity_from_image(img, "astronaut", cfg.size, backend)
         ids = pseudo_identities(base, cfg.identities, rng)
+    params = [person_params(cfg.seed, j, cfg.morphology) for j in range(len(ids))]
     n_frames = int(round(cfg.seconds * cfg.fps))
     rows = []
     targets = list(AUS) + ["valence", "arousal"]
@@ -81,7 +100,7 @@ def run(cfg: SynthConfig) -> dict:
         for k in range(cfg.n):
             ident = ids[k % len(ids)]
             vid = f"synth_{k:03d}.avi"
-            frames, lms, au = render_sequence(ident, n_frames, cfg.fps, rng)
+            frames, lms, au = render_sequence(ident, n_frames, cfg.fps, rng, params[k % len(ids)], cfg.appearance)
             val, aro = affect(au, rng)
             _write_video(out / "videos" / vid, frames, cfg.fps, cfg.size)
             with atomic_path(out / "landmarks" / f"synth_{k:03d}.npy") as tmp, open(tmp, "wb") as f:
@@ -93,6 +112,7 @@ def run(cfg: SynthConfig) -> dict:
             prog.advance(task)
     write_labels(out / "labels.csv", rows, targets)
     meta = {"drkit_version": __version__, **jsonable(asdict(cfg)), "identities_used": [i.name for i in ids],
+            "identity_params": {i.name: p.to_json() for i, p in zip(ids, params)},
             "targets": targets, "au_moves": {a: [[list(i), dx, dy] for i, dx, dy in m] for a, m in AU_MOVES.items()}}
     write_json_atomic(out / "synth.json", meta)
     log.info(f"synth: {cfg.n} videos x {n_frames} frames of {min(cfg.n, len(ids))} identities -> {out}")

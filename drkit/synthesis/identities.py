@@ -39,30 +39,46 @@ def _frame_face(img: np.ndarray, lm: np.ndarray, size: int) -> tuple[np.ndarray,
 
 
 def load_identities(faces: list[str], size: int, backend) -> list[Identity]:
-    """Faces from image files, folders of images, or videos (one frame each)."""
+    """Faces from image files, folders of images, or videos (one frame each, a third of the way
+    in), named by their file stem (``stem_2``, ... where two files share one)."""
     from ..sources import IMAGE_EXT, VIDEO_EXT
     files = []
     for f in map(Path, faces):
         files += sorted(p for p in f.rglob("*") if p.suffix.lower() in IMAGE_EXT | VIDEO_EXT) if f.is_dir() else [f]
-    ids = []
+    ids, names = [], set()
     for f in files:
-        if f.suffix.lower() in VIDEO_EXT:
-            cap = cv2.VideoCapture(str(f))
-            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 1)
-            cap.set(cv2.CAP_PROP_POS_FRAMES, n // 3)
-            ok, img = cap.read()
-            cap.release()
-            img = img if ok else None
-        else:
-            img = cv2.imread(str(f))
+        img = _video_frame(f) if f.suffix.lower() in VIDEO_EXT else cv2.imread(str(f))
         if img is None:
             log.warn(f"--faces: cannot read {f}")
             continue
+        name, k = f.stem, 1
+        while name in names:                # same file name in two folders: still two people
+            k += 1
+            name = f"{f.stem}_{k}"
+        if name != f.stem:
+            log.warn(f"--faces: a face named {f.stem} is already in use; {f} is {name}")
         try:
-            ids.append(identity_from_image(img, f.stem, size, backend))
+            ids.append(identity_from_image(img, name, size, backend))
+            names.add(name)
         except DrkitError:
             log.warn(f"--faces: no face found in {f}")
     return ids
+
+
+def _video_frame(f: Path) -> np.ndarray | None:
+    """The frame a third of the way into a video (its first frame where seeking fails)."""
+    cap = cv2.VideoCapture(str(f))
+    try:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if n > 3:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, n // 3)
+        ok, img = cap.read()
+        if not ok and n > 3:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, img = cap.read()
+        return img if ok else None
+    finally:
+        cap.release()
 
 
 def pseudo_identities(base: Identity, n: int, rng: np.random.Generator) -> list[Identity]:

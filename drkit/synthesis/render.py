@@ -1,7 +1,12 @@
 """One animated sequence for `drkit synth`: an identity's face moved by AU events and blinks
-(`au_model`) through the piecewise-affine warp (`warp`); the opened mouth is shaded and raised
-cheeks (AU06) are lit up to +20 grey levels; then slow head motion (rotation, translation, scale),
-lighting drift and sensor noise.
+(`au_model`) through the piecewise-affine warp (`warp`), with the appearance of the AUs drawn on
+top (`appearance`: wrinkles, folds, shading, teeth and mouth cavity); then slow head motion
+(rotation, translation, scale), lighting drift and sensor noise.
+
+A person's resting offsets (``IdentityParams.rest``, their morphology) are added to the labelled
+intensities for the geometry and the appearance of every frame; the returned AU curves (the
+labels) do not include them. With ``appearance=False`` the opened mouth is only shaded dark and
+raised cheeks (AU06) lit up to +20 grey levels (drkit 0.1 synth).
 """
 
 from __future__ import annotations
@@ -9,19 +14,59 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .appearance import IdentityParams, apply_appearance
 from .au_model import AUS, au_curves, displaced
 from .identities import Identity
 from .warp import anchor_points, pwa_warp, triangulate
 
 
-def render_sequence(ident: Identity, n: int, fps: float, rng: np.random.Generator
+class FaceRig:
+    """An identity ready to animate: its triangulation, computed once."""
+
+    def __init__(self, ident: Identity, params: IdentityParams | None = None, appearance: bool = True):
+        self.ident, self.params, self.appearance = ident, params or IdentityParams(), appearance
+        self.size = ident.image.shape[0]
+        self.anchors = anchor_points(ident.landmarks, self.size)
+        self.src = np.concatenate([ident.landmarks, self.anchors])
+        self.tris = triangulate(self.src, self.size)
+
+    def face(self, au: dict[str, float], blink: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """The face (BGR) and its landmarks with the labelled intensities ``au`` (0-5; the
+        person's resting offsets are added here) and a blink (0-1), before head motion."""
+        rest = self.params.rest
+        # float64 scalars, as drkit 0.1 used: the --no-appearance frames stay bit for bit the same
+        au = {a: np.float64(min(5.0, float(au.get(a, 0.0)) + rest.get(a, 0.0))) for a in AUS}
+        lm0 = self.ident.landmarks
+        lm = displaced(lm0, au, blink)
+        img = pwa_warp(self.ident.image, self.src, np.concatenate([lm, self.anchors]), self.tris)
+        if self.appearance:
+            return apply_appearance(img, lm, au, self.params, lm0), lm
+        size = self.size
+        open_ = np.linalg.norm(lm[66] - lm[62]) - np.linalg.norm(lm0[66] - lm0[62])
+        if open_ > 1:                                # shade the opened mouth
+            mask = np.zeros((size, size), np.uint8)
+            cv2.fillPoly(mask, [np.round(lm[60:68]).astype(np.int32)], 255)
+            mask = cv2.GaussianBlur(mask, (5, 5), 0)[..., None] / 255.0
+            alpha = min(0.85, open_ / 8)
+            img = (img * (1 - alpha * mask) + np.array([25, 20, 35]) * alpha * mask).astype(np.uint8)
+        if au["AU06"] > 0:                           # raised cheeks catch more light
+            cheeks = np.zeros((size, size), np.float32)
+            iod = np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0))
+            for e, j in ((slice(36, 42), 2), (slice(42, 48), 14)):
+                c = (lm[e].mean(0) * 0.45 + lm[j] * 0.3 + lm[33] * 0.25)
+                cv2.ellipse(cheeks, (int(c[0]), int(c[1])), (int(0.28 * iod), int(0.18 * iod)), 0, 0, 360, 1.0, -1)
+            cheeks = cv2.GaussianBlur(cheeks, (0, 0), 0.12 * iod)[..., None]
+            img = np.clip(img + cheeks * 4.0 * au["AU06"], 0, 255).astype(np.uint8)
+        return img, lm
+
+
+def render_sequence(ident: Identity, n: int, fps: float, rng: np.random.Generator,
+                    params: IdentityParams | None = None, appearance: bool = True
                     ) -> tuple[list[np.ndarray], np.ndarray, dict[str, np.ndarray]]:
-    """Frames (BGR), exact landmarks (n, 68, 2) and AU curves of one sequence."""
-    size = ident.image.shape[0]
-    lm0 = ident.landmarks
-    anchors = anchor_points(lm0, size)
-    src = np.concatenate([lm0, anchors])
-    tris = triangulate(src, size)
+    """Frames (BGR), exact landmarks (n, 68, 2) and AU curves (the labels, without the resting
+    offsets of ``params``) of one sequence. ``params`` and ``appearance`` use none of ``rng``."""
+    rig = FaceRig(ident, params, appearance)
+    size = rig.size
     au = au_curves(n, fps, rng)
     blink = np.zeros(n)
     t = rng.uniform(0.5, 3) * fps
@@ -40,23 +85,7 @@ def render_sequence(ident: Identity, n: int, fps: float, rng: np.random.Generato
     grad = np.linspace(-1, 1, size)[None, :, None] * rng.uniform(-12, 12)
     frames, lms = [], []
     for i in range(n):
-        lm = displaced(lm0, {a: au[a][i] for a in AUS}, blink[i])
-        img = pwa_warp(ident.image, src, np.concatenate([lm, anchors]), tris)
-        open_ = np.linalg.norm(lm[66] - lm[62]) - np.linalg.norm(lm0[66] - lm0[62])
-        if open_ > 1:                                # shade the opened mouth
-            mask = np.zeros((size, size), np.uint8)
-            cv2.fillPoly(mask, [np.round(lm[60:68]).astype(np.int32)], 255)
-            mask = cv2.GaussianBlur(mask, (5, 5), 0)[..., None] / 255.0
-            alpha = min(0.85, open_ / 8)
-            img = (img * (1 - alpha * mask) + np.array([25, 20, 35]) * alpha * mask).astype(np.uint8)
-        if au["AU06"][i] > 0:                        # raised cheeks catch more light
-            cheeks = np.zeros((size, size), np.float32)
-            iod = np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0))
-            for e, j in ((slice(36, 42), 2), (slice(42, 48), 14)):
-                c = (lm[e].mean(0) * 0.45 + lm[j] * 0.3 + lm[33] * 0.25)
-                cv2.ellipse(cheeks, (int(c[0]), int(c[1])), (int(0.28 * iod), int(0.18 * iod)), 0, 0, 360, 1.0, -1)
-            cheeks = cv2.GaussianBlur(cheeks, (0, 0), 0.12 * iod)[..., None]
-            img = np.clip(img + cheeks * 4.0 * au["AU06"][i], 0, 255).astype(np.uint8)
+        img, lm = rig.face({a: au[a][i] for a in AUS}, blink[i])
         M = cv2.getRotationMatrix2D((size / 2, size / 2), rot[i], sc[i])
         M[:, 2] += [tx[i], ty[i]]
         img = cv2.warpAffine(img, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
