@@ -3,6 +3,10 @@
 The order of an epoch is a function of (seed, epoch), and the random numbers of a batch
 (augmentation) a function of (seed, epoch, batch), so a run resumed mid-epoch sees exactly the
 batches and augmentations the uninterrupted run would have seen.
+
+Under torchrun (drkit.distributed) every rank builds the same global batches and takes its
+contiguous part (``part``); random numbers are always drawn for the whole global batch and then
+sliced, so a sample gets the same augmentation whatever the number of ranks.
 """
 
 from __future__ import annotations
@@ -26,6 +30,22 @@ def batches(order: np.ndarray, batch_size: int, start: int = 0) -> Iterator[tupl
     """(batch number, indices) for the batches of ``order`` from batch ``start`` on."""
     for b in range(start, n_batches(len(order), batch_size)):
         yield b, order[b * batch_size:(b + 1) * batch_size]
+
+
+def part(n: int, rank: int = 0, world: int = 1) -> tuple[slice, float]:
+    """The samples of a global batch of ``n`` that ``rank`` of ``world`` processes, as a slice
+    (contiguous, part sizes differ by at most one, rank 0's part first) and its weight: its share
+    of the batch, by which its mean loss is scaled so that the ranks' averaged gradient is the
+    gradient of the whole batch's mean loss. A rank left with nothing (``n < world``) gets the
+    batch's first sample with weight 0, so every rank runs the same steps."""
+    if world <= 1:
+        return slice(0, n), 1.0
+    q, r = divmod(n, world)
+    lo = rank * q + min(rank, r)
+    hi = lo + q + (rank < r)
+    if hi <= lo:
+        return slice(0, 1), 0.0
+    return slice(lo, hi), (hi - lo) / n
 
 
 def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:

@@ -27,6 +27,7 @@ from .contracts import (
     LabelLayout,
     Objective,
     Param,
+    PrecisionName,
     Target,
     Task,
 )
@@ -224,6 +225,14 @@ def models(
         write_json_atomic(json_out, man)
 
 
+TrainPrecision = Annotated[PrecisionName, typer.Option(
+    help="Train at fp32, bf16 (CPU or CUDA) or fp16 (CUDA, with loss scaling) via autocast; losses, "
+         "metrics and saved weights stay fp32.")]
+TrainChannelsLast = Annotated[bool, typer.Option(help="Run the network in channels_last memory format.")]
+TrainCompile = Annotated[bool, typer.Option("--compile/--no-compile",
+                                            help="torch.compile the network (slow start, faster on long runs).")]
+
+
 @command("train-dr")
 def train_dr(
     stores: Annotated[List[Path], typer.Argument(help="Face stores to train on.")],
@@ -242,7 +251,7 @@ def train_dr(
     size: Annotated[int, typer.Option(help="Side the network trains at (net_size); frames are resized on the fly.")] = C.TrainDRConfig.size,
     epochs: Epochs = C.TrainDRConfig.epochs,
     time_budget: TimeBudget = None,
-    batch_size: Annotated[int, typer.Option(help="Windows per batch.")] = C.TrainDRConfig.batch_size,
+    batch_size: Annotated[int, typer.Option(help="Windows per batch (under torchrun: the global batch, split over the processes).")] = C.TrainDRConfig.batch_size,
     base: Annotated[int, typer.Option(help="UNet channels at full resolution.")] = C.TrainDRConfig.base,
     depth: Annotated[int, typer.Option(help="UNet poolings.")] = C.TrainDRConfig.depth,
     param: Annotated[Param, typer.Option(help="residual: d = (I - mean I) + UNet(I); direct: d = UNet(I) (paper).")] = C.TrainDRConfig.param,
@@ -256,6 +265,9 @@ def train_dr(
     device: Device = C.TrainDRConfig.device,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    precision: TrainPrecision = C.TrainDRConfig.precision,
+    channels_last: TrainChannelsLast = C.TrainDRConfig.channels_last,
+    compile_: TrainCompile = C.TrainDRConfig.compile,
 ) -> None:
     """Train a DR network (UNet) with the rank loss on windows of 2T+1 frames, or with a fixed target.
 
@@ -265,7 +277,10 @@ def train_dr(
 
     Output: a run folder with best.pt / last.pt checkpoints (weights + every setting needed to
     use them), metrics.jsonl (loss, ranking accuracy, validation accuracy beside the identity
-    baseline, data-wait share per epoch) and config.json."""
+    baseline, data-wait share per epoch) and config.json.
+
+    Several processes or GPUs: `torchrun --nproc_per_node N -m drkit.cli train-dr ...`
+    (examples/cluster/); --batch-size is the global batch, split over the processes."""
     from .stages import train_dr as stage
     st = stage.run(C.TrainDRConfig(
         stores=stores, out=out, T=T, stride=stride, objective=objective, target=target,
@@ -273,7 +288,8 @@ def train_dr(
         val=val or None, size=size, epochs=epochs,
         time_budget=time_budget, batch_size=batch_size, base=base, depth=depth, param=param,
         theta=theta, gamma=gamma, flip=flip, jitter=jitter, lr=lr, seed=seed, device=device,
-        resume=resume, overwrite=overwrite))
+        resume=resume, overwrite=overwrite, precision=precision, channels_last=channels_last,
+        compile=compile_))
     log.info(f"train-dr: {st['epoch']} epoch(s), {st['global_step']} steps, "
              f"{st['elapsed']:.0f} s; best accuracy {st['best']} (epoch {st['best_epoch']}) -> {out}")
 
@@ -341,6 +357,10 @@ def gen_dr(
     batch_size: Annotated[int, typer.Option(help="Frames per forward pass.")] = C.GenDRConfig.batch_size,
     device: Device = C.GenDRConfig.device,
     overwrite: Annotated[bool, typer.Option(help="Redo videos already complete in the output.")] = False,
+    precision: Annotated[PrecisionName, typer.Option(help="Run the DR networks at fp32, bf16 (CPU or CUDA) or fp16 (CUDA) via autocast; maps are stored as float16 either way, and the store records it.")] = C.GenDRConfig.precision,
+    channels_last: Annotated[bool, typer.Option(help="Run the DR networks in channels_last memory format.")] = C.GenDRConfig.channels_last,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the DR networks (slow start, faster on long runs).")] = C.GenDRConfig.compile,
+    shard: Annotated[Optional[str], typer.Option(help="I/N: write only the I-th of N deterministic parts of the videos (0-based); N jobs fill one store.")] = None,
 ) -> None:
     """Stack each frame with the DRs of one or more checkpoints (SDR/MDR) into a DR store.
 
@@ -348,7 +368,9 @@ def gen_dr(
     channels (affect setting). Keeps video ids and source frame indices; resumable."""
     from .stages import gen_dr as stage
     r = stage.run(C.GenDRConfig(store=store, out=out, dr=dr or [], no_image=no_image, size=size,
-                                mirror=mirror, batch_size=batch_size, device=device, overwrite=overwrite))
+                                mirror=mirror, batch_size=batch_size, device=device, overwrite=overwrite,
+                                precision=precision, channels_last=channels_last, compile=compile_,
+                                shard=shard))
     log.info(f"gen-dr: {r['frames']} frames of {r['videos']} videos, channels {', '.join(r['channels'])} -> {r['store']}")
 
 
@@ -375,7 +397,7 @@ def train_task(
     time_budget: TimeBudget = None,
     patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better validation score (best.pt is the best epoch).")] = None,
     val_frames: Annotated[Optional[int], typer.Option(help="Validate on this many frames, spread evenly over the validation people (faster epochs).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Frames per batch.")] = C.TrainTaskConfig.batch_size,
+    batch_size: Annotated[int, typer.Option(help="Frames per batch (under torchrun: the global batch, split over the processes).")] = C.TrainTaskConfig.batch_size,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = C.TrainTaskConfig.lr,
     width: Annotated[Optional[int], typer.Option(help="Network width: channels of the small CNN (default 16) or of the hourglass (hg_hmr, default 32); vgg16 uses its own.")] = C.TrainTaskConfig.width,
     stacks: Annotated[int, typer.Option(help="hg_hmr: stacked hourglasses.")] = C.TrainTaskConfig.stacks,
@@ -386,11 +408,17 @@ def train_task(
     device: Device = C.TrainTaskConfig.device,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    precision: TrainPrecision = C.TrainTaskConfig.precision,
+    channels_last: TrainChannelsLast = C.TrainTaskConfig.channels_last,
+    compile_: TrainCompile = C.TrainTaskConfig.compile,
     eval_only: Annotated[Optional[Path], typer.Option(help="Deprecated: use `drkit eval-task`.", hidden=True)] = None,
 ) -> None:
     """Train an AU-intensity or valence/arousal regressor on images, DRs or MDRs.
 
-    Prints the best checkpoint's validation metrics (also in OUT/val_metrics.json)."""
+    Prints the best checkpoint's validation metrics (also in OUT/val_metrics.json).
+
+    Several processes or GPUs: `torchrun --nproc_per_node N -m drkit.cli train-task ...`
+    (examples/cluster/); --batch-size is the global batch, split over the processes."""
     from .stages import train_task as stage
     r = stage.run(C.TrainTaskConfig(
         input=inputs, out=out, labels=labels, task=task, input_kind=input_kind, arch=arch,
@@ -399,8 +427,10 @@ def train_task(
         val_people=_names(val_people), epochs=epochs, time_budget=time_budget, patience=patience, val_frames=val_frames, batch_size=batch_size,
         lr=lr, width=width, stacks=stacks, heatmap_sigma=heatmap_sigma, flip=flip, init=init, seed=seed,
         device=device, resume=resume,
-        overwrite=overwrite, eval_only=eval_only))
-    _print_metrics(r if eval_only else r["val"])
+        overwrite=overwrite, precision=precision, channels_last=channels_last, compile=compile_,
+        eval_only=eval_only))
+    if eval_only or r.get("val") is not None:   # under torchrun only rank 0 scores and prints
+        _print_metrics(r if eval_only else r["val"])
 
 
 @command("eval-task")
@@ -427,12 +457,18 @@ def eval_task(
 def predict(
     model: Annotated[Path, typer.Argument(help="Model bundle (best.pt of a train-task run, or the run folder).")],
     inputs: Annotated[List[Path], typer.Argument(help="Images, folders of images, or videos.")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="CSV to write, one row per image or frame.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="CSV to write, one row per image or frame (with --per-video: the folder of CSVs).")],
     save_dr: Annotated[Optional[Path], typer.Option(help="Write each face crop beside its DRs as PNG here.")] = None,
     backend: Annotated[Optional[Backend], typer.Option(help="Face backend (default: the one the model was trained with).")] = None,
     model_root: Annotated[Optional[Path], typer.Option(help="Model folder for the face backend.")] = None,
     batch_size: Annotated[int, typer.Option(help="Faces per forward pass.")] = C.PredictConfig.batch_size,
     device: Device = C.PredictConfig.device,
+    precision: Annotated[PrecisionName, typer.Option(help="Run the DR and task networks at fp32, bf16 (CPU or CUDA) or fp16 (CUDA) via autocast.")] = C.PredictConfig.precision,
+    channels_last: Annotated[bool, typer.Option(help="Run the networks in channels_last memory format.")] = C.PredictConfig.channels_last,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the networks (slow start, faster on long runs).")] = C.PredictConfig.compile,
+    per_video: Annotated[bool, typer.Option(help="-o is a folder: one CSV per input file (<id>.csv), each written atomically; a rerun skips inputs whose CSV is there.")] = C.PredictConfig.per_video,
+    shard: Annotated[Optional[str], typer.Option(help="I/N (with --per-video): process only the I-th of N deterministic parts of the inputs (0-based); N jobs fill one folder.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="With --per-video: redo inputs whose CSV is already there.")] = False,
 ) -> None:
     """Predict AU intensities or valence/arousal from still images or video frames.
 
@@ -440,8 +476,11 @@ def predict(
     then one column per target as named in the training labels."""
     from .stages import predict as stage
     r = stage.run(C.PredictConfig(model=model, inputs=inputs, out=out, save_dr=save_dr, backend=backend,
-                                  model_root=model_root, batch_size=batch_size, device=device))
-    log.info(f"predict: {r['rows']} rows, {r['faces']} with a face, {len(r['failed'])} inputs skipped -> {r['out']}")
+                                  model_root=model_root, batch_size=batch_size, device=device,
+                                  precision=precision, channels_last=channels_last, compile=compile_,
+                                  per_video=per_video, shard=shard, overwrite=overwrite))
+    done = f", {len(r['written'])} CSVs written, {r['skipped']} already there" if per_video else ""
+    log.info(f"predict: {r['rows']} rows, {r['faces']} with a face, {len(r['failed'])} inputs skipped{done} -> {r['out']}")
 
 
 @command()

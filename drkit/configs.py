@@ -70,6 +70,9 @@ class TrainDRConfig:
     overwrite: bool = False
     val_windows: int = 2000          # validation windows per epoch (evenly spread)
     cache_mb: int = 2048
+    precision: str = "fp32"          # fp32 | bf16 | fp16 (drkit.precision); losses and metrics stay fp32
+    channels_last: bool = False      # run the network in channels_last memory format
+    compile: bool = False            # torch.compile the network
 
     def __post_init__(self):
         self.stores, self.out, self.val = as_paths(self.stores), as_path(self.out), as_paths(self.val)
@@ -109,6 +112,10 @@ class GenDRConfig:
     batch_size: int = 32
     device: str = "auto"
     overwrite: bool = False
+    precision: str = "fp32"          # fp32 | bf16 | fp16 (CUDA): autocast of the DR networks (drkit.precision)
+    channels_last: bool = False      # run the DR networks in channels_last memory format
+    compile: bool = False            # torch.compile the DR networks
+    shard: str | None = None         # "I/N": only the I-th of N deterministic parts of the videos
 
     def __post_init__(self):
         self.store, self.out, self.dr = as_path(self.store), as_path(self.out), as_paths(self.dr) or []
@@ -147,6 +154,9 @@ class TrainTaskConfig:
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
+    precision: str = "fp32"               # fp32 | bf16 | fp16 (drkit.precision); losses and metrics stay fp32
+    channels_last: bool = False           # run the network in channels_last memory format
+    compile: bool = False                 # torch.compile the network
     eval_only: Path | None = None         # deprecated (0.2): use `drkit eval-task`
 
     def __post_init__(self):
@@ -182,6 +192,12 @@ class PredictConfig:
     model_root: Path | None = None
     batch_size: int = 32
     device: str = "auto"
+    precision: str = "fp32"           # fp32 | bf16 | fp16 (CUDA): autocast of the DR and task networks
+    channels_last: bool = False
+    compile: bool = False
+    per_video: bool = False           # -o is a folder: one CSV per input file, resumable
+    shard: str | None = None          # "I/N" (with per_video): only the I-th of N parts of the inputs
+    overwrite: bool = False           # per_video: redo inputs whose CSV is already there
 
     def __post_init__(self):
         self.model, self.inputs, self.out = as_path(self.model), as_paths(self.inputs), as_path(self.out)

@@ -43,6 +43,7 @@ Task = Literal["au", "affect"]
 InputKind = Literal["si", "sdr", "mdr"]
 Arch = Literal["small", "vgg16", "hg_hmr", "dr_encoder"]
 LabelLayout = Literal["fera2015", "avec2012"]
+PrecisionName = Literal["fp32", "bf16", "fp16"]   # --precision (drkit.precision.Precision)
 StoreKind = Literal["faces", "dr"]
 CheckpointKind = Literal["dr", "task"]
 
@@ -237,13 +238,14 @@ class DRStoreParams:
     source_store: str
     source_params: dict[str, Any]
     checkpoints: list[DRNetRef] = field(default_factory=list)
+    precision: str = "fp32"          # autocast of the DR networks (stores made before 0.2.0: fp32)
 
     MUST_MATCH = ("size", "channels")
 
     def to_dict(self) -> dict:
         return {"size": self.map_size, "channels": list(self.channels), "image": self.image,
                 "source_store": self.source_store, "source_params": self.source_params,
-                "checkpoints": [c.to_dict() for c in self.checkpoints]}
+                "checkpoints": [c.to_dict() for c in self.checkpoints], "precision": self.precision}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "DR store params") -> "DRStoreParams":

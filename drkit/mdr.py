@@ -32,12 +32,30 @@ class MDR(torch.nn.Module):
         super().__init__()
         self.nets = torch.nn.ModuleList(nets)
         self.net_sizes, self.map_size, self.image = list(net_sizes), map_size, image
+        self._run: list | None = None      # what prepare() made of the nets (None: the nets)
+        self.channels_last = False
 
     resize = staticmethod(resize)
 
+    def prepare(self, channels_last: bool = False, compile: bool = False) -> "MDR":
+        """Run the DR networks in channels_last memory format and/or through ``torch.compile``
+        (drkit.precision.prepare); ``self.nets`` stay the plain modules (state dicts unchanged)."""
+        from .precision import prepare
+        self.channels_last = channels_last
+        self._run = [prepare(n, channels_last, compile) for n in self.nets] if (channels_last or compile) else None
+        return self
+
     def drs(self, x: torch.Tensor) -> torch.Tensor:
-        """The DR channels only (B, 3 * len(nets), map_size, map_size)."""
-        return torch.cat([resize(net(resize(x, s)), self.map_size) for net, s in zip(self.nets, self.net_sizes)], 1)
+        """The DR channels only (B, 3 * len(nets), map_size, map_size), float32 whatever the
+        autocast precision the networks ran at."""
+        nets = self._run or list(self.nets)
+        out = []
+        for net, s in zip(nets, self.net_sizes):
+            xs = resize(x, s)
+            if self.channels_last:
+                xs = xs.contiguous(memory_format=torch.channels_last)
+            out.append(resize(net(xs).float(), self.map_size).contiguous())
+        return torch.cat(out, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = [resize(x, self.map_size)] if self.image else []

@@ -133,7 +133,14 @@ class PerceptualLoss:
 
 class Pix2Pix:
     """The conditional-GAN loss of the generator, with the discriminator and its optimizer.
-    Also the ``aux`` state of drkit.train.fit: ``to``, ``state_dict``, ``load_state_dict``."""
+    Also the ``aux`` state of drkit.train.fit: ``to``, ``state_dict``, ``load_state_dict``.
+
+    Under torchrun fit calls ``distribute(wrap)`` (the discriminator's update then goes through
+    DistributedDataParallel: real and fake in one forward, gradients averaged over the ranks)
+    and sets ``loss_scale`` before each step (the rank's share of the global batch times the
+    number of ranks), so the discriminator's step is the one-process step on the global batch."""
+
+    distributed_ok = True
 
     def __init__(self, l1_weight: float = 100.0, base: int = 64, lr: float = 2e-4,
                  betas: tuple[float, float] = (0.5, 0.999)):
@@ -141,6 +148,11 @@ class Pix2Pix:
         self.spec = {"name": "patchgan", "kwargs": {"in_ch": 6, "base": base}}
         self.D = PatchGAN(**self.spec["kwargs"])
         self.opt = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
+        self.D_sync: torch.nn.Module | None = None    # DDP(D) under torchrun
+        self.loss_scale = 1.0
+
+    def distribute(self, wrap) -> None:
+        self.D_sync = wrap(self.D)
 
     def to(self, device) -> Pix2Pix:
         self.D.to(device)
@@ -161,9 +173,13 @@ class Pix2Pix:
         def bce(z, real: bool):
             return F.binary_cross_entropy_with_logits(z, torch.full_like(z, float(real)))
         self.D.requires_grad_(True)            # 1. discriminator: real (x, y) vs fake (x, d)
-        loss_d = 0.5 * (bce(logits(y), True) + bce(logits(d.detach()), False))
+        if self.D_sync is None:
+            loss_d = 0.5 * (bce(logits(y), True) + bce(logits(d.detach()), False))
+        else:   # one DDP forward for both (GroupNorm is per sample: the same logits)
+            z = self.D_sync(torch.cat([torch.cat([2 * x - 1, y], 1), torch.cat([2 * x - 1, d.detach()], 1)]))
+            loss_d = 0.5 * (bce(z[:len(x)], True) + bce(z[len(x):], False))
         self.opt.zero_grad(set_to_none=True)
-        loss_d.backward()
+        (loss_d * self.loss_scale if self.loss_scale != 1.0 else loss_d).backward()
         self.opt.step()
         self.D.requires_grad_(False)           # 2. generator loss (fit takes its step)
         gan, l1 = bce(logits(d), True), F.l1_loss(d, y)

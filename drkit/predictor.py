@@ -10,6 +10,9 @@ once and call it as often as they like::
 The bundle carries the preprocessing settings (crop size, alignment, face backend), the DR
 networks and the task network, so the prediction sees exactly the input it was trained on:
 face detection + 68 landmarks -> masked crop -> [image, DRs] (drkit.mdr) -> regressor.
+
+``Predictor.from_bundle(run, precision="bf16", channels_last=True, compile=False)`` runs the
+networks under autocast (drkit.precision; fp16 needs CUDA); results come back as float32.
 """
 
 from __future__ import annotations
@@ -38,11 +41,18 @@ class Predictor:
     """Crops (n, S, S, 3) uint8 RGB -> (n, k) predictions; or images / frames with face finding."""
 
     def __init__(self, bundle: Checkpoint, device: torch.device | str = "cpu",
-                 backend: str | None = None, model_root: str | None = None):
+                 backend: str | None = None, model_root: str | None = None,
+                 precision: str = "fp32", channels_last: bool = False, compile: bool = False):
+        from . import precision as P
         c: TaskConfig = bundle.config
         self.bundle, self.config, self.device = bundle, c, torch.device(device)
+        self.precision = P.check(precision, self.device)   # fp16 off CUDA: a DrkitError here
+        P.warn_if_slow(self.precision, self.device)
         self.mdr = MDR.from_dr_nets(bundle.dr_nets, c.map_size, c.image).to(self.device).eval()
+        self.mdr.prepare(channels_last, compile)
         self.net = bundle.build_model().to(self.device)
+        self._net = P.prepare(self.net, channels_last, compile)   # what runs; self.net: the weights
+        self.channels_last = channels_last
         self.channels = c.channels
         self.mean = torch.tensor(c.norm_mean, device=self.device)[None, :, None, None]
         self.std = torch.tensor(c.norm_std, device=self.device)[None, :, None, None]
@@ -53,9 +63,13 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str = "auto", backend: str | None = None,
-                    model_root: str | None = None) -> "Predictor":
+                    model_root: str | None = None, precision: str = "fp32", channels_last: bool = False,
+                    compile: bool = False) -> "Predictor":
+        """``precision`` fp32 (default), bf16 or fp16 (CUDA only): autocast around the networks,
+        outputs returned as float32; ``channels_last`` / ``compile``: drkit.precision.prepare."""
         from .nets import pick_device
-        return cls(load_checkpoint(path, "task"), pick_device(device), backend, model_root)
+        return cls(load_checkpoint(path, "task"), pick_device(device), backend, model_root,
+                   precision, channels_last, compile)
 
     @property
     def backend(self):
@@ -68,9 +82,14 @@ class Predictor:
     @torch.no_grad()
     def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, S, S, 3) uint8 RGB masked crops -> predictions (n, k) and MDR inputs (n, C, M, M)."""
+        from .precision import autocast
         x = images_to_tensor(crops).to(self.device)
-        m = self.mdr(x)
-        y = self.net((m[:, self.channels] - self.mean) / self.std)
+        with autocast(self.precision, self.device):
+            m = self.mdr(x)                      # float32 (MDR casts each DR back)
+            z = (m[:, self.channels] - self.mean) / self.std
+            if self.channels_last:
+                z = z.contiguous(memory_format=torch.channels_last)
+            y = self._net(z).float()
         return y.cpu().numpy(), m.cpu().numpy()
 
     __call__ = predict_crops

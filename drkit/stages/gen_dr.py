@@ -15,6 +15,12 @@ mirrored crop. A DR network is not mirror-symmetric (on real faces the DR of a m
 differs from the mirrored DR by ~50-70% of its RMS), so flipping stored DR maps would hand the
 task network inputs no DR network ever produces; `train-task` mirrors a sample by flipping its
 image channels and taking these DRs instead.
+
+``--precision`` (drkit.precision) runs the DR networks under autocast; the maps are cast back to
+float32 and stored as float16 as at fp32, and the store's params record the precision (one store,
+one precision; stores made before it read as fp32). ``--shard I/N`` takes every N-th video of
+the face store (sorted ids) from the I-th: N jobs fill one store, each video under its claim
+(drkit.store), so jobs may run at once and a killed job's rerun redoes only unfinished videos.
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import numpy as np
 import torch
 
 from .. import log
+from .. import precision as P
 from ..batching import images_to_tensor
 from ..configs import GenDRConfig
-from ..contracts import DRStoreParams, dr_arrays
+from ..contracts import DRStoreParams, PrecisionName, check_choice, dr_arrays
 from ..errors import DrkitError
 from ..mdr import channel_names, load_mdr
 from ..nets import pick_device
+from ..sources import select_shard
 from ..store import (
     VideoWriter,
     claim,
@@ -45,22 +53,31 @@ def run(cfg: GenDRConfig) -> dict:
         raise DrkitError("nothing to write: give at least one --dr checkpoint or drop --no-image")
     if not cfg.dr and not cfg.size:
         raise DrkitError("without --dr checkpoints, give --size (the side of the stored maps)")
+    check_choice(cfg.precision, PrecisionName, "--precision")
+    device = pick_device(cfg.device)
+    precision = P.check(cfg.precision, device)   # fp16 on a CPU fails here, before any work
+    P.warn_if_slow(precision, device)
     src = open_store(cfg.store, "faces")
     mdr, refs, nets = load_mdr(cfg.dr, not cfg.no_image, cfg.size)
-    device = pick_device(cfg.device)
     mdr.to(device).eval()
+    mdr.prepare(cfg.channels_last, cfg.compile)
     names = channel_names([n.config for n in nets], not cfg.no_image)
     C, S = len(names), mdr.map_size
     params = DRStoreParams(map_size=S, channels=names, image=not cfg.no_image,
                            source_store=str(src.path.resolve()), source_params=src.params,
-                           checkpoints=refs)
+                           checkpoints=refs, precision=precision)
     out = create_store(cfg.out, "dr", params)
     if [c.sha256_16 for c in out.typed_params.checkpoints] != [c.sha256_16 for c in refs]:
         raise DrkitError(f"{out.path}: was made with other DR checkpoints; write to a new -o")
+    made_at = out.typed_params.precision   # stores made before --precision: fp32
+    if made_at != precision:
+        raise DrkitError(f"{out.path}: was made with --precision {made_at}; rerun with --precision "
+                         f"{made_at} or write to a new -o (one store holds one precision)")
     n_dr = C - (0 if cfg.no_image else 3)
     spec = dr_arrays(C, S, n_dr if cfg.mirror else 0)
     listed = out.root.attrs.get("videos", {})
-    todo = [v for v in src.videos if cfg.overwrite or not is_done(out, v)]
+    mine = select_shard(src.videos, cfg.shard)   # sorted ids: the same split in every job
+    todo = [v for v in mine if cfg.overwrite or not is_done(out, v)]
     for arr, why in (("landmarks", "needed by `train-task --arch hg_hmr`"),
                      ("mdr_mirror", "mirrored DRs, needed to mirror DR inputs in `train-task`")):
         if arr not in spec:
@@ -69,7 +86,9 @@ def run(cfg: GenDRConfig) -> dict:
         if lacking:
             log.warn(f"{out.path}: {len(lacking)} video(s) made by an older or --no-mirror gen-dr have no "
                      f"{arr} ({why}); rerun with --overwrite to add them")
-    log.info(f"gen-dr: {len(src.videos)} videos, {len(todo)} to do, {C} channels at {S} px -> {out.path}")
+    part = f" (shard {cfg.shard}: {len(mine)})" if cfg.shard else ""
+    log.info(f"gen-dr: {len(src.videos)} videos{part}, {len(todo)} to do, {C} channels at {S} px, "
+             f"{precision} -> {out.path}")
     done = {"frames": 0, "videos": 0}
     with log.progress() as prog, torch.no_grad():
         task = prog.add_task("frames", total=sum(src.video_info(v)["n_frames"] for v in todo))
@@ -85,7 +104,7 @@ def run(cfg: GenDRConfig) -> dict:
                     return True
                 remove_partials(out.path, vid)   # scratch of a dead run: we hold the claim
                 done["frames"] += _write_video(src.video(vid), out.path, vid, mdr, spec, device,
-                                               cfg.batch_size, lambda n: prog.advance(task, n))
+                                               cfg.batch_size, lambda n: prog.advance(task, n), precision)
                 done["videos"] += 1
                 return True
 
@@ -98,20 +117,25 @@ def run(cfg: GenDRConfig) -> dict:
     return {"store": str(out.path), "videos": done["videos"], "frames": frames_done, "channels": names}
 
 
-def _write_video(g, out_path, vid: str, mdr, spec, device, batch_size: int, advance) -> int:
-    """Stack every frame of one face-store video (group ``g``) into the DR store; returns frames."""
+def _write_video(g, out_path, vid: str, mdr, spec, device, batch_size: int, advance,
+                 precision: str = "fp32") -> int:
+    """Stack every frame of one face-store video (group ``g``) into the DR store; returns frames.
+    The networks run under autocast at ``precision``; the MDR comes back as float32 and is
+    stored as float16, as at fp32."""
     with VideoWriter(out_path, vid, spec, "dr") as w:
         n, crop_size = g["frames"].shape[0], g["frames"].shape[1]
         scale = spec["mdr"].tail[-1] / crop_size
         for i in range(0, n, batch_size):
             x = images_to_tensor(np.asarray(g["frames"][i:i + batch_size])).to(device)
-            y = mdr(x).cpu().numpy().astype(np.float16)
+            with P.autocast(precision, device):
+                y = mdr(x).float().cpu().numpy().astype(np.float16)
             lm = (np.asarray(g["landmarks"][i:i + len(y)], np.float32) + 0.5) * scale - 0.5
             rows = {"mdr": y, "frame_index": g["frame_index"][i:i + len(y)], "landmarks": lm}
             if "mdr_mirror" in spec:   # the DRs of the mirrored crop (image channels come first)
-                rows["mdr_mirror"] = mdr.drs(x.flip(-1)).cpu().numpy().astype(np.float16)
+                with P.autocast(precision, device):
+                    rows["mdr_mirror"] = mdr.drs(x.flip(-1)).float().cpu().numpy().astype(np.float16)
             w.append(**rows)
             advance(len(y))
         w.commit({"fps": g.attrs["fps"], "source": g.attrs.get("source"),
-                  "n_source_frames": g.attrs.get("n_source_frames")})
+                  "n_source_frames": g.attrs.get("n_source_frames"), "precision": precision})
     return n

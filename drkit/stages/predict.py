@@ -5,11 +5,20 @@ The bundle (train-task's best.pt) carries the preprocessing settings (crop size,
 face backend), the DR networks and the task network, so the prediction sees exactly the input
 it was trained on: face detection + 68 landmarks -> masked crop -> [image, DRs] -> regressor.
 Images without a face get a row with face_found=0 and empty targets, never an error.
+
+With ``per_video`` (``--per-video``), ``-o`` is a folder and each input file (video or still
+image) gets its own CSV, ``<id>.csv`` (ids as in face stores: the path relative to the folder
+given, or the file name of a file given directly). Each CSV is written to a temporary file and
+renamed when complete, so a CSV that exists is whole: a rerun skips inputs whose CSV is there
+(unless ``overwrite``) and redoes the rest, and ``--shard I/N`` jobs (a deterministic split of
+the inputs sorted by id) fill one folder together.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
+import os
 from pathlib import Path
 
 import cv2
@@ -17,10 +26,12 @@ import numpy as np
 
 from .. import log
 from ..configs import PredictConfig
-from ..errors import DrkitError, NothingProcessed
+from ..contracts import PrecisionName, check_choice
+from ..errors import DrkitError, NothingProcessed, UsageError
 from ..fsutil import atomic_path
 from ..predictor import Predictor
-from ..sources import IMAGE_EXT, VIDEO_EXT, FrameReader, Source
+from ..sources import IMAGE_EXT, VIDEO_EXT, FrameReader, Source, select_shard
+from ..store import video_id_from_path
 
 
 def _inputs(paths: list[Path]) -> list[tuple[str, Path]]:
@@ -39,6 +50,43 @@ def _inputs(paths: list[Path]) -> list[tuple[str, Path]]:
     return out
 
 
+def _units(paths: list[Path]) -> list[tuple[str, Path, str]]:
+    """(kind, path, id) of every input file, sorted by id: the per-video CSVs are ``<id>.csv``.
+    Ids as face stores make them (drkit.store.video_id_from_path of the path relative to the folder
+    given, the file name of a file given directly); clashes get a numeric suffix."""
+    out, seen = [], set()
+    for p in paths:
+        for kind, f in _inputs([p]):
+            rel = f.relative_to(p).as_posix() if p.is_dir() else f.name
+            vid = base = video_id_from_path(rel)
+            k = 2
+            while vid in seen:
+                vid, k = f"{base}-{k}", k + 1
+            seen.add(vid)
+            out.append((kind, f, vid))
+    return sorted(out, key=lambda u: u[2])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_tmp(csv_path: Path) -> None:
+    """Remove the temporary files (drkit.fsutil.atomic_path: ``.<name>.tmp<pid>``) a killed run
+    left beside ``csv_path``; a live process's own is left alone."""
+    prefix = f".{csv_path.name}.tmp"
+    for t in csv_path.parent.glob(glob.escape(prefix) + "*"):
+        pid = t.name[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            t.unlink(missing_ok=True)
+
+
 def dr_picture(crop: np.ndarray, mdr: np.ndarray, image: bool) -> np.ndarray:
     """The face crop next to each DR (3 channels each, contrast-stretched per DR), BGR uint8."""
     tiles = [cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)]
@@ -52,11 +100,69 @@ def dr_picture(crop: np.ndarray, mdr: np.ndarray, image: bool) -> np.ndarray:
     return np.hstack(tiles)
 
 
+class _Rows:
+    """Rows of one CSV: faces are batched through the predictor, rows written in input order."""
+
+    def __init__(self, pred: Predictor, f, save: Path | None, batch_size: int):
+        self.pred, self.save, self.batch_size = pred, save, batch_size
+        self.w = csv.writer(f)
+        self.w.writerow(["input", "frame", "face_found", *pred.targets])
+        self.pending: list[tuple[str, int | None, np.ndarray | None]] = []   # frame None: a still image
+        self.rows = self.faces = 0
+
+    def add(self, name: str, frame: int | None, crop: np.ndarray | None) -> None:
+        self.pending.append((name, frame, crop))
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        pred, save = self.pred, self.save
+        faces = [c for _, _, c in self.pending if c is not None]
+        ys, ms = pred.predict_crops(np.stack(faces)) if faces else (None, None)
+        k = 0
+        for name, fr, crop in self.pending:
+            if crop is None:
+                self.w.writerow([name, fr or 0, 0, *[""] * len(pred.targets)])
+            else:
+                self.w.writerow([name, fr or 0, 1, *(f"{v:.4f}" for v in ys[k])])
+                if save:
+                    stem = Path(name).stem + (f"_{fr:06d}" if fr is not None else "")
+                    cv2.imwrite(str(save / f"{stem}.png"), dr_picture(crop, ms[k], pred.config.image))
+                k += 1
+                self.faces += 1
+            self.rows += 1
+        self.pending.clear()
+
+
+def _feed(pred: Predictor, kind: str, path: Path, rows: _Rows) -> None:
+    """The rows of one input (a still image or every frame of a video); DrkitError if unreadable."""
+    if kind == "image":
+        img = cv2.imread(str(path))
+        if img is None:
+            raise DrkitError("unreadable image")
+        found = pred.crop(img)
+        rows.add(str(path), None, found[0] if found else None)
+        return
+    tracker = pred.tracker()
+    for i, frame in FrameReader(Source(path.name, path, "video")):
+        found = pred.crop(frame, tracker)
+        rows.add(str(path), i, found[0] if found else None)
+
+
 def run(cfg: PredictConfig) -> dict:
-    if cfg.out.is_dir():
+    check_choice(cfg.precision, PrecisionName, "--precision")
+    if cfg.shard and not cfg.per_video:
+        raise UsageError("--shard splits the inputs into one CSV per input: add --per-video and give "
+                         "-o a folder")
+    if cfg.per_video and cfg.out.is_file():
+        raise DrkitError(f"{cfg.out}: is a file; with --per-video, -o takes the folder to write "
+                         "one CSV per input into")
+    if not cfg.per_video and cfg.out.is_dir():
         raise DrkitError(f"{cfg.out}: is a folder; -o takes the CSV file to write, e.g. "
-                         f"{cfg.out / 'predictions.csv'}")
-    pred = Predictor.from_bundle(cfg.model, cfg.device, cfg.backend, cfg.model_root)
+                         f"{cfg.out / 'predictions.csv'} (or add --per-video for one CSV per input)")
+    select_shard([], cfg.shard)   # a malformed --shard fails before the model loads
+    pred = Predictor.from_bundle(cfg.model, cfg.device, cfg.backend, cfg.model_root,
+                                 cfg.precision, cfg.channels_last, cfg.compile)
     pred.backend  # load the face backend now: a missing model fails before any work
     items = _inputs(cfg.inputs)
     if not items:
@@ -64,54 +170,54 @@ def run(cfg: PredictConfig) -> dict:
     save = cfg.save_dr
     if save:
         save.mkdir(parents=True, exist_ok=True)
-    n_rows = n_faces = 0
+    if cfg.per_video:
+        return _run_per_video(cfg, pred, save)
     failed: dict[str, str] = {}
     with atomic_path(cfg.out) as tmp, open(tmp, "w", newline="") as f, log.progress() as prog:
-        w = csv.writer(f)
-        w.writerow(["input", "frame", "face_found", *pred.targets])
+        rows = _Rows(pred, f, save, cfg.batch_size)
         task = prog.add_task("inputs", total=len(items))
-        pending: list[tuple[str, int | None, np.ndarray | None]] = []   # frame None: a still image
-
-        def flush() -> None:
-            nonlocal n_rows, n_faces
-            faces = [c for _, _, c in pending if c is not None]
-            ys, ms = pred.predict_crops(np.stack(faces)) if faces else (None, None)
-            k = 0
-            for name, fr, crop in pending:
-                if crop is None:
-                    w.writerow([name, fr or 0, 0, *[""] * len(pred.targets)])
-                else:
-                    w.writerow([name, fr or 0, 1, *(f"{v:.4f}" for v in ys[k])])
-                    if save:
-                        stem = Path(name).stem + (f"_{fr:06d}" if fr is not None else "")
-                        cv2.imwrite(str(save / f"{stem}.png"), dr_picture(crop, ms[k], pred.config.image))
-                    k += 1
-                    n_faces += 1
-                n_rows += 1
-            pending.clear()
-
         for kind, path in items:
             try:
-                if kind == "image":
-                    img = cv2.imread(str(path))
-                    if img is None:
-                        raise DrkitError("unreadable image")
-                    found = pred.crop(img)
-                    pending.append((str(path), None, found[0] if found else None))
-                else:
-                    tracker = pred.tracker()
-                    for i, frame in FrameReader(Source(path.name, path, "video")):
-                        found = pred.crop(frame, tracker)
-                        pending.append((str(path), i, found[0] if found else None))
-                        if len(pending) >= cfg.batch_size:
-                            flush()
-                if len(pending) >= cfg.batch_size:
-                    flush()
+                _feed(pred, kind, path, rows)
             except DrkitError as e:
                 failed[str(path)] = str(e)
                 log.warn(f"skipped {path}: {e}")
             prog.advance(task)
-        flush()
-        if n_rows == 0:   # leave any earlier output as it was
+        rows.flush()
+        if rows.rows == 0:   # leave any earlier output as it was
             raise NothingProcessed(f"no input could be read; first error: {next(iter(failed.values()), '?')}")
-    return {"rows": n_rows, "faces": n_faces, "failed": failed, "out": str(cfg.out)}
+    return {"rows": rows.rows, "faces": rows.faces, "failed": failed, "out": str(cfg.out)}
+
+
+def _run_per_video(cfg: PredictConfig, pred: Predictor, save: Path | None) -> dict:
+    """One CSV per input into the folder ``cfg.out``: this shard's inputs whose CSV is not there."""
+    units = select_shard(_units(cfg.inputs), cfg.shard)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    todo = [u for u in units if cfg.overwrite or not (cfg.out / f"{u[2]}.csv").is_file()]
+    part = f" (shard {cfg.shard})" if cfg.shard else ""
+    log.info(f"predict: {len(units)} inputs{part}, {len(units) - len(todo)} already done, "
+             f"{len(todo)} to do -> {cfg.out}/")
+    n_rows = n_faces = 0
+    written: list[str] = []
+    failed: dict[str, str] = {}
+    with log.progress() as prog:
+        task = prog.add_task("inputs", total=len(todo))
+        for kind, path, vid in todo:
+            dest = cfg.out / f"{vid}.csv"
+            _remove_stale_tmp(dest)
+            try:
+                with atomic_path(dest) as tmp, open(tmp, "w", newline="") as f:
+                    rows = _Rows(pred, f, save, cfg.batch_size)
+                    _feed(pred, kind, path, rows)
+                    rows.flush()
+            except DrkitError as e:     # no CSV: a rerun tries it again
+                failed[str(path)] = str(e)
+                log.warn(f"skipped {path}: {e}")
+            else:
+                written.append(dest.name)
+                n_rows, n_faces = n_rows + rows.rows, n_faces + rows.faces
+            prog.advance(task)
+    if todo and not written:
+        raise NothingProcessed(f"no input could be read; first error: {next(iter(failed.values()), '?')}")
+    return {"rows": n_rows, "faces": n_faces, "failed": failed, "out": str(cfg.out),
+            "written": written, "skipped": len(units) - len(todo)}

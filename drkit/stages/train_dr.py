@@ -15,8 +15,8 @@ from dataclasses import asdict
 
 import torch
 
-from .. import log
-from ..batching import batch_generator, epoch_order, n_batches, random_flip
+from .. import distributed, log
+from ..batching import batch_generator, batches, epoch_order, flip_mask, n_batches, part
 from ..checkpoint import Checkpoint, sha256_16
 from ..configs import TrainDRConfig
 from ..contracts import DRConfig, ModelSpec, Objective, Param, Target, check_choice
@@ -27,20 +27,23 @@ from ..objectives import ADAM, ADAM_DEFAULT, build_objective
 from ..ranking import evaluate_windows
 from ..store import open_store
 from ..train import LoopConfig, fit
-from ..windows import FrameCache, collect_windows, iter_windows
+from ..windows import FrameCache, collect_windows, window_tensor
 
 
 def augmenter(cfg: TrainDRConfig, epoch: int):
     """Same random flip and brightness/contrast change for every frame of a window, drawn from
-    (seed, epoch, batch) so a resumed run sees the same augmentation."""
-    def aug(x: torch.Tensor, b: int) -> torch.Tensor:
+    (seed, epoch, batch) so a resumed run sees the same augmentation. The numbers are drawn for
+    the whole global batch of ``n`` windows and ``x`` gets those of its part ``sl`` (a rank's
+    share under torchrun, drkit.batching.part): the same augmentation however the batch is split."""
+    def aug(x: torch.Tensor, b: int, n: int | None = None, sl: slice = slice(None)) -> torch.Tensor:
         g = batch_generator(cfg.seed, epoch, b)
-        B = x.shape[0]
+        B = x.shape[0] if n is None else n
         if cfg.flip:
-            random_flip(x, g)
+            f = flip_mask(B, g)[sl]
+            x[f] = x[f].flip(-1)
         if cfg.jitter:
-            c = 1 + cfg.jitter * (2 * torch.rand(B, 1, 1, 1, 1, generator=g) - 1)
-            o = cfg.jitter / 2 * (2 * torch.rand(B, 1, 1, 1, 1, generator=g) - 1)
+            c = (1 + cfg.jitter * (2 * torch.rand(B, 1, 1, 1, 1, generator=g) - 1))[sl]
+            o = (cfg.jitter / 2 * (2 * torch.rand(B, 1, 1, 1, 1, generator=g) - 1))[sl]
             x = ((x - 0.5) * c + 0.5 + o) * (x > 0)   # keep the zero background zero
         return x
     return aug
@@ -71,6 +74,7 @@ def check_objective(cfg: TrainDRConfig) -> None:
 
 
 def run(cfg: TrainDRConfig) -> dict:
+    distributed.context(cfg.device)   # under torchrun: join the run; ranks > 0 log nothing
     if cfg.T < 1 or cfg.stride < 1:
         raise UsageError("--T and --stride must be >= 1")
     check_choice(cfg.param, Param, "--param")
@@ -106,11 +110,13 @@ def run(cfg: TrainDRConfig) -> dict:
                       target=cfg.target, train=jsonable({**train, "train_stores": [s.path for s in stores]}))
     cache = FrameCache(ws.stores, max_bytes=cfg.cache_mb << 20)
 
-    def batches(epoch: int, start: int):
-        order = epoch_order(len(ws), cfg.seed, epoch)
-        for _, x in iter_windows(ws, cache, order, cfg.batch_size, cfg.size, start,
-                                 augmenter(cfg, epoch)):
-            yield x
+    def epoch_batches(epoch: int, start: int, rank: int = 0, world: int = 1):
+        """This rank's part of each global batch (the whole batch in one process) and its weight."""
+        order, aug = epoch_order(len(ws), cfg.seed, epoch), augmenter(cfg, epoch)
+        for b, idx in batches(order, cfg.batch_size, start):
+            sl, w = part(len(idx), rank, world)
+            x = window_tensor([cache.get(ws.videos[i], ws.positions[i]) for i in idx[sl]], cfg.size)
+            yield aug(x, b, len(idx), sl), w
 
     def step(model, V, device):
         V = V.to(device, non_blocking=True)
@@ -124,7 +130,8 @@ def run(cfg: TrainDRConfig) -> dict:
             return {"acc": r["dr"]["accuracy"], "identity_acc": r["identity"]["accuracy"]}
 
     loop = LoopConfig(out=cfg.out, epochs=cfg.epochs, time_budget=cfg.time_budget, lr=lr, betas=betas,
-                      seed=cfg.seed, device=cfg.device, resume=cfg.resume, overwrite=cfg.overwrite)
+                      seed=cfg.seed, device=cfg.device, resume=cfg.resume, overwrite=cfg.overwrite,
+                      precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
     template = Checkpoint(kind="dr", model=spec, config=config, state_dict={})
-    return fit(model, loop, template, batches, n_batches(len(ws), cfg.batch_size), step, validate,
+    return fit(model, loop, template, epoch_batches, n_batches(len(ws), cfg.batch_size), step, validate,
                monitor="acc", mode="max", aux=aux)

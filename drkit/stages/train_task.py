@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import log
+from .. import distributed, log
 from ..batching import (
     batch_generator,
     batches,
@@ -40,6 +40,7 @@ from ..batching import (
     evenly_spread,
     flip_mask,
     n_batches,
+    part,
 )
 from ..checkpoint import Checkpoint, load_checkpoint, sha256_16
 from ..configs import TrainTaskConfig
@@ -154,6 +155,7 @@ def run(cfg: TrainTaskConfig) -> dict:
                                cfg.val_people, cfg.missing or None, pick_device(cfg.device))
     check_choice(cfg.task, Task, "--task")
     check_choice(cfg.arch, Arch, "--arch")
+    distributed.context(cfg.device)   # under torchrun: join the run; ranks > 0 log nothing
     if not cfg.out:
         raise DrkitError("-o RUN is required")
     hg = cfg.arch == "hg_hmr"
@@ -223,36 +225,46 @@ def run(cfg: TrainTaskConfig) -> dict:
                  "not the DR of the mirrored face: training without mirroring. Rerun gen-dr --overwrite to "
                  "mirror DR inputs")
 
-    def epoch_batches(epoch: int, start: int):
+    def epoch_batches(epoch: int, start: int, rank: int = 0, world: int = 1):
+        """This rank's part of each global batch (the whole batch in one process) and its weight;
+        the mirror mask is drawn for the whole global batch, so a frame is mirrored or not
+        whatever the number of ranks."""
         order = epoch_order(len(train_s), cfg.seed, epoch)
         for b, idx in batches(order, cfg.batch_size, start):
             # mirrored samples: image channels flipped, DR channels of the mirrored face
             f = flip_mask(len(idx), batch_generator(cfg.seed, epoch, b)).numpy() if flip else None
+            sl, w = part(len(idx), rank, world)
+            idx = np.sort(idx)[sl]
+            f = f[sl] if flip else None
             if not hg:
-                yield tb.get(np.sort(idx), f)
+                yield tb.get(idx, f), w
                 continue
             # hg_hmr: targets from the unflipped landmarks, mirrored with their samples
-            x, y, lm = tb.get(np.sort(idx), f)
+            x, y, lm = tb.get(idx, f)
             t = target_heatmaps(lm, y, kw["centres"], dstore.map_size, side, kw["sigma"])
             if flip:
                 t[torch.from_numpy(f)] = t[torch.from_numpy(f)].flip(-1)
-            yield x, y, t
+            yield (x, y, t), w
 
-    def step(model, batch, device):
+    def step(net, batch, device):
+        # net: drkit.precision.Forward (under autocast with --precision, fp32 outputs): losses in fp32
         if hg:
             x, y, t = (v.to(device) for v in batch)
-            return heatmap_loss(model.heatmaps(x), t, y), {}
+            return heatmap_loss(net(x, method="heatmaps"), t, y), {}
         x, y = (t.to(device) for t in batch)
-        return masked_mse(model(x), y), {}
+        return masked_mse(net(x), y), {}
 
     def validate(model, device):
         return score(cfg.task, labels.targets, predict_samples(model, vb, device), val_s.y)
 
     loop = LoopConfig(out=cfg.out, epochs=cfg.epochs, time_budget=cfg.time_budget, lr=cfg.lr,
                       betas=(0.9, 0.999), weight_decay=cfg.weight_decay, seed=cfg.seed, device=cfg.device,
-                      resume=cfg.resume, overwrite=cfg.overwrite, patience=cfg.patience)
+                      resume=cfg.resume, overwrite=cfg.overwrite, patience=cfg.patience,
+                      precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
     st = fit(model, loop, template, epoch_batches, nb, step, validate, monitor=TASK_MONITOR[cfg.task],
              mode="max")
+    if not distributed.context(cfg.device).main:   # under torchrun rank 0 scores the best checkpoint
+        return {**st, "val": None}
     best = load_checkpoint(cfg.out / "best.pt", "task")
     device = pick_device(cfg.device)
     final = score(cfg.task, labels.targets, predict_samples(best.build_model().to(device), vb, device), val_s.y)
