@@ -12,8 +12,9 @@ The labelled people of seed s are the first k of one seeded permutation of the t
 Each run stops after --max-steps optimisation steps or when validation has not improved for
 --patience epochs and --patience-steps steps, whichever is first; no time limit by default, so
 a result depends only on the data and the seed, not on the machine's load.
-Results go to OUT/results.jsonl, one line per run (a rerun skips the runs already there),
-learning curves to OUT/runs/*/metrics.jsonl.
+Results go to OUT/results.jsonl, one line per run (a rerun skips the runs already there, except
+those that stopped at a smaller --max-steps than the rerun's: they are redone and their new line
+replaces the old one), learning curves to OUT/runs/*/metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -54,8 +55,7 @@ def run(a) -> None:
     val, pool = split_people(labels, a.train, a.val_people)
     ks = [None if k == "all" else int(k) for k in a.ks.split(",")]
     res_path = out / "results.jsonl"
-    done = {(r["input"], r["k"], r["seed"], r["arch"]) for r in map(json.loads, res_path.read_text().splitlines())} \
-        if res_path.exists() else set()
+    done = latest(res_path)
     (out / "protocol.json").write_text(json.dumps({**vars(a), "val_people": val, "pool": pool}, indent=1))
     for seed in map(int, a.seeds.split(",")):
         for k in ks:
@@ -63,8 +63,6 @@ def run(a) -> None:
             kk = len(people) if k is None else k
             for kind in a.inputs.split(","):
                 key = (kind, "all" if k is None else k, seed, a.arch)
-                if key in done:
-                    continue
                 name = f"{a.arch}_{kind}_k{key[1]}_s{seed}"
                 # patience in epochs, but never fewer than --patience-steps optimisation steps: with one
                 # labelled person an epoch is a dozen steps and the validation score is flat for a while
@@ -72,6 +70,10 @@ def run(a) -> None:
                 per_epoch = max(1, math.ceil(n_lab / 32))
                 patience = max(a.patience, math.ceil(a.patience_steps / per_epoch))
                 max_epochs = max(a.patience + 1, math.ceil(a.max_steps / per_epoch))
+                # done, unless it ran out of steps and this call allows more (constant learning rate, so a
+                # run that early-stopped under a smaller cap is the same run under a larger one)
+                if key in done and not (hit_cap(done[key]) and max_epochs > done[key]["epochs"]):
+                    continue
                 n_videos = sum(labels.person.get(v, v) in people for v in labels.frames)
                 cfg = TrainTaskConfig(
                     input=[Path(a.train)], labels=Path(a.labels), out=out / "runs" / name, task=a.task,
@@ -85,13 +87,27 @@ def run(a) -> None:
                 mon = f"val_{TASK_MONITOR[a.task]}"
                 rec = {"input": kind, "k": key[1], "n_people": kk, "seed": seed, "arch": a.arch, "patience": patience,
                        "labelled_videos": n_videos, "val": r["val"], "test": test,
-                       "epochs": len(curve), "best_epoch": int(np.nanargmax([c.get(mon, np.nan) for c in curve])) + 1,
+                       "epochs": len(curve), "max_epochs": max_epochs, "best_epoch": int(np.nanargmax([c.get(mon, np.nan) for c in curve])) + 1,
                        "seconds": curve[-1]["seconds"] if curve else None,
                        "curve": [[c["epoch"], c["step"], c.get(mon)] for c in curve]}
                 with open(res_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 print(f"{name}: val {r['val'][TASK_MONITOR[a.task]]:.3f} test {test[TASK_MONITOR[a.task]]:.3f} "
                       f"({rec['epochs']} epochs, best {rec['best_epoch']})", flush=True)
+
+
+def latest(res_path: Path) -> dict:
+    """The last record of each (input, k, seed, arch) in a results file: a rerun with a larger
+    step cap appends a record that replaces the capped one."""
+    if not res_path.exists():
+        return {}
+    recs = map(json.loads, res_path.read_text().splitlines())
+    return {(r["input"], r["k"], r["seed"], r["arch"]): r for r in recs}
+
+
+def hit_cap(rec: dict) -> bool:
+    """True if the run stopped at its step cap, not because validation stopped improving."""
+    return rec["epochs"] - rec["best_epoch"] < rec["patience"]
 
 
 def plot(d: Path, recs: list[dict], metric: str) -> Path:
@@ -129,7 +145,7 @@ def plot(d: Path, recs: list[dict], metric: str) -> Path:
 def report(a) -> None:
     for d in a.outs:
         d = Path(d)
-        recs = [json.loads(x) for x in (d / "results.jsonl").read_text().splitlines()]
+        recs = list(latest(d / "results.jsonl").values())
         proto = json.loads((d / "protocol.json").read_text())
         task = proto["task"]
         metrics = ["icc", "mse"] if task == "au" else ["pcc", "ccc", "mse"]
@@ -137,7 +153,9 @@ def report(a) -> None:
         ks = sorted({r["k"] for r in recs}, key=lambda k: math.inf if k == "all" else k)
         archs = list(dict.fromkeys(r["arch"] for r in recs))
         print(f"\n### {d.name}: {task}, {', '.join(archs)}; test people never seen; mean ± sd over seeds\n")
-        print(f"validation people: {', '.join(proto['val_people'])}; training pool: {len(proto['pool'])} people\n")
+        print(f"validation people: {', '.join(proto['val_people'])}; training pool: {len(proto['pool'])} people; "
+              f"at most {proto['max_steps']} steps, patience {proto['patience']} epochs / {proto['patience_steps']} "
+              f"steps; runs stopped by the step cap, not by patience: {sum(map(hit_cap, recs))}/{len(recs)}\n")
         for arch in archs:
             head = "| k (people) | " + " | ".join(f"{m.upper()} {i.upper()}" for m in metrics for i in inputs)
             head += " | " + " | ".join(f"{i.upper()} - SI ({metrics[0].upper()})" for i in inputs if i != "si") + " |"
@@ -179,7 +197,8 @@ if __name__ == "__main__":
     r.add_argument("--val-people", type=int, default=5)
     r.add_argument("--budget", type=float, default=None, help="seconds per run at most (default: none, so "
                    "that a run's result does not depend on the machine's load)")
-    r.add_argument("--max-steps", type=int, default=1000, help="optimisation steps per run at most")
+    r.add_argument("--max-steps", type=int, default=12000, help="optimisation steps per run at most; "
+                   "rerunning with a larger value redoes only the runs that stopped at the smaller cap")
     r.add_argument("--val-frames", type=int, default=300, help="validation frames (spread over the people)")
     r.add_argument("--patience", type=int, default=5, help="epochs without a better validation score")
     r.add_argument("--patience-steps", type=int, default=300, help="... and at least this many steps")

@@ -16,7 +16,7 @@ SHARED=$(cd "$HERE/../../.." && pwd)/shared
 W=${1:-downstream_run}
 REAL=${2:-$W}
 AUS=AU06,AU10,AU12,AU14,AU17
-PROTO=(--task au --targets "$AUS" --inputs si,mdr --ks 1,2,4,8,all --seeds 0,1,2 --val-people 5 --max-steps 1000 --patience 5 --patience-steps 300 --val-frames 300)
+PROTO=(--task au --targets "$AUS" --inputs si,mdr --ks 1,2,4,8,all --seeds 0,1,2 --val-people 5 --max-steps 12000 --patience 5 --patience-steps 300 --val-frames 300)
 mkdir -p "$W"
 
 # (a) real faces, OpenFace labels
