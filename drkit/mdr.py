@@ -49,11 +49,14 @@ class MDR(torch.nn.Module):
         """The DR channels only (B, 3 * len(nets), map_size, map_size), float32 whatever the
         autocast precision the networks ran at."""
         nets = self._run or list(self.nets)
-        out = []
+        out, sized = [], {}
         for net, s in zip(nets, self.net_sizes):
-            xs = resize(x, s)
-            if self.channels_last:
-                xs = xs.contiguous(memory_format=torch.channels_last)
+            xs = sized.get(s)
+            if xs is None:       # networks of one net_size share the resized input (nets never modify it)
+                xs = resize(x, s)
+                if self.channels_last:
+                    xs = xs.contiguous(memory_format=torch.channels_last)
+                sized[s] = xs
             out.append(resize(net(xs).float(), self.map_size).contiguous())
         return torch.cat(out, 1)
 

@@ -12,17 +12,31 @@ given, or the file name of a file given directly). Each CSV is written to a temp
 renamed when complete, so a CSV that exists is whole: a rerun skips inputs whose CSV is there
 (unless ``overwrite``) and redoes the rest, and ``--shard I/N`` jobs (a deterministic split of
 the inputs sorted by id) fill one folder together.
+
+With the networks on a GPU (or ``run(cfg, pipeline=True)``), frames are decoded and tracked
+(drkit.faces: the tracker of `drkit preprocess`) in a background thread while the main thread
+runs the networks on batches of ``batch_size`` rows: OpenCV's decoding and dlib's detector
+release the GIL, so the two overlap. The batches, and so the values written, are those of the
+sequential loop (``pipeline=False``, the default on the CPU: on 2 cores the thread only took CPU
+time from torch's threads).
+``benchmarks/predict_speed.py`` measures frames/s and where the time goes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import os
+import queue
+import threading
+import time
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
+import torch
 
 from .. import log
 from ..configs import PredictConfig
@@ -134,22 +148,156 @@ class _Rows:
         self.pending.clear()
 
 
-def _feed(pred: Predictor, kind: str, path: Path, rows: _Rows) -> None:
-    """The rows of one input (a still image or every frame of a video); DrkitError if unreadable."""
+_END = object()   # event frame: the input is finished (with its DrkitError, or None)
+
+
+def _crops(pred: Predictor, kind: str, path: Path, tm: dict) -> Iterator[tuple[int | None, np.ndarray | None]]:
+    """(frame index or None for a still image, masked crop or None) of one input, in order, with
+    the face tracking of `drkit preprocess` (drkit.faces.FaceTracker, the bundle's settings);
+    DrkitError if unreadable. Adds seconds to ``tm["decode"]`` and ``tm["track"]`` (tracking,
+    landmarks and crop)."""
+    t0 = time.perf_counter()
     if kind == "image":
         img = cv2.imread(str(path))
+        t1 = time.perf_counter()
+        tm["decode"] += t1 - t0
         if img is None:
             raise DrkitError("unreadable image")
         found = pred.crop(img)
-        rows.add(str(path), None, found[0] if found else None)
+        tm["track"] += time.perf_counter() - t1
+        yield None, found[0] if found else None
         return
     tracker = pred.tracker()
-    for i, frame in FrameReader(Source(path.name, path, "video")):
+    frames = iter(FrameReader(Source(path.name, path, "video")))   # decodes the first frame
+    while True:
+        nxt = next(frames, None)
+        t1 = time.perf_counter()
+        tm["decode"] += t1 - t0
+        if nxt is None:
+            return
+        i, frame = nxt
         found = pred.crop(frame, tracker)
-        rows.add(str(path), i, found[0] if found else None)
+        tm["track"] += time.perf_counter() - t1
+        yield i, found[0] if found else None
+        t0 = time.perf_counter()    # not counting the time the consumer took
 
 
-def run(cfg: PredictConfig) -> dict:
+def _events(pred: Predictor, inputs: list[tuple[str, Path]], tm: dict):
+    """(k, frame, crop) for every row of input k, then (k, _END, DrkitError or None), inputs in order."""
+    for k, (kind, path) in enumerate(inputs):
+        try:
+            for frame, crop in _crops(pred, kind, path, tm):
+                yield k, frame, crop
+        except DrkitError as e:
+            yield k, _END, e
+        else:
+            yield k, _END, None
+
+
+class _Background:
+    """Iterate a generator in a background thread, ``depth`` items ahead: frame decoding and face
+    tracking (OpenCV and dlib's detector release the GIL) overlap with the networks that the
+    consumer runs on the batches. Items come out in order; an exception of the generator is
+    raised by the consumer at the point it occurred. ``close()`` stops the thread."""
+
+    _STOP = object()
+
+    def __init__(self, gen, depth: int):
+        self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.stop = threading.Event()
+        self.gen = gen
+        self.thread = threading.Thread(target=self._work, name="drkit-predict-frames", daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            for item in self.gen:
+                if not self._put(item):
+                    return
+        except BaseException as e:   # raised again in the consumer
+            self._put((self._STOP, e))
+        else:
+            self._put((self._STOP, None))
+        finally:
+            self.gen.close()
+
+    def __iter__(self):
+        while True:
+            item = self.q.get()
+            if item[0] is self._STOP:
+                self.stop.set()
+                if item[1] is not None:
+                    raise item[1]
+                return
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+        while self.thread.is_alive():
+            try:
+                self.q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self.thread.join()
+
+    def __enter__(self) -> "_Background":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _event_stream(pred: Predictor, inputs: list[tuple[str, Path]], tm: dict, pipeline: bool,
+                  batch_size: int, net_threads: int | None):
+    """The events of ``inputs`` (drkit.stages.predict._events), produced in a background thread
+    when ``pipeline``, else inline; ``net_threads``: torch's intra-op threads meanwhile."""
+    old = torch.get_num_threads()
+    if net_threads:
+        torch.set_num_threads(net_threads)
+    try:
+        if not pipeline:
+            gen = _events(pred, inputs, tm)
+            try:
+                yield gen
+            finally:
+                gen.close()
+        else:
+            with _Background(_events(pred, inputs, tm), depth=max(64, 2 * batch_size)) as bg:
+                yield iter(bg)
+    finally:
+        if net_threads:
+            torch.set_num_threads(old)
+
+
+def _timings(pred: Predictor, tm: dict, t_start: float, t_loop: float, pipeline: bool,
+             net_threads: int | None) -> dict:
+    """Seconds: ``setup`` (bundle + face backend), ``loop`` (inputs to CSV), ``decode``, ``track``
+    (tracking + landmarks + crop), ``dr`` (MDR stack: DR networks), ``task`` (task network);
+    with ``pipeline`` decode + track ran in a thread beside dr + task (busy times overlap)."""
+    now = time.perf_counter()
+    return {"setup": t_loop - t_start, "loop": now - t_loop, "decode": tm["decode"], "track": tm["track"],
+            "dr": pred.timings["dr"], "task": pred.timings["task"], "faces": pred.timings["crops"],
+            "pipeline": pipeline, "net_threads": net_threads or torch.get_num_threads()}
+
+
+def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | None = None) -> dict:
+    """``pipeline``: decode and track the frames in a background thread while the networks run
+    on the batches (the same rows, batches and values as ``pipeline=False``, which does one after
+    the other). Default: pipelined when the networks run on a GPU; on the CPU one after the other,
+    as on 2 cores the thread only competes with torch's threads (benchmarks/predict_speed.py:
+    no gain). ``net_threads``: torch's intra-op threads meanwhile (default: unchanged). The
+    result's ``timings`` are seconds (drkit.stages.predict._timings)."""
+    t_start = time.perf_counter()
     check_choice(cfg.precision, PrecisionName, "--precision")
     if cfg.shard and not cfg.per_video:
         raise UsageError("--shard splits the inputs into one CSV per input: add --per-video and give "
@@ -170,26 +318,35 @@ def run(cfg: PredictConfig) -> dict:
     save = cfg.save_dr
     if save:
         save.mkdir(parents=True, exist_ok=True)
+    tm = {"decode": 0.0, "track": 0.0}
+    if pipeline is None:
+        pipeline = pred.device.type != "cpu"
     if cfg.per_video:
-        return _run_per_video(cfg, pred, save)
+        return _run_per_video(cfg, pred, save, tm, pipeline, net_threads, t_start)
     failed: dict[str, str] = {}
-    with atomic_path(cfg.out) as tmp, open(tmp, "w", newline="") as f, log.progress() as prog:
+    t_loop = time.perf_counter()
+    with atomic_path(cfg.out) as tmp, open(tmp, "w", newline="") as f, log.progress() as prog, \
+            _event_stream(pred, items, tm, pipeline, cfg.batch_size, net_threads) as events:
         rows = _Rows(pred, f, save, cfg.batch_size)
         task = prog.add_task("inputs", total=len(items))
-        for kind, path in items:
-            try:
-                _feed(pred, kind, path, rows)
-            except DrkitError as e:
-                failed[str(path)] = str(e)
-                log.warn(f"skipped {path}: {e}")
+        for k, frame, x in events:
+            path = items[k][1]
+            if frame is not _END:
+                rows.add(str(path), frame, x)
+                continue
+            if x is not None:
+                failed[str(path)] = str(x)
+                log.warn(f"skipped {path}: {x}")
             prog.advance(task)
         rows.flush()
         if rows.rows == 0:   # leave any earlier output as it was
             raise NothingProcessed(f"no input could be read; first error: {next(iter(failed.values()), '?')}")
-    return {"rows": rows.rows, "faces": rows.faces, "failed": failed, "out": str(cfg.out)}
+    return {"rows": rows.rows, "faces": rows.faces, "failed": failed, "out": str(cfg.out),
+            "timings": _timings(pred, tm, t_start, t_loop, pipeline, net_threads)}
 
 
-def _run_per_video(cfg: PredictConfig, pred: Predictor, save: Path | None) -> dict:
+def _run_per_video(cfg: PredictConfig, pred: Predictor, save: Path | None, tm: dict, pipeline: bool,
+                   net_threads: int | None, t_start: float) -> dict:
     """One CSV per input into the folder ``cfg.out``: this shard's inputs whose CSV is not there."""
     units = select_shard(_units(cfg.inputs), cfg.shard)
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -200,15 +357,25 @@ def _run_per_video(cfg: PredictConfig, pred: Predictor, save: Path | None) -> di
     n_rows = n_faces = 0
     written: list[str] = []
     failed: dict[str, str] = {}
-    with log.progress() as prog:
+    t_loop = time.perf_counter()
+    with log.progress() as prog, \
+            _event_stream(pred, [(kind, path) for kind, path, _ in todo], tm, pipeline, cfg.batch_size,
+                          net_threads) as events:
         task = prog.add_task("inputs", total=len(todo))
-        for kind, path, vid in todo:
+        for j, (kind, path, vid) in enumerate(todo):
             dest = cfg.out / f"{vid}.csv"
             _remove_stale_tmp(dest)
             try:
                 with atomic_path(dest) as tmp, open(tmp, "w", newline="") as f:
                     rows = _Rows(pred, f, save, cfg.batch_size)
-                    _feed(pred, kind, path, rows)
+                    for k, frame, x in events:    # this input's rows, up to its end
+                        if k < j:                 # what is left of an input given up on
+                            continue
+                        if frame is _END:
+                            if x is not None:
+                                raise x
+                            break
+                        rows.add(str(path), frame, x)
                     rows.flush()
             except DrkitError as e:     # no CSV: a rerun tries it again
                 failed[str(path)] = str(e)
@@ -220,4 +387,5 @@ def _run_per_video(cfg: PredictConfig, pred: Predictor, save: Path | None) -> di
     if todo and not written:
         raise NothingProcessed(f"no input could be read; first error: {next(iter(failed.values()), '?')}")
     return {"rows": n_rows, "faces": n_faces, "failed": failed, "out": str(cfg.out),
-            "written": written, "skipped": len(units) - len(todo)}
+            "written": written, "skipped": len(units) - len(todo),
+            "timings": _timings(pred, tm, t_start, t_loop, pipeline, net_threads)}
