@@ -163,6 +163,17 @@ def task_data(tmp_path_factory):
     return {"dir": d, "faces": store, "labels": labels, "drs": drs, "mdr": mdr}
 
 
+@pytest.fixture(scope="session")
+def task_bundle(task_data, tmp_path_factory) -> Path:
+    """A task-bundle run folder (one epoch on task_data's MDR store) for predict tests."""
+    from drkit.configs import TrainTaskConfig
+    from drkit.stages import train_task
+    out = tmp_path_factory.mktemp("task_bundle") / "model"
+    train_task.run(TrainTaskConfig(input=[task_data["mdr"]], out=out, labels=task_data["labels"], epochs=1,
+                                   device="cpu"))
+    return out
+
+
 def store_arrays(path: Path) -> dict:
     from drkit.store import open_store
     st = open_store(path)

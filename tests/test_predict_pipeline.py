@@ -11,17 +11,9 @@ import cv2
 import pytest
 from conftest import face_frames
 
-from drkit.configs import PredictConfig, TrainTaskConfig
+from drkit.configs import PredictConfig
 from drkit.predictor import Predictor
-from drkit.stages import predict, train_task
-
-
-@pytest.fixture(scope="module")
-def bundle(task_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipe_bundle") / "model"
-    train_task.run(TrainTaskConfig(input=[task_data["mdr"]], out=out, labels=task_data["labels"], epochs=1,
-                                   device="cpu"))
-    return out
+from drkit.stages import predict
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +26,9 @@ def inputs(videos, tmp_path_factory):
     return d / "v"
 
 
-def _run(bundle, inputs, out, **kw):
+def _run(task_bundle, inputs, out, **kw):
     cfg = {k: kw.pop(k) for k in list(kw) if k in ("per_video", "batch_size")}
-    return predict.run(PredictConfig(model=bundle, inputs=[inputs], out=out, device="cpu", **cfg), **kw)
+    return predict.run(PredictConfig(model=task_bundle, inputs=[inputs], out=out, device="cpu", **cfg), **kw)
 
 
 def _no_producer_left():
@@ -44,9 +36,9 @@ def _no_producer_left():
 
 
 @pytest.mark.parametrize("batch_size", [7, 32])
-def test_pipelined_csv_equals_sequential(bundle, inputs, tmp_path, batch_size):
-    seq = _run(bundle, inputs, tmp_path / "seq.csv", batch_size=batch_size, pipeline=False)
-    pip = _run(bundle, inputs, tmp_path / "pip.csv", batch_size=batch_size, pipeline=True)
+def test_pipelined_csv_equals_sequential(task_bundle, inputs, tmp_path, batch_size):
+    seq = _run(task_bundle, inputs, tmp_path / "seq.csv", batch_size=batch_size, pipeline=False)
+    pip = _run(task_bundle, inputs, tmp_path / "pip.csv", batch_size=batch_size, pipeline=True)
     assert (tmp_path / "pip.csv").read_text() == (tmp_path / "seq.csv").read_text()
     assert {k: seq[k] for k in ("rows", "faces", "failed")} == {k: pip[k] for k in ("rows", "faces", "failed")}
     assert seq["rows"] == 40 + 30 + 36 + 1 and list(pip["failed"]) == [str(inputs / "broken.mp4")]
@@ -56,18 +48,18 @@ def test_pipelined_csv_equals_sequential(bundle, inputs, tmp_path, batch_size):
     assert _no_producer_left()
 
 
-def test_pipelined_with_one_net_thread_equals_sequential(bundle, inputs, tmp_path):
+def test_pipelined_with_one_net_thread_equals_sequential(task_bundle, inputs, tmp_path):
     import torch
     before = torch.get_num_threads()
-    _run(bundle, inputs, tmp_path / "seq.csv", pipeline=False)
-    r = _run(bundle, inputs, tmp_path / "one.csv", pipeline=True, net_threads=1)
+    _run(task_bundle, inputs, tmp_path / "seq.csv", pipeline=False)
+    r = _run(task_bundle, inputs, tmp_path / "one.csv", pipeline=True, net_threads=1)
     assert r["timings"]["net_threads"] == 1 and torch.get_num_threads() == before   # restored
     assert (tmp_path / "one.csv").read_text() == (tmp_path / "seq.csv").read_text()
 
 
-def test_pipelined_per_video_equals_sequential(bundle, inputs, tmp_path):
-    seq = _run(bundle, inputs, tmp_path / "seq", per_video=True, batch_size=5, pipeline=False)
-    pip = _run(bundle, inputs, tmp_path / "pip", per_video=True, batch_size=5, pipeline=True)
+def test_pipelined_per_video_equals_sequential(task_bundle, inputs, tmp_path):
+    seq = _run(task_bundle, inputs, tmp_path / "seq", per_video=True, batch_size=5, pipeline=False)
+    pip = _run(task_bundle, inputs, tmp_path / "pip", per_video=True, batch_size=5, pipeline=True)
     names = sorted(p.name for p in (tmp_path / "seq").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "pip").iterdir())
     assert names == ["a.avi.csv", "b_still.png.csv", "c.mp4.csv", "sub__b.avi.csv"]   # broken.mp4: none
@@ -76,7 +68,7 @@ def test_pipelined_per_video_equals_sequential(bundle, inputs, tmp_path):
     assert seq["written"] == pip["written"] and seq["failed"] == pip["failed"]
 
 
-def test_a_producer_error_reaches_the_caller_and_stops_the_thread(bundle, inputs, tmp_path, monkeypatch):
+def test_a_producer_error_reaches_the_caller_and_stops_the_thread(task_bundle, inputs, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = Predictor.crop
 
@@ -89,16 +81,16 @@ def test_a_producer_error_reaches_the_caller_and_stops_the_thread(bundle, inputs
     monkeypatch.setattr(Predictor, "crop", crop)
     out = tmp_path / "p.csv"
     with pytest.raises(RuntimeError, match="tracker bug"):
-        _run(bundle, inputs, out, pipeline=True)
+        _run(task_bundle, inputs, out, pipeline=True)
     assert not out.exists() and _no_producer_left()
     assert [p.name for p in tmp_path.iterdir()] == []          # no temporary file left either
 
 
-def test_consumer_error_stops_the_producer(bundle, inputs, tmp_path, monkeypatch):
+def test_consumer_error_stops_the_producer(task_bundle, inputs, tmp_path, monkeypatch):
     def boom(self, crops):
         raise RuntimeError("network bug")
 
     monkeypatch.setattr(Predictor, "predict_crops", boom)
     with pytest.raises(RuntimeError, match="network bug"):
-        _run(bundle, inputs, tmp_path / "p.csv", pipeline=True, batch_size=4)
+        _run(task_bundle, inputs, tmp_path / "p.csv", pipeline=True, batch_size=4)
     assert _no_producer_left()

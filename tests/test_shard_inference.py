@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from conftest import assert_same_store, cli
 
-from drkit.configs import GenDRConfig, PredictConfig, TrainTaskConfig
+from drkit.configs import GenDRConfig, PredictConfig
 from drkit.errors import DrkitError
 from drkit.predictor import Predictor
-from drkit.stages import gen_dr, predict, train_task
+from drkit.stages import gen_dr, predict
 from drkit.store import open_store
 
 DRKIT = [sys.executable, "-m", "drkit.cli", "-q"]
@@ -70,15 +70,15 @@ def test_fp32_with_channels_last_gives_the_same_store(task_data, tmp_path):
         np.testing.assert_allclose(y, x, rtol=2e-3, atol=2e-3)
 
 
-def test_fp16_on_cpu_is_a_clear_error(task_data, tmp_path, bundle):
+def test_fp16_on_cpu_is_a_clear_error(task_data, tmp_path, task_bundle):
     r = cli("gen-dr", task_data["faces"], "-o", tmp_path / "x.zarr", "--dr", task_data["drs"][0],
             "--precision", "fp16", "--device", "cpu")
     assert r.returncode == 1 and "fp16 needs a CUDA device" in r.stderr, r.stderr
     assert not (tmp_path / "x.zarr").exists()                # failed before any work
-    r = cli("predict", bundle, tmp_path, "-o", tmp_path / "p.csv", "--precision", "fp16", "--device", "cpu")
+    r = cli("predict", task_bundle, tmp_path, "-o", tmp_path / "p.csv", "--precision", "fp16", "--device", "cpu")
     assert r.returncode == 1 and "fp16 needs a CUDA device" in r.stderr, r.stderr
     with pytest.raises(DrkitError, match="fp16 needs a CUDA device"):
-        Predictor.from_bundle(bundle, "cpu", precision="fp16")
+        Predictor.from_bundle(task_bundle, "cpu", precision="fp16")
     r = cli("gen-dr", task_data["faces"], "-o", tmp_path / "x.zarr", "--precision", "fp8")
     assert r.returncode == 2
 
@@ -98,18 +98,10 @@ def test_a_store_made_before_precision_opens_and_resumes_at_fp32_only(task_data,
         _gen(task_data, old, precision="bf16")
 
 
-@pytest.fixture(scope="module")
-def bundle(task_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle") / "model"
-    train_task.run(TrainTaskConfig(input=[task_data["mdr"]], out=out, labels=task_data["labels"], epochs=1,
-                                   device="cpu"))
-    return out
-
-
-def test_predictor_bf16_close_to_fp32(task_data, bundle):
+def test_predictor_bf16_close_to_fp32(task_data, task_bundle):
     crops = np.asarray(open_store(task_data["faces"]).video("p0.avi")["frames"][:16])
-    y32, m32 = Predictor.from_bundle(bundle, "cpu").predict_crops(crops)
-    p16 = Predictor.from_bundle(bundle, "cpu", precision="bf16", channels_last=True)
+    y32, m32 = Predictor.from_bundle(task_bundle, "cpu").predict_crops(crops)
+    p16 = Predictor.from_bundle(task_bundle, "cpu", precision="bf16", channels_last=True)
     y16, m16 = p16.predict_crops(crops)
     assert y16.dtype == m16.dtype == np.float32
     dm, dy = _rel_diff(m32[:, 3:], m16[:, 3:]), _rel_diff(y32, y16)
@@ -149,8 +141,8 @@ def test_gen_dr_shards_running_together_equal_one_run(task_data, tmp_path):
 # ------------------------------------------------------------------ predict --per-video / --shard
 
 
-def _predict(bundle, videos, out, **kw):
-    return predict.run(PredictConfig(model=bundle, inputs=[videos], out=out, device="cpu", per_video=True, **kw))
+def _predict(task_bundle, videos, out, **kw):
+    return predict.run(PredictConfig(model=task_bundle, inputs=[videos], out=out, device="cpu", per_video=True, **kw))
 
 
 def _csvs(folder):
@@ -158,9 +150,9 @@ def _csvs(folder):
 
 
 @pytest.fixture(scope="module")
-def per_video(bundle, videos, tmp_path_factory):
+def per_video(task_bundle, videos, tmp_path_factory):
     out = tmp_path_factory.mktemp("pv") / "all"
-    r = _predict(bundle, videos, out)
+    r = _predict(task_bundle, videos, out)
     return out, r
 
 
@@ -175,16 +167,16 @@ def test_predict_per_video_writes_one_csv_per_input(per_video, videos):
     assert r["rows"] == 40 + 30 + 36
 
 
-def test_predict_shards_equal_one_run(per_video, bundle, videos, tmp_path):
+def test_predict_shards_equal_one_run(per_video, task_bundle, videos, tmp_path):
     ref, _ = per_video
     out = tmp_path / "sharded"
-    r0 = _predict(bundle, videos, out, shard="0/2")
-    r1 = _predict(bundle, videos, out, shard="1/2")
+    r0 = _predict(task_bundle, videos, out, shard="0/2")
+    r1 = _predict(task_bundle, videos, out, shard="1/2")
     assert sorted(r0["written"] + r1["written"]) == sorted(_csvs(ref)) and not set(r0["written"]) & set(r1["written"])
     assert _csvs(out) == _csvs(ref)
 
 
-def test_killed_predict_redoes_only_what_is_missing(per_video, bundle, videos, tmp_path):
+def test_killed_predict_redoes_only_what_is_missing(per_video, task_bundle, videos, tmp_path):
     ref, _ = per_video
     out = tmp_path / "resumed"
     shutil.copytree(ref, out)
@@ -193,21 +185,21 @@ def test_killed_predict_redoes_only_what_is_missing(per_video, bundle, videos, t
                           text=True).stdout.strip()
     (out / f".sub__b.avi.csv.tmp{dead}").write_text("input,frame,face_found\nhalf")   # ... its scratch
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if not p.name.startswith(".")}
-    r = _predict(bundle, videos, out)
+    r = _predict(task_bundle, videos, out)
     assert r["written"] == ["sub__b.avi.csv"] and r["skipped"] == 2
     assert _csvs(out) == _csvs(ref)                            # scratch removed, b redone the same
     assert all((out / n).stat().st_mtime_ns == t for n, t in before.items())   # the others untouched
-    assert _predict(bundle, videos, out)["written"] == []
-    assert _predict(bundle, videos, out, overwrite=True, shard="0/3")["written"] == ["a.avi.csv"]
+    assert _predict(task_bundle, videos, out)["written"] == []
+    assert _predict(task_bundle, videos, out, overwrite=True, shard="0/3")["written"] == ["a.avi.csv"]
     assert _csvs(out) == _csvs(ref)
 
 
-def test_predict_shard_needs_per_video_and_a_folder(bundle, videos, tmp_path):
-    r = cli("predict", bundle, videos, "-o", tmp_path / "p.csv", "--shard", "0/2")
+def test_predict_shard_needs_per_video_and_a_folder(task_bundle, videos, tmp_path):
+    r = cli("predict", task_bundle, videos, "-o", tmp_path / "p.csv", "--shard", "0/2")
     assert r.returncode == 2 and "--per-video" in r.stderr
     (tmp_path / "f.csv").write_text("x")
-    r = cli("predict", bundle, videos, "-o", tmp_path / "f.csv", "--per-video")
+    r = cli("predict", task_bundle, videos, "-o", tmp_path / "f.csv", "--per-video")
     assert r.returncode == 1 and "is a file" in r.stderr
-    r = cli("predict", bundle, videos, "-o", tmp_path / "d", "--per-video", "--shard", "1/1")
+    r = cli("predict", task_bundle, videos, "-o", tmp_path / "d", "--per-video", "--shard", "1/1")
     assert r.returncode == 2 and "I/N" in r.stderr
     assert os.listdir(tmp_path) == ["f.csv"]
