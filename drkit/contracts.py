@@ -43,7 +43,7 @@ Task = Literal["au", "affect"]
 InputKind = Literal["si", "sdr", "mdr"]
 Arch = Literal["small", "vgg16", "hg_hmr", "dr_encoder"]
 LabelLayout = Literal["fera2015", "avec2012"]
-PrecisionName = Literal["fp32", "bf16", "fp16"]   # --precision (drkit.precision.Precision)
+PrecisionName = Literal["fp32", "bf16", "fp16"]   # --precision (drkit.precision)
 StoreKind = Literal["faces", "dr"]
 CheckpointKind = Literal["dr", "task"]
 

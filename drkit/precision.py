@@ -12,25 +12,19 @@ before the rank loss, the task losses and every metric.
 from __future__ import annotations
 
 import contextlib
-from enum import Enum
 
 import torch
 
+from .contracts import PrecisionName, check_choice
 from .errors import DrkitError
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check(precision: str, device: torch.device) -> str:
-    """The precision as a plain string, or a DrkitError if ``device`` cannot run it."""
-    p = Precision(precision).value
+    """The precision, checked: a UsageError if it is not one of PrecisionName, a DrkitError if
+    ``device`` cannot run it."""
+    p = check_choice(precision, PrecisionName, "--precision")
     if p == "fp16" and device.type != "cuda":
         raise DrkitError(f"--precision fp16 needs a CUDA device (this run is on {device.type}); "
                          "use --precision bf16 on a CPU")

@@ -32,7 +32,7 @@ from .. import log
 from .. import precision as P
 from ..batching import images_to_tensor
 from ..configs import GenDRConfig
-from ..contracts import DRStoreParams, PrecisionName, check_choice, dr_arrays
+from ..contracts import DRStoreParams, dr_arrays
 from ..errors import DrkitError
 from ..mdr import channel_names, load_mdr
 from ..nets import pick_device
@@ -53,9 +53,8 @@ def run(cfg: GenDRConfig) -> dict:
         raise DrkitError("nothing to write: give at least one --dr checkpoint or drop --no-image")
     if not cfg.dr and not cfg.size:
         raise DrkitError("without --dr checkpoints, give --size (the side of the stored maps)")
-    check_choice(cfg.precision, PrecisionName, "--precision")
     device = pick_device(cfg.device)
-    precision = P.check(cfg.precision, device)   # fp16 on a CPU fails here, before any work
+    precision = P.check(cfg.precision, device)   # a bad name or fp16 on a CPU fails here, before any work
     P.warn_if_slow(precision, device)
     src = open_store(cfg.store, "faces")
     mdr, refs, nets = load_mdr(cfg.dr, not cfg.no_image, cfg.size)
