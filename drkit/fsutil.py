@@ -4,6 +4,7 @@ file or the complete new one, never half of it)."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 from pathlib import Path
@@ -27,6 +28,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(path: str | os.PathLike) -> None:
+    """Remove the temporary files ``atomic_path`` made for ``path`` in processes that are gone
+    (a killed run's); a live process's own is left alone. Process ids are this machine's."""
+    path = Path(path)
+    prefix = f".{path.name}.tmp"
+    for t in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = t.name[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            t.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import glob
-import os
 import queue
 import threading
 import time
@@ -42,7 +40,7 @@ from .. import log
 from ..configs import PredictConfig
 from ..contracts import PrecisionName, check_choice
 from ..errors import DrkitError, NothingProcessed, UsageError
-from ..fsutil import atomic_path
+from ..fsutil import atomic_path, remove_stale_tmp
 from ..predictor import Predictor
 from ..sources import IMAGE_EXT, VIDEO_EXT, FrameReader, Source, select_shard
 from ..store import video_id_from_path
@@ -79,26 +77,6 @@ def _units(paths: list[Path]) -> list[tuple[str, Path, str]]:
             seen.add(vid)
             out.append((kind, f, vid))
     return sorted(out, key=lambda u: u[2])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_tmp(csv_path: Path) -> None:
-    """Remove the temporary files (drkit.fsutil.atomic_path: ``.<name>.tmp<pid>``) a killed run
-    left beside ``csv_path``; a live process's own is left alone."""
-    prefix = f".{csv_path.name}.tmp"
-    for t in csv_path.parent.glob(glob.escape(prefix) + "*"):
-        pid = t.name[len(prefix):]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            t.unlink(missing_ok=True)
 
 
 def dr_picture(crop: np.ndarray, mdr: np.ndarray, image: bool) -> np.ndarray:
@@ -364,7 +342,7 @@ def _run_per_video(cfg: PredictConfig, pred: Predictor, save: Path | None, tm: d
         task = prog.add_task("inputs", total=len(todo))
         for j, (kind, path, vid) in enumerate(todo):
             dest = cfg.out / f"{vid}.csv"
-            _remove_stale_tmp(dest)
+            remove_stale_tmp(dest)
             try:
                 with atomic_path(dest) as tmp, open(tmp, "w", newline="") as f:
                     rows = _Rows(pred, f, save, cfg.batch_size)
