@@ -358,7 +358,7 @@ def gen_dr(
     device: Device = C.GenDRConfig.device,
     overwrite: Annotated[bool, typer.Option(help="Redo videos already complete in the output.")] = False,
     precision: Annotated[PrecisionName, typer.Option(help="Run the DR networks at fp32, bf16 (CPU or CUDA) or fp16 (CUDA) via autocast; maps are stored as float16 either way, and the store records it.")] = C.GenDRConfig.precision,
-    channels_last: Annotated[bool, typer.Option(help="Run the DR networks in channels_last memory format.")] = C.GenDRConfig.channels_last,
+    channels_last: Annotated[bool, typer.Option(help="Run the DR networks in channels_last memory format (1.3-1.6x faster on a CPU; maps differ from the standard layout by ~1e-6, below their float16 storage).")] = C.GenDRConfig.channels_last,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the DR networks (slow start, faster on long runs).")] = C.GenDRConfig.compile,
     shard: Annotated[Optional[str], typer.Option(help="I/N: write only the I-th of N deterministic parts of the videos (0-based); N jobs fill one store.")] = None,
 ) -> None:
@@ -464,7 +464,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Faces per forward pass.")] = C.PredictConfig.batch_size,
     device: Device = C.PredictConfig.device,
     precision: Annotated[PrecisionName, typer.Option(help="Run the DR and task networks at fp32, bf16 (CPU or CUDA) or fp16 (CUDA) via autocast.")] = C.PredictConfig.precision,
-    channels_last: Annotated[bool, typer.Option(help="Run the networks in channels_last memory format.")] = C.PredictConfig.channels_last,
+    channels_last: Annotated[bool, typer.Option(help="Run the networks in channels_last memory format (1.3-1.6x faster on a CPU; outputs differ from the standard layout by ~1e-6).")] = C.PredictConfig.channels_last,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the networks (slow start, faster on long runs).")] = C.PredictConfig.compile,
     per_video: Annotated[bool, typer.Option(help="-o is a folder: one CSV per input file (<id>.csv), each written atomically; a rerun skips inputs whose CSV is there.")] = C.PredictConfig.per_video,
     shard: Annotated[Optional[str], typer.Option(help="I/N (with --per-video): process only the I-th of N deterministic parts of the inputs (0-based); N jobs fill one folder.")] = None,

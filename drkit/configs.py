@@ -113,7 +113,7 @@ class GenDRConfig:
     device: str = "auto"
     overwrite: bool = False
     precision: str = "fp32"          # fp32 | bf16 | fp16 (CUDA): autocast of the DR networks (drkit.precision)
-    channels_last: bool = False      # run the DR networks in channels_last memory format
+    channels_last: bool = True       # DR networks in channels_last layout (1.3-1.6x on CPU; maps differ by ~1e-6)
     compile: bool = False            # torch.compile the DR networks
     shard: str | None = None         # "I/N": only the I-th of N deterministic parts of the videos
 
@@ -193,7 +193,7 @@ class PredictConfig:
     batch_size: int = 32
     device: str = "auto"
     precision: str = "fp32"           # fp32 | bf16 | fp16 (CUDA): autocast of the DR and task networks
-    channels_last: bool = False
+    channels_last: bool = True        # networks in channels_last layout (1.3-1.6x on CPU; outputs differ by ~1e-6)
     compile: bool = False
     per_video: bool = False           # -o is a folder: one CSV per input file, resumable
     shard: str | None = None          # "I/N" (with per_video): only the I-th of N parts of the inputs

@@ -57,7 +57,8 @@ class MDR(torch.nn.Module):
                 if self.channels_last:
                     xs = xs.contiguous(memory_format=torch.channels_last)
                 sized[s] = xs
-            out.append(resize(net(xs).float(), self.map_size).contiguous())
+            # resize in the standard layout: the antialiased resize of a channels_last tensor is slow
+            out.append(resize(net(xs).float().contiguous(), self.map_size))
         return torch.cat(out, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,24 @@ def _norm(ch: int) -> nn.Module:
     return nn.GroupNorm(min(8, ch), ch)   # batch-size independent: train and eval behave alike
 
 
+def max_pool2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)``. Without autograd it is computed as two strided maxima, which gives
+    the same values bit for bit at a tenth of the time on the CPU (torch's pooling kernel was 7-11%
+    of a DR network's inference); with autograd it is torch's own, so training is unchanged."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.max_pool2d(x, 2)
+    x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+    x = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+    return torch.maximum(x[..., 0::2], x[..., 1::2])
+
+
+class MaxPool2(nn.Module):
+    """``nn.MaxPool2d(2)`` through ``max_pool2`` (no parameters: checkpoints are unaffected)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_pool2(x)
+
+
 class _DoubleConv(nn.Sequential):
     def __init__(self, cin: int, cout: int):
         super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), _norm(cout), nn.ReLU(inplace=True),
@@ -46,7 +64,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for i, block in enumerate(self.down):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            x = block(x if i == 0 else max_pool2(x))
             skips.append(x)
         skips.pop()
         for block in self.up:
@@ -95,7 +113,7 @@ class VGG16(nn.Module):
         layers, c = [], in_ch
         for v in self.CFG:
             if v == "M":
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2())
             else:
                 w = max(8, int(v * width))
                 layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU(inplace=True)]
@@ -121,7 +139,7 @@ class SmallCNN(nn.Module):
         for i in range(4):
             w = width * 2 ** min(i, 2)
             layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), _norm(w), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+                       MaxPool2()]
             c = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(dropout),
@@ -148,7 +166,7 @@ class DREncoderRegressor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, block in enumerate(self.down):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            x = block(x if i == 0 else max_pool2(x))
         return self.head(x)
 
     def init_from(self, dr_state: dict[str, torch.Tensor]) -> int:

@@ -21,9 +21,9 @@ from .errors import DrkitError
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def check(precision: str, device: torch.device) -> str:
+def check(precision: str, device: torch.device, warn: bool = True) -> str:
     """The precision, checked: a UsageError if it is not one of PrecisionName, a DrkitError if
-    ``device`` cannot run it."""
+    ``device`` cannot run it, and (``warn``) a warning if it runs slower than fp32 there."""
     p = check_choice(precision, PrecisionName, "--precision")
     if p == "fp16" and device.type != "cuda":
         raise DrkitError(f"--precision fp16 needs a CUDA device (this run is on {device.type}); "
@@ -31,6 +31,8 @@ def check(precision: str, device: torch.device) -> str:
     if p == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DrkitError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support "
                          "bfloat16; use --precision fp16")
+    if warn:
+        warn_if_slow(p, device)
     return p
 
 

@@ -172,9 +172,7 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, template: Checkpoint,
         raise DrkitError("this training loop's batches(epoch, start) cannot be split over ranks; "
                          "run it in one process (without torchrun)")
     device = distributed.device_of(ctx, pick_device(cfg.device))
-    prec = precision.check(cfg.precision, device)
-    if ctx.main:
-        precision.warn_if_slow(prec, device)
+    prec = precision.check(cfg.precision, device, warn=ctx.main)
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

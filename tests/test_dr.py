@@ -198,3 +198,23 @@ def test_cli_train_then_rank_eval(blob_stores, tmp_path):
     assert "dr - identity" in r.stdout and (tmp_path / "grid.png").stat().st_size > 1000
     r = cli("rank-eval", tmp_path / "nothing", test)
     assert r.returncode == 1 and "no checkpoint" in r.stderr
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 4, 7, 9), (3, 16, 56, 56)])
+def test_fast_max_pool_equals_torch_and_training_is_unchanged(shape):
+    import torch.nn.functional as F
+
+    from drkit.nets import max_pool2
+    x = torch.randn(shape)
+    x[0, 0, 0, 0] = float("nan")
+    ref = F.max_pool2d(x, 2)
+    with torch.inference_mode():
+        fast = max_pool2(x)
+        assert fast.shape == ref.shape
+        assert torch.equal(torch.nan_to_num(fast, nan=7.0), torch.nan_to_num(ref, nan=7.0))
+        assert torch.equal(max_pool2(x.contiguous(memory_format=torch.channels_last)).nan_to_num(nan=7.0),
+                           fast.nan_to_num(nan=7.0))
+    # with autograd it is torch's pooling: gradient to one element per window, as before
+    y = x.nan_to_num().clone().requires_grad_(True)
+    max_pool2(y).sum().backward()
+    assert y.grad.sum().item() == ref.numel() and y.grad.max().item() == 1.0

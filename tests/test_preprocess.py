@@ -220,3 +220,48 @@ def test_real_videos(tmp_path):
         assert info["n_frames"] >= 0.9 * info["n_source_frames"], (v, info)
         lm = st.video(v)["landmarks"][:]
         assert lm.min() >= 0 and lm.max() <= 112
+
+
+def test_read_ahead_decoding_gives_the_same_store(tmp_path, videos, monkeypatch):
+    """Frames decoded in a background thread (a core to spare) or inline (every core busy) must
+    make the same store; the thread must really be used when a core is free."""
+    import drkit.stages.preprocess as pp
+    used = []
+
+    class Spy(pp.ReadAhead):
+        def __init__(self, gen, depth):
+            used.append(depth)
+            super().__init__(gen, depth)
+
+    monkeypatch.setattr(pp, "ReadAhead", Spy)
+    monkeypatch.setattr(pp, "available_cores", lambda: 1)
+    run(PreprocessConfig(inputs=[str(videos)], out=str(tmp_path / "inline.zarr"), size=64))
+    assert used == []
+    monkeypatch.setattr(pp, "available_cores", lambda: 4)
+    run(PreprocessConfig(inputs=[str(videos)], out=str(tmp_path / "ahead.zarr"), size=64))
+    assert len(used) == 3
+    assert_same_store(tmp_path / "inline.zarr", tmp_path / "ahead.zarr")
+
+
+def test_read_ahead_passes_errors_and_stops_the_producer():
+    from drkit.sources import ReadAhead
+    closed = []
+
+    def gen(fail_at):
+        try:
+            for i in range(100):
+                if i == fail_at:
+                    raise ValueError("decoder broke")
+                yield i
+        finally:
+            closed.append(fail_at)
+
+    with ReadAhead(gen(5), depth=2) as ra:   # the error arrives after the items before it
+        got = []
+        with pytest.raises(ValueError, match="decoder broke"):
+            for i in ra:
+                got.append(i)
+    assert got == [0, 1, 2, 3, 4]
+    with ReadAhead(gen(None), depth=2) as ra:   # the consumer stops early: the producer is closed
+        assert next(iter(ra)) == 0
+    assert not ra.thread.is_alive() and closed == [5, None]

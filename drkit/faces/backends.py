@@ -73,15 +73,16 @@ class DlibBackend:
                              "path": str(self._dat.resolve()), "points": 68, "to_68": "direct"}]
         return self._models
 
-    def _to_gray(self, bgr: np.ndarray) -> np.ndarray:
-        # detect() and landmarks() on the same frame share one conversion
+    def gray(self, bgr: np.ndarray) -> np.ndarray:
+        """The frame in grey; detect(), landmarks() and the tracker's check of the same frame
+        share one conversion."""
         if self._last is not bgr:
             self._gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if bgr.ndim == 3 else bgr
             self._last = bgr
         return self._gray
 
     def detect(self, bgr: np.ndarray, retry_upsampled: bool = True) -> list[Detection]:
-        gray = self._to_gray(bgr)
+        gray = self.gray(bgr)
         h, w = gray.shape
         f = min(1.0, self.det_max_side / max(h, w))
         small = cv2.resize(gray, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA) \
@@ -93,7 +94,7 @@ class DlibBackend:
                           float(s)) for r, s in zip(rects, scores)]
 
     def landmarks(self, bgr: np.ndarray, box: np.ndarray) -> np.ndarray:
-        gray = self._to_gray(bgr)
+        gray = self.gray(bgr)
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         shape = self.predictor(gray, self._dlib.rectangle(x0, y0, x1, y1))
         return np.array([(p.x, p.y) for p in shape.parts()], np.float32)

@@ -53,5 +53,6 @@ def crop_face(bgr: np.ndarray, lm: np.ndarray, size: int, align: bool = True
     crop = cv2.warpAffine(bgr, M, (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     lm_c = apply_transform(M, lm)
-    crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB) * hull_mask(lm_c, size)[..., None]
-    return crop, lm_c, M.astype(np.float32)
+    rgb = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+    rgb = cv2.bitwise_and(rgb, rgb, mask=hull_mask(lm_c, size))   # half the time of a multiply
+    return rgb, lm_c, M.astype(np.float32)

@@ -89,6 +89,10 @@ class FaceTracker:
         self.since = 0
         self.template: np.ndarray | None = None   # patch of the last detector-confirmed frame
 
+    def _gray(self, frame: np.ndarray) -> np.ndarray:
+        """The backend's grey copy of the frame where it makes one anyway (dlib), else the frame."""
+        return self.backend.gray(frame) if hasattr(self.backend, "gray") else frame
+
     def _box(self, lm: np.ndarray) -> np.ndarray:
         c, r = _centre_radius(lm)
         dx, dy, w, h = self.rel * r
@@ -116,7 +120,7 @@ class FaceTracker:
         self.rel = np.array([(b[0] + b[2]) / 2 - c[0], (b[1] + b[3]) / 2 - c[1],
                              b[2] - b[0], b[3] - b[1]]) / max(r, 1e-6)
         self.lm, self.score, self.since = lm, det.score, 0
-        self.template = _patch(frame, lm)
+        self.template = _patch(self._gray(frame), lm)
         return FaceResult(lm, det.score, True)
 
     def _face_in(self, frame: np.ndarray, box: np.ndarray) -> bool:
@@ -142,7 +146,7 @@ class FaceTracker:
             return self._detect(frame)
         box = self._box(self.lm)
         lm = self.backend.landmarks(frame, box)
-        patch = _patch(frame, lm)
+        patch = _patch(self._gray(frame), lm)
         if _ncc(patch, self.template) < self.min_ncc:
             if not self._face_in(frame, box):
                 return self._detect(frame)

@@ -55,7 +55,6 @@ def run(cfg: GenDRConfig) -> dict:
         raise DrkitError("without --dr checkpoints, give --size (the side of the stored maps)")
     device = pick_device(cfg.device)
     precision = P.check(cfg.precision, device)   # a bad name or fp16 on a CPU fails here, before any work
-    P.warn_if_slow(precision, device)
     src = open_store(cfg.store, "faces")
     mdr, refs, nets = load_mdr(cfg.dr, not cfg.no_image, cfg.size)
     mdr.to(device).eval()

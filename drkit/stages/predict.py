@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import queue
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -42,7 +40,7 @@ from ..contracts import PrecisionName, check_choice
 from ..errors import DrkitError, NothingProcessed, UsageError
 from ..fsutil import atomic_path, remove_stale_tmp
 from ..predictor import Predictor
-from ..sources import IMAGE_EXT, VIDEO_EXT, FrameReader, Source, select_shard
+from ..sources import IMAGE_EXT, VIDEO_EXT, FrameReader, ReadAhead, Source, select_shard
 from ..store import video_id_from_path
 
 
@@ -172,68 +170,6 @@ def _events(pred: Predictor, inputs: list[tuple[str, Path]], tm: dict):
             yield k, _END, None
 
 
-class _Background:
-    """Iterate a generator in a background thread, ``depth`` items ahead: frame decoding and face
-    tracking (OpenCV and dlib's detector release the GIL) overlap with the networks that the
-    consumer runs on the batches. Items come out in order; an exception of the generator is
-    raised by the consumer at the point it occurred. ``close()`` stops the thread."""
-
-    _STOP = object()
-
-    def __init__(self, gen, depth: int):
-        self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self.stop = threading.Event()
-        self.gen = gen
-        self.thread = threading.Thread(target=self._work, name="drkit-predict-frames", daemon=True)
-        self.thread.start()
-
-    def _put(self, item) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _work(self) -> None:
-        try:
-            for item in self.gen:
-                if not self._put(item):
-                    return
-        except BaseException as e:   # raised again in the consumer
-            self._put((self._STOP, e))
-        else:
-            self._put((self._STOP, None))
-        finally:
-            self.gen.close()
-
-    def __iter__(self):
-        while True:
-            item = self.q.get()
-            if item[0] is self._STOP:
-                self.stop.set()
-                if item[1] is not None:
-                    raise item[1]
-                return
-            yield item
-
-    def close(self) -> None:
-        self.stop.set()
-        while self.thread.is_alive():
-            try:
-                self.q.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        self.thread.join()
-
-    def __enter__(self) -> "_Background":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 @contextlib.contextmanager
 def _event_stream(pred: Predictor, inputs: list[tuple[str, Path]], tm: dict, pipeline: bool,
                   batch_size: int, net_threads: int | None):
@@ -250,7 +186,7 @@ def _event_stream(pred: Predictor, inputs: list[tuple[str, Path]], tm: dict, pip
             finally:
                 gen.close()
         else:
-            with _Background(_events(pred, inputs, tm), depth=max(64, 2 * batch_size)) as bg:
+            with ReadAhead(_events(pred, inputs, tm), depth=max(64, 2 * batch_size)) as bg:
                 yield iter(bg)
     finally:
         if net_threads:
