@@ -3,7 +3,7 @@ the insightface backend (tracked) beside them.
 
     python benchmarks/preprocess_speed.py [--faces ../shared/data/faces] [--limit N] [--size 224]
         [--model-root ../shared/models/insightface] [--backends dlib,insightface]
-        [--insightface-naive] [--json OUT]
+        [--insightface-naive] [--workers-compare] [--json OUT]
 
 Runs `drkit preprocess` once per mode over the same videos (one process, one worker), into
 temporary stores, and reports for each mode frames/s (source frames decoded / wall time), the
@@ -15,6 +15,12 @@ from the reference):
   (tracking must reproduce what detecting every frame gives);
 - insightface vs dlib (`agree_8pct`): mean distance below 8% of the IOD (another model: the
   106 -> 68 map, different training data), plus the median error.
+
+With ``--workers-compare`` two more dlib tracked runs: ``tracked_inline`` (one worker, frames
+decoded inline instead of in the read-ahead thread a spare core allows) and ``tracked_workers2``
+(``--workers 2``: two worker processes, decoding inline), reported as ``read_ahead_gain`` and
+``workers2_speedup`` (over ``tracked_inline``, one worker on one core: the issue's "--workers 2
+close to 2x one worker") and ``workers2_vs_tracked`` (over the default one-worker run).
 
 Frames where only one of the two found a face count as disagreeing. insightface runs with
 onnxruntime's intra-op threads as the backend sets them (all cores in one process, reported as
@@ -32,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+import drkit.stages.preprocess as pp
+from drkit.sources import available_cores
 from drkit.stages.preprocess import PreprocessConfig, run
 from drkit.store import open_store
 
@@ -78,6 +86,8 @@ def main() -> None:
     ap.add_argument("--backends", default="dlib,insightface")
     ap.add_argument("--insightface-naive", action="store_true",
                     help="also run insightface detecting on every frame (slow on CPU)")
+    ap.add_argument("--workers-compare", action="store_true",
+                    help="also time dlib tracked with decoding inline and with --workers 2")
     ap.add_argument("--json", help="write the numbers here too")
     a = ap.parse_args()
     vids = sorted(p for p in Path(a.faces).rglob("*")
@@ -85,7 +95,9 @@ def main() -> None:
     if a.limit:
         vids = vids[:a.limit]
     backends = [b.strip() for b in a.backends.split(",") if b.strip()]
-    modes = [("tracked", "dlib", False), ("naive", "dlib", True)]
+    modes = [("tracked", "dlib", False, 1), ("naive", "dlib", True, 1)]
+    if a.workers_compare:
+        modes += [("tracked_inline", "dlib", False, 1), ("tracked_workers2", "dlib", False, 2)]
     res: dict = {"videos": len(vids)}
     if "insightface" in backends:
         from drkit.errors import DrkitError
@@ -94,22 +106,25 @@ def main() -> None:
             be = make_backend("insightface", a.model_root)
             res["insightface_version"] = be.version
             res["insightface_threads"] = be.threads
-            modes.append(("insightface", "insightface", False))
+            modes.append(("insightface", "insightface", False, 1))
             if a.insightface_naive:
-                modes.append(("insightface_naive", "insightface", True))
+                modes.append(("insightface_naive", "insightface", True, 1))
         except DrkitError as e:   # no onnxruntime, no models: report and go on with dlib
             res["insightface_skipped"] = str(e)
     with tempfile.TemporaryDirectory() as tmp:
         stores = {}
-        for mode, backend, naive in modes:
+        for mode, backend, naive, workers in modes:
             out = Path(tmp) / f"{mode}.zarr"
+            # tracked_inline: as if no core were spare, so the frames are decoded inline
+            pp.available_cores = (lambda: 1) if mode == "tracked_inline" else available_cores
             t0 = time.perf_counter()
             s = run(PreprocessConfig(inputs=[str(v) for v in vids], out=str(out), size=a.size,
-                                     naive=naive, backend=backend,
+                                     naive=naive, backend=backend, workers=workers,
                                      model_root=a.model_root if backend == "insightface" else None))
             dt = time.perf_counter() - t0
+            pp.available_cores = available_cores
             n_src = sum(open_store(out).video_info(v)["n_source_frames"] for v in s.ok)
-            res[mode] = {"backend": backend, "naive": naive, "seconds": round(dt, 2),
+            res[mode] = {"backend": backend, "naive": naive, "workers": workers, "seconds": round(dt, 2),
                          "source_frames": n_src, "face_frames": s.frames,
                          "faces_found_pct": round(100 * s.frames / max(n_src, 1), 2),
                          "fps": round(n_src / dt, 1)}
@@ -119,6 +134,13 @@ def main() -> None:
         res["speedup"] = round(res["tracked"]["fps"] / res["naive"]["fps"], 2)
         res["same_landmarks_pct"] = same["agree_pct"]
         res["both_found_pct"] = same["both_found_pct"]
+        if a.workers_compare:
+            fps = {m: res[m]["fps"] for m in ("tracked", "tracked_inline", "tracked_workers2")}
+            res["read_ahead_gain"] = round(fps["tracked"] / fps["tracked_inline"], 2)
+            res["workers2_speedup"] = round(fps["tracked_workers2"] / fps["tracked_inline"], 2)
+            res["workers2_vs_tracked"] = round(fps["tracked_workers2"] / fps["tracked"], 2)
+            for m in ("tracked_inline", "tracked_workers2"):   # same results whatever the scheduling
+                res[m]["same_landmarks_as_tracked_pct"] = agreement(stores[m], stores["tracked"], 1e-6)["agree_pct"]
         for mode in ("insightface", "insightface_naive"):
             if mode in stores:
                 ag = agreement(stores[mode], ref, 0.08)

@@ -247,8 +247,9 @@ class VideoWriter:
             w.append(frames=..., ...)
             w.commit({"source": ..., "fps": ..., "n_source_frames": ...})
 
-    Rows are buffered and written one whole chunk at a time, so memory stays bounded by
-    ``chunk_frames`` rows per array whatever the video length. Writes (compression included) run
+    Rows are buffered and each array is written one whole chunk of its own at a time, so memory
+    stays bounded by ``chunk_frames`` rows per array whatever the video length, and no chunk is
+    written twice. Writes (compression included) run
     in one background thread, overlapping with the caller's work; ``commit`` waits for them and
     re-raises any write error."""
 
@@ -267,12 +268,12 @@ class VideoWriter:
                 dimension_names=list(s.dims), fill_value=0,
                 config={"write_empty_chunks": True})   # every chunk on disk: a missing one is damage
             for name, s in specs.items()}
-        self.n = 0
+        self.n = 0                                       # rows appended (every array)
         self._io = ThreadPoolExecutor(1)
         self._pending: list = []
         self._buf: dict[str, list[np.ndarray]] = {k: [] for k in specs}
-        self._nbuf = 0
-        self._chunk = min(s.chunk_frames for s in specs.values())
+        self._nbuf = dict.fromkeys(specs, 0)             # rows buffered, per array
+        self._written = dict.fromkeys(specs, 0)          # rows handed to the writer, per array
 
     def append(self, **rows: np.ndarray) -> None:
         """Append one batch: every array of the video, same number of rows."""
@@ -283,28 +284,32 @@ class VideoWriter:
             raise ValueError("all arrays of one append need the same number of rows")
         for k, v in rows.items():
             self._buf[k].append(np.asarray(v, dtype=self.specs[k].dtype))
-        self._nbuf += lens.pop()
-        if self._nbuf >= self._chunk:
-            self._flush(whole_chunks_only=True)
+            self._nbuf[k] += len(v)
+            if self._nbuf[k] >= self.specs[k].chunk_frames:
+                self._flush(k, whole_chunks_only=True)
+        self.n += lens.pop()
 
-    def _flush(self, whole_chunks_only: bool) -> None:
-        if not self._nbuf:
+    def _flush(self, k: str, whole_chunks_only: bool) -> None:
+        """Hand array ``k``'s buffered rows to the writer thread: whole chunks only (each array
+        at its own chunk length, so the small per-frame arrays are written once per chunk, not
+        rewritten with every chunk of images), or everything (at commit)."""
+        if not self._nbuf[k]:
             return
-        data = {k: np.concatenate(v) for k, v in self._buf.items()}
-        take = (self._nbuf // self._chunk) * self._chunk if whole_chunks_only else self._nbuf
+        data = np.concatenate(self._buf[k])
+        chunk = self.specs[k].chunk_frames
+        take = (self._nbuf[k] // chunk) * chunk if whole_chunks_only else self._nbuf[k]
         if take:
             while len(self._pending) >= 4:   # bound the memory queued for writing
                 self._pending.pop(0).result()
-            self._pending.append(self._io.submit(self._write, self.n, {k: v[:take] for k, v in data.items()}))
-            self.n += take
-        self._buf = {k: ([v[take:]] if take < self._nbuf else []) for k, v in data.items()}
-        self._nbuf -= take
+            self._pending.append(self._io.submit(self._write, k, self._written[k], data[:take]))
+            self._written[k] += take
+        self._buf[k] = [data[take:]] if take < self._nbuf[k] else []
+        self._nbuf[k] -= take
 
-    def _write(self, start: int, rows: dict[str, np.ndarray]) -> None:
-        for k, arr in self.arrays.items():
-            n = start + len(rows[k])
-            arr.resize((n, *self.specs[k].tail))
-            arr[start:n] = rows[k]
+    def _write(self, k: str, start: int, rows: np.ndarray) -> None:
+        arr, n = self.arrays[k], start + len(rows)
+        arr.resize((n, *self.specs[k].tail))
+        arr[start:n] = rows
 
     def _wait(self) -> None:
         for f in self._pending:
@@ -314,7 +319,8 @@ class VideoWriter:
     def commit(self, attrs: dict[str, Any]) -> None:
         """Flush, mark complete, move into place, then list it in the root attributes.
         ``attrs`` should hold ``source``, ``fps`` and ``n_source_frames`` (the root listing)."""
-        self._flush(whole_chunks_only=False)
+        for k in self.specs:
+            self._flush(k, whole_chunks_only=False)
         self._wait()
         self._io.shutdown()
         self.group.attrs.update({**video_marker(self.store_kind), **attrs, "n_frames": self.n,

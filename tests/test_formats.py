@@ -147,3 +147,33 @@ def test_one_chunk_rule_for_every_image_array():
     assert dr_arrays(9, 224)["mdr"].chunk_frames == chunk_frames(2 * 9 * 224 * 224) == 8   # floor
     assert dr_arrays(6, 80)["mdr"].chunk_frames == 27
     assert face_arrays(64)["landmarks"].chunk_frames == 1024
+
+
+def test_video_writer_writes_each_chunk_once(tmp_path, monkeypatch):
+    """Images are written a chunk at a time; the small per-frame arrays (landmarks, ...) once per
+    chunk of their own, not rewritten with every chunk of images (that made preprocess slower
+    the longer the video)."""
+    from drkit.configs import PreprocessConfig
+    from drkit.contracts import face_arrays
+    from drkit.store import VideoWriter, create_store, open_store
+    cfg = PreprocessConfig(inputs=["x"], out=str(tmp_path / "s.zarr"), size=64)
+    create_store(cfg.out, "faces", cfg.store_params())
+    specs = face_arrays(64)
+    writes: list[tuple[str, int, int]] = []
+    real = VideoWriter._write
+    monkeypatch.setattr(VideoWriter, "_write", lambda self, k, start, rows: (
+        writes.append((k, start, len(rows))), real(self, k, start, rows))[-1])
+    n, rng = 150, np.random.default_rng(0)
+    frames = rng.integers(0, 255, (n, 64, 64, 3), np.uint8)
+    with VideoWriter(cfg.out, "v", specs, "faces") as w:
+        for i in range(0, n, 16):
+            m = min(16, n - i)
+            w.append(frames=frames[i:i + m], landmarks=np.full((m, 68, 2), i, np.float32),
+                     frame_index=np.arange(i, i + m), confidence=np.ones(m), detected=np.ones(m, bool),
+                     transform=np.zeros((m, 2, 3), np.float32))
+        w.commit({"source": "x", "fps": 25.0, "n_source_frames": n})
+    c = specs["frames"].chunk_frames
+    assert [x for x in writes if x[0] == "frames"] == [("frames", s, min(c, n - s)) for s in range(0, n, c)]
+    assert [x for x in writes if x[0] == "landmarks"] == [("landmarks", 0, n)]
+    g = open_store(cfg.out).video("v")
+    assert np.array_equal(g["frames"][:], frames) and np.array_equal(g["frame_index"][:], np.arange(n))
