@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -268,3 +269,17 @@ class ReadAhead:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def read_ahead(gen, depth: int, enabled: bool = True):
+    """``gen``'s items, produced by a ReadAhead thread when ``enabled``, else inline; either way
+    the generator is closed when the block is left."""
+    if enabled:
+        with ReadAhead(gen, depth) as ahead:
+            yield iter(ahead)
+    else:
+        try:
+            yield gen
+        finally:
+            gen.close()

@@ -228,18 +228,19 @@ def test_read_ahead_decoding_gives_the_same_store(tmp_path, videos, monkeypatch)
     import drkit.stages.preprocess as pp
     used = []
 
-    class Spy(pp.ReadAhead):
-        def __init__(self, gen, depth):
-            used.append(depth)
-            super().__init__(gen, depth)
+    real = pp.read_ahead
 
-    monkeypatch.setattr(pp, "ReadAhead", Spy)
+    def spy(gen, depth, enabled=True):
+        used.append(enabled)
+        return real(gen, depth, enabled)
+
+    monkeypatch.setattr(pp, "read_ahead", spy)
     monkeypatch.setattr(pp, "available_cores", lambda: 1)
     run(PreprocessConfig(inputs=[str(videos)], out=str(tmp_path / "inline.zarr"), size=64))
-    assert used == []
+    assert used == [False] * 3
     monkeypatch.setattr(pp, "available_cores", lambda: 4)
     run(PreprocessConfig(inputs=[str(videos)], out=str(tmp_path / "ahead.zarr"), size=64))
-    assert len(used) == 3
+    assert used == [False] * 3 + [True] * 3
     assert_same_store(tmp_path / "inline.zarr", tmp_path / "ahead.zarr")
 
 

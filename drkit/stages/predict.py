@@ -40,7 +40,14 @@ from ..contracts import PrecisionName, check_choice
 from ..errors import DrkitError, NothingProcessed, UsageError
 from ..fsutil import atomic_path, remove_stale_tmp
 from ..predictor import Predictor
-from ..sources import IMAGE_EXT, VIDEO_EXT, FrameReader, ReadAhead, Source, select_shard
+from ..sources import (
+    IMAGE_EXT,
+    VIDEO_EXT,
+    FrameReader,
+    Source,
+    read_ahead,
+    select_shard,
+)
 from ..store import video_id_from_path
 
 
@@ -179,15 +186,8 @@ def _event_stream(pred: Predictor, inputs: list[tuple[str, Path]], tm: dict, pip
     if net_threads:
         torch.set_num_threads(net_threads)
     try:
-        if not pipeline:
-            gen = _events(pred, inputs, tm)
-            try:
-                yield gen
-            finally:
-                gen.close()
-        else:
-            with ReadAhead(_events(pred, inputs, tm), depth=max(64, 2 * batch_size)) as bg:
-                yield iter(bg)
+        with read_ahead(_events(pred, inputs, tm), max(64, 2 * batch_size), enabled=pipeline) as events:
+            yield events
     finally:
         if net_threads:
             torch.set_num_threads(old)

@@ -8,7 +8,6 @@ resumes it; a failed source is reported and the rest go on.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -29,10 +28,10 @@ from ..errors import DrkitError, NothingProcessed, UsageError
 from ..faces import FaceTracker, crop_face, make_backend
 from ..sources import (
     FrameReader,
-    ReadAhead,
     Source,
     available_cores,
     discover,
+    read_ahead,
     select_shard,
 )
 from ..store import (
@@ -93,7 +92,9 @@ def _write_video(src: Source, cfg: PreprocessConfig, on_frames: Callable[[int], 
     tracker = FaceTracker(backend, redetect_every=cfg.redetect_every, naive=cfg.naive)
     n_read = n_det = 0
     with VideoWriter(cfg.out, src.id, face_arrays(cfg.size), "faces") as writer, \
-            _frames(reader, cfg.workers) as frames:
+            read_ahead(iter(reader), 16, enabled=available_cores() > max(1, cfg.workers)) as frames:
+        # frames decoded a few ahead in a thread when a core is spare (the tracker is
+        # single-threaded, so decoding then costs it nothing); inline when every core runs a worker
         rows: dict[str, list] = {k: [] for k in writer.specs}
         for i, frame in frames:
             n_read += 1
@@ -129,22 +130,6 @@ def _write_video(src: Source, cfg: PreprocessConfig, on_frames: Callable[[int], 
             "warnings": warnings,
         })
     return {"id": src.id, "frames": writer.n, "source_frames": n_read, "warnings": warnings}
-
-
-@contextlib.contextmanager
-def _frames(reader: FrameReader, workers: int):
-    """The reader's frames, decoded in a background thread a few frames ahead when this process
-    has a core to spare (tracking is single-threaded: decoding then costs the tracker nothing),
-    inline when every core runs a worker."""
-    if available_cores() > max(1, workers):
-        with ReadAhead(iter(reader), depth=16) as ahead:
-            yield iter(ahead)
-    else:
-        gen = iter(reader)
-        try:
-            yield gen
-        finally:
-            gen.close()
 
 
 def _safe_process(src: Source, cfg: PreprocessConfig, on_frames, wait: bool = False) -> dict:
