@@ -3,7 +3,7 @@ OpenFace 2.2's FeatureExtraction when it is installed (issue 11: drkit must reac
 OpenFace's frames/s on CPU with two DRs + a task network at 112 px, default backend dlib).
 
     python benchmarks/predict_speed.py [--bundle RUN_OR_BEST_PT] [--dr-size 64|112]
-        [--clip VIDEO] [--faces ../shared/data/faces] [--modes sequential,pipelined]
+        [--dr-base 16] [--clip VIDEO] [--faces ../shared/data/faces] [--modes sequential,pipelined]
         [--batch-size 32] [--repeat 1] [--openface PATH/FeatureExtraction] [--work DIR] [--json OUT] [--csv-dir DIR]
 
 Bundle: without --bundle one is built once into --work (default $TMPDIR/drkit_predict_bench) and
@@ -11,8 +11,9 @@ reused: two short real clips preprocessed at 112 px (dlib), gen-dr at map size 1
 networks, and a small task network (train-task --arch small, 17 AU targets, random labels, one
 epoch). Only the architecture matters for speed, not the weights. ``--dr-size 64`` (default)
 uses the shipped `pretrained:T5` and `pretrained:T9` (net_size 64: each DR net runs at 64 px,
-its output resized to the 112 px map); ``--dr-size 112`` trains two DR nets at 112 px for a few
-seconds each (DR nets at full map size, as issue 11 measured).
+its output resized to the 112 px map; with ``--dr-base 8`` the slim `pretrained:T5-slim` and
+`pretrained:T9-slim`); ``--dr-size 112`` trains two DR nets at 112 px (width ``--dr-base``) for a
+few seconds each (DR nets at full map size, as issue 11 measured).
 
 Clip: by default the clip of ../shared/data/faces/manifest.csv closest to 1000 frames (the
 1008-frame KwaiVGI__LivePortrait/assets/examples/driving/d6.mp4, 480x480, 30 fps); it is read in
@@ -22,12 +23,15 @@ Modes, each a call of the library function ``drkit.stages.predict.run`` (CPU, fp
 backend) on the clip into a temporary CSV:
 - ``sequential``: ``pipeline=False`` (the default on the CPU): decode, track, then the networks per
   batch, one after the other (the loop drkit had before the pipeline);
+- ``sequential-nchw``: the same with the networks in the standard memory layout
+  (``channels_last=False``; channels_last is the default since 0.2);
 - ``pipelined``: ``pipeline=True`` (the default of `drkit predict` on a GPU): decoding + tracking
   in a background thread;
 - ``pipelined-1t``: the same with torch limited to one intra-op thread meanwhile;
 - ``default``: ``run(cfg)`` as the CLI calls it (the only mode a drkit without the pipeline
   accepts: run this script with PYTHONPATH pointing at an older drkit to time it).
-Every mode's CSV is compared with the first mode's (they must be identical).
+Every mode's CSV is compared with the first mode's: identical, or (sequential-nchw) the largest
+difference of its numbers (the layouts round differently, ~1e-6).
 
 Printed per mode: frames/s end to end (wall time of ``run``: bundle and face model loading
 included, as a user timing the command sees it) and in the frame loop, and the time split:
@@ -73,9 +77,10 @@ def pick_clip(faces: Path, target: int = 1000) -> tuple[Path, int]:
     return faces / r["path"], int(r["frames"])
 
 
-def build_bundle(work: Path, dr_size: int, faces: Path) -> Path:
-    """A task bundle: two DR nets (pretrained T5 + T9 at 64 px, or two trained briefly at 112 px),
-    MDR at map size 112, small task network; built once into ``work``."""
+def build_bundle(work: Path, dr_size: int, faces: Path, dr_base: int = 16) -> Path:
+    """A task bundle: two DR nets (pretrained T5 + T9 at 64 px, or two trained briefly at
+    ``dr_size`` px with UNet width ``dr_base``), MDR at map size 112, small task network; built
+    once into ``work``."""
     import numpy as np
 
     from drkit.configs import (
@@ -88,7 +93,7 @@ def build_bundle(work: Path, dr_size: int, faces: Path) -> Path:
     from drkit.stages import gen_dr, preprocess, train_dr, train_task
     from drkit.store import open_store
 
-    d = work / f"dr{dr_size}"
+    d = work / (f"dr{dr_size}" if dr_base == 16 else f"dr{dr_size}b{dr_base}")
     best = d / "task" / "best.pt"
     if best.is_file():
         return best
@@ -96,15 +101,16 @@ def build_bundle(work: Path, dr_size: int, faces: Path) -> Path:
     store = d / "faces.zarr"
     if not store.exists():
         preprocess.run(PreprocessConfig(inputs=[str(faces / c) for c in TRAIN_CLIPS], out=str(store), size=112))
-    if dr_size == 64:
-        drs = ["pretrained:T5", "pretrained:T9"]
+    if dr_size == 64 and dr_base in (16, 8):   # the shipped models (base 8: the slim ones)
+        sfx = "" if dr_base == 16 else "-slim"
+        drs = [f"pretrained:T5{sfx}", f"pretrained:T9{sfx}"]
     else:
         drs = []
         for T in (5, 9):
             out = d / f"dr_T{T}"
             if not (out / "best.pt").is_file() and not (out / "last.pt").is_file():
-                train_dr.run(TrainDRConfig(stores=[store], out=out, T=T, stride=2, size=dr_size, epochs=1,
-                                           time_budget=8, device="cpu", overwrite=True))
+                train_dr.run(TrainDRConfig(stores=[store], out=out, T=T, stride=2, size=dr_size, base=dr_base,
+                                           epochs=1, time_budget=8, device="cpu", overwrite=True))
             drs.append(str(out))
     mdr = d / "mdr.zarr"
     if not mdr.exists():
@@ -120,6 +126,23 @@ def build_bundle(work: Path, dr_size: int, faces: Path) -> Path:
     train_task.run(TrainTaskConfig(input=[mdr], out=d / "task", labels=d / "labels.csv", targets=AUS,
                                    val_share=0.5, epochs=1, device="cpu", overwrite=True))
     return best
+
+
+def csv_max_diff(a: Path, b: Path) -> float:
+    """Largest difference between two prediction CSVs' numbers (inf if their rows differ)."""
+    with open(a) as fa, open(b) as fb:
+        ra, rb = list(csv.reader(fa)), list(csv.reader(fb))
+    if len(ra) != len(rb) or ra[:1] != rb[:1]:
+        return float("inf")
+    d = 0.0
+    for x, y in zip(ra[1:], rb[1:]):
+        for u, v in zip(x, y):
+            if u != v:
+                try:
+                    d = max(d, abs(float(u) - float(v)))
+                except ValueError:
+                    return float("inf")
+    return d
 
 
 def bundle_summary(bundle: Path) -> str:
@@ -161,7 +184,9 @@ def run_drkit(bundle: Path, clip: Path, mode: str, out: Path, batch_size: int = 
     from drkit.configs import PredictConfig
     from drkit.stages import predict
     cfg = PredictConfig(model=bundle, inputs=[clip], out=out, device="cpu", batch_size=batch_size)
-    kw = {"sequential": {"pipeline": False}, "pipelined": {"pipeline": True},
+    if mode == "sequential-nchw":   # the standard memory layout (channels_last is the default)
+        cfg.channels_last = False
+    kw = {"sequential": {"pipeline": False}, "sequential-nchw": {"pipeline": False}, "pipelined": {"pipeline": True},
           "pipelined-1t": {"pipeline": True, "net_threads": 1}, "default": {}}[mode]
     if kw and "pipeline" not in inspect.signature(predict.run).parameters:
         raise SystemExit(f"mode {mode}: this drkit's predict.run has no pipeline option (use --modes default)")
@@ -177,6 +202,9 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, help="a task bundle (train-task run folder or best.pt); default: build one")
     ap.add_argument("--dr-size", type=int, default=64, choices=(64, 112),
                     help="built bundle: DR nets pretrained:T5/T9 at 64 px, or trained briefly at 112 px")
+    ap.add_argument("--dr-base", type=int, default=16,
+                    help="built bundle: UNet width of the DR nets (64 px: 16 = pretrained:T5/T9, 8 = "
+                    "pretrained:T5-slim/T9-slim; otherwise trained briefly at --dr-size)")
     ap.add_argument("--faces", type=Path, default=FACES)
     ap.add_argument("--clip", type=Path, help="video to predict on (default: the manifest clip closest to 1000 frames)")
     ap.add_argument("--modes", default="sequential,pipelined")
@@ -196,7 +224,7 @@ def main() -> None:
     log.set_verbosity(0)
 
     clip, n_manifest = (a.clip, None) if a.clip else pick_clip(a.faces)
-    bundle = a.bundle or build_bundle(a.work, a.dr_size, a.faces)
+    bundle = a.bundle or build_bundle(a.work, a.dr_size, a.faces, a.dr_base)
     print(f"drkit {getattr(drkit, '__version__', '?')} from {Path(drkit.__file__).parent}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     print(f"clip: {clip} ({n_manifest or '?'} frames)")
@@ -213,6 +241,7 @@ def main() -> None:
                 if ref_csv is None:
                     ref_csv = out
                 r["csv_identical"] = out.read_text() == ref_csv.read_text()
+                r["csv_max_diff"] = csv_max_diff(out, ref_csv)
                 best = r if best is None or r["wall_s"] < best["wall_s"] else best
                 if a.csv_dir and k == 0:
                     a.csv_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +259,7 @@ def main() -> None:
         cols = [t.get(k, float("nan")) for k in ("setup", "decode", "track", "dr", "task")]
         print(f"{r['mode']:<14} {r['rows']:>5} {r['faces']:>5} {r['wall_s']:>7.2f} {r['fps']:>6.1f} {loop_fps:>8.1f} "
               + " ".join(f"{c:>{w}.2f}" for c, w in zip(cols, (6, 7, 6, 7, 6)))
-              + f"  {'yes' if r['csv_identical'] else 'NO'}")
+              + f"  {'yes' if r['csv_identical'] else 'max diff %.1e' % r['csv_max_diff']}")
         if t:
             busy = sum(t[k] for k in ("decode", "track", "dr", "task"))
             r["split_pct"] = {k: round(100 * t[k] / busy, 1) for k in ("decode", "track", "dr", "task")}

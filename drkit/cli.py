@@ -209,14 +209,21 @@ def models(
     man = pretrained.manifest()
     if not man["models"]:
         raise DrkitError("this drkit install ships no pretrained DR models (drkit/pretrained/MANIFEST.json)")
-    t = Table(title="drkit pretrained DR models")
-    for c in ("name", "T", "stride", "net size", "held-out acc (DR / identity / ranksvm)", "SHA-256"):
-        t.add_column(c)
+    t = Table(title="drkit pretrained DR models",
+              caption="held-out %: ranking accuracy on people no model saw, DR / identity / RankSVM")
+    t.add_column("name", no_wrap=True)
+    t.add_column("T, S", no_wrap=True)
+    t.add_column("px")
+    t.add_column("width")
+    t.add_column("held-out %", no_wrap=True)
+    t.add_column("SHA-256", no_wrap=True)
     for name in pretrained.names():
         m = man["models"][name]
         h = m.get("held_out", {})
-        acc = " / ".join(f"{h[k]:.1f}%" if isinstance(h.get(k), (int, float)) else "-" for k in ("dr", "identity", "ranksvm"))
-        t.add_row(pretrained.PREFIX + name, str(m["T"]), str(m["stride"]), str(m["net_size"]), acc, m["sha256"][:16])
+        acc = " / ".join(f"{h[k]:.1f}" if isinstance(h.get(k), (int, float)) else "-" for k in ("dr", "identity", "ranksvm"))
+        width = m.get("model", {}).get("kwargs", {}).get("base", "-")
+        t.add_row(pretrained.PREFIX + name, f"{m['T']}, {m['stride']}", str(m["net_size"]), str(width), acc,
+                  m["sha256"][:12])
     con = Console()   # the listing is the command's output: stdout
     con.print(t)
     if man.get("trained_on"):

@@ -35,6 +35,17 @@ class Source:
     kind: str          # "video" | "images" | "unknown"
 
 
+def source_bytes(src: Source) -> int:
+    """Bytes on disk of a source (a video file, or the images of a folder): the estimate of its
+    work that `preprocess --workers N` hands out the largest sources first by (0 if unreadable)."""
+    try:
+        if src.kind == "images":
+            return sum(f.stat().st_size for f in _images_in(src.path))
+        return src.path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _natural_key(p: Path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
 

@@ -58,7 +58,7 @@ def test_pretrained_name_works_in_gen_dr_train_task_and_rank_eval(fake_install, 
     assert r.returncode == 0, r.stderr
     assert {x["method"] for x in json.loads(js.read_text())} == {"dr", "identity"}
     r = cli("models")
-    assert r.returncode == 0 and "pretrained:T2" in r.stdout and "80.0%" in r.stdout
+    assert r.returncode == 0 and "pretrained:T2" in r.stdout and "80.0 /" in r.stdout
 
 
 def test_pretrained_refuses_unknown_names_and_altered_files(fake_install, task_data, tmp_path):
@@ -86,7 +86,7 @@ def test_task_bundle_refuses_a_dr_checkpoint_changed_after_gen_dr(task_data, tmp
 
 # ------------------------------------------------------------------ the models drkit ships
 
-SHIPPED = {"T3": (3, 2), "T5": (5, 2), "T9": (9, 4)}
+SHIPPED = {"T3": (3, 2), "T5": (5, 2), "T9": (9, 4), "T3-slim": (3, 2), "T5-slim": (5, 2), "T9-slim": (9, 4)}
 
 
 def test_shipped_models_are_in_the_package_and_match_their_manifest():
@@ -99,6 +99,10 @@ def test_shipped_models_are_in_the_package_and_match_their_manifest():
         assert ck.optimizer is None and ck.path.stat().st_size < 4 << 20
         h = m["held_out"]
         assert h["dr"] >= h["identity"] + (3 if T == 5 else 1), h     # the bar, as measured
+        if name.endswith("-slim"):   # half the width, a third of the compute, the accuracy kept
+            wide = man["models"][name[:-len("-slim")]]
+            assert m["model"]["kwargs"]["base"] * 2 == wide["model"]["kwargs"]["base"]
+            assert h["dr"] >= wide["held_out"]["dr"] - 1.0, (name, h, wide["held_out"])
     assert not set(man["held_out_people"]) & {p for p in _people_of(man["train_clips"])}
 
 

@@ -33,6 +33,7 @@ from ..sources import (
     discover,
     read_ahead,
     select_shard,
+    source_bytes,
 )
 from ..store import (
     VideoWriter,
@@ -206,9 +207,11 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
         else:
             ctx = mp.get_context("spawn")
             q = ctx.Queue()
+            # largest first, so no worker is left with a long video while the others idle
+            by_size = sorted(todo, key=source_bytes, reverse=True)
             with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker,
                                      initargs=(q, os.getpid())) as ex:
-                pending = {ex.submit(_worker, s, cfg) for s in todo}
+                pending = {ex.submit(_worker, s, cfg) for s in by_size}
                 while pending:
                     done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                     while not q.empty():
