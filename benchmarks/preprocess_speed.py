@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 import drkit.stages.preprocess as pp
-from drkit.sources import available_cores
+from drkit.background import available_cores
 from drkit.stages.preprocess import PreprocessConfig, run
 from drkit.store import open_store
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import queue
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -209,88 +205,3 @@ class FrameReader:
             self.cap.release()
         self.n_read = i
 
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask: what SLURM or taskset granted)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # not on Linux
-        return os.cpu_count() or 1
-
-
-class ReadAhead:
-    """Iterate a generator in a background thread, ``depth`` items ahead, so its work (frame
-    decoding; OpenCV and dlib's detector release the GIL) overlaps with the consumer's:
-    predict's decode + tracking beside the networks, preprocess's decoding beside the tracker.
-    Items come out in order; an exception of the generator is raised by the consumer at the
-    point it occurred. ``close()`` (or leaving the ``with`` block) stops the thread and closes
-    the generator."""
-
-    _ITEM, _STOP = object(), object()
-
-    def __init__(self, gen, depth: int):
-        self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self.stop = threading.Event()
-        self.gen = gen
-        self.thread = threading.Thread(target=self._work, name="drkit-read-ahead", daemon=True)
-        self.thread.start()
-
-    def _put(self, item) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _work(self) -> None:
-        try:
-            for item in self.gen:
-                if not self._put((self._ITEM, item)):
-                    return
-        except BaseException as e:   # raised again in the consumer
-            self._put((self._STOP, e))
-        else:
-            self._put((self._STOP, None))
-        finally:
-            self.gen.close()
-
-    def __iter__(self):
-        while True:
-            kind, item = self.q.get()
-            if kind is self._STOP:
-                self.stop.set()
-                if item is not None:
-                    raise item
-                return
-            yield item
-
-    def close(self) -> None:
-        self.stop.set()
-        while self.thread.is_alive():
-            try:
-                self.q.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        self.thread.join()
-
-    def __enter__(self) -> "ReadAhead":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-@contextlib.contextmanager
-def read_ahead(gen, depth: int, enabled: bool = True):
-    """``gen``'s items, produced by a ReadAhead thread when ``enabled``, else inline; either way
-    the generator is closed when the block is left."""
-    if enabled:
-        with ReadAhead(gen, depth) as ahead:
-            yield iter(ahead)
-    else:
-        try:
-            yield gen
-        finally:
-            gen.close()

@@ -47,8 +47,6 @@ import dataclasses
 import inspect
 import json
 import math
-import queue
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +56,7 @@ import torch
 from rich.progress import TextColumn
 
 from . import __version__, distributed, log, precision
+from .background import ReadAhead
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .errors import DrkitError
 from .fsutil import write_json_atomic
@@ -94,49 +93,6 @@ def _settings(config) -> dict:
     if isinstance(d.get("train"), dict):
         d["train"] = {k: v for k, v in d["train"].items() if k not in RUNTIME_SETTINGS}
     return d
-
-# ---------------------------------------------------------------- data prefetch
-
-class Prefetch:
-    """Run a batch iterator in a background thread; records how long the consumer waited."""
-
-    def __init__(self, it: Iterator, depth: int = 3):
-        self.q: queue.Queue = queue.Queue(depth)
-        self.wait = 0.0
-        self._err: BaseException | None = None
-        self._stop = threading.Event()
-        self.t = threading.Thread(target=self._run, args=(it,), daemon=True)
-        self.t.start()
-
-    def _run(self, it: Iterator) -> None:
-        try:
-            for x in it:
-                while not self._stop.is_set():
-                    try:
-                        self.q.put(x, timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
-                if self._stop.is_set():
-                    return
-        except BaseException as e:   # re-raised in the consumer
-            self._err = e
-        self.q.put(StopIteration)
-
-    def __iter__(self):
-        while True:
-            t = time.perf_counter()
-            x = self.q.get()
-            self.wait += time.perf_counter() - t
-            if x is StopIteration:
-                if self._err:
-                    raise self._err
-                return
-            yield x
-
-    def close(self) -> None:
-        self._stop.set()
-
 
 # ---------------------------------------------------------------- the loop
 
@@ -287,8 +243,8 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, template: Checkpoint,
             st["ep_sums"] = sums
             time0, wait0 = st["ep_time"], st["ep_wait"]
             t_ep = time.perf_counter()
-            data = Prefetch(batches(st["epoch"], st["batch"], ctx.rank, ctx.world) if sharded
-                            else ((b, 1.0) for b in batches(st["epoch"], st["batch"])))
+            data = ReadAhead(batches(st["epoch"], st["batch"], ctx.rank, ctx.world) if sharded
+                             else ((b, 1.0) for b in batches(st["epoch"], st["batch"])), depth=3)
             try:
                 for batch, weight in data:
                     if ctx.distributed and aux is not None:

@@ -245,7 +245,7 @@ def test_read_ahead_decoding_gives_the_same_store(tmp_path, videos, monkeypatch)
 
 
 def test_read_ahead_passes_errors_and_stops_the_producer():
-    from drkit.sources import ReadAhead
+    from drkit.background import ReadAhead
     closed = []
 
     def gen(fail_at):

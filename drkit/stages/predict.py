@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .. import log
+from ..background import read_ahead
 from ..configs import PredictConfig
 from ..contracts import PrecisionName, check_choice
 from ..errors import DrkitError, NothingProcessed, UsageError
@@ -45,7 +46,6 @@ from ..sources import (
     VIDEO_EXT,
     FrameReader,
     Source,
-    read_ahead,
     select_shard,
 )
 from ..store import video_id_from_path

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .. import log
+from ..background import available_cores, read_ahead
 from ..configs import PreprocessConfig
 from ..contracts import Backend, check_choice, face_arrays
 from ..errors import DrkitError, NothingProcessed, UsageError
@@ -29,9 +30,7 @@ from ..faces import FaceTracker, crop_face, make_backend
 from ..sources import (
     FrameReader,
     Source,
-    available_cores,
     discover,
-    read_ahead,
     select_shard,
     source_bytes,
 )
