@@ -11,7 +11,9 @@ Rows:
 - ``peak``: one large ``torch.matmul`` (N x N, N = 2048 on CPU, 8192 on CUDA), 2 N^3 FLOP each,
   timed at fp32 and bf16: the matrix-multiply rate each precision can reach on the device.
 - ``dr-infer``: the default DR UNet, eval, batch 32, no grad, under the precision's autocast
-  (drkit.precision); images/s.
+  (drkit.precision); images/s. ``dr-infer-cl``: the same in channels_last memory format (what
+  gen-dr and predict run by default); ``dr-infer-slim``: the slim UNet (width 8, as
+  ``pretrained:T5-slim``), channels_last.
 - ``dr-train``: one training step of the DR UNet as train-dr runs it (T=5, batch 16: forward of
   the centre frames under autocast, the rank loss in fp32 on the 2T+1 frames, backward, Adam);
   windows/s (one image through the network per window). Synthetic tensors: no data loading.
@@ -92,8 +94,8 @@ def count_flops(fn) -> int:
     return fc.get_total_flops()
 
 
-def dr_infer(device, precision, size, seconds, batch, channels_last):
-    model = create_model("dr_unet").to(device).eval()
+def dr_infer(device, precision, size, seconds, batch, channels_last, base=16):
+    model = create_model("dr_unet", base=base).to(device).eval()
     run = P.prepare(model, channels_last)
     x = torch.rand(batch, 3, size, size, device=device)
     if channels_last:
@@ -159,7 +161,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="112,224")
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--devices", default=None, help="default: cpu, and cuda when present")
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--channels-last", action="store_true", help="dr-train and train-dr in channels_last")
     ap.add_argument("--seconds", type=float, default=None, help="per timing (default 5, quick 1)")
     ap.add_argument("--stage-seconds", type=float, default=None,
                     help="train-dr stage run per size and precision (default 30, quick 8; 0: skip)")
@@ -193,9 +195,12 @@ def main() -> None:
             slow = dev_name == "cpu" and prec != "fp32" and not P.cpu_bf16_native()
             for size in sizes:
                 # emulated bf16 on this CPU: small batches, or one timing takes minutes
-                for what, fn, batch in (("dr-infer", dr_infer, 4 if slow else 32),
-                                        ("dr-train", dr_train, 2 if slow else 16)):
-                    ips, flops = fn(device, prec, size, secs, batch, a.channels_last)
+                for what, fn, batch, kw in (
+                        ("dr-infer", dr_infer, 4 if slow else 32, {"channels_last": False}),
+                        ("dr-infer-cl", dr_infer, 4 if slow else 32, {"channels_last": True}),
+                        ("dr-infer-slim", dr_infer, 4 if slow else 32, {"channels_last": True, "base": 8}),
+                        ("dr-train", dr_train, 2 if slow else 16, {"channels_last": a.channels_last})):
+                    ips, flops = fn(device, prec, size, secs, batch, **kw)
                     g = ips * flops / 1e9
                     rows.append({"device": dev_name, "precision": prec, "what": what, "size": size,
                                  "per_s": ips, "gflop_per_image": flops / 1e9, "gflop_s": g,
@@ -209,13 +214,13 @@ def main() -> None:
 
     def f(v, fmt):
         return "" if v is None else format(v, fmt)
-    print(f"{'device':<7}{'prec':<6}{'what':<10}{'size':>5}{'img/s':>9}{'GFLOP/img':>11}"
+    print(f"{'device':<7}{'prec':<6}{'what':<14}{'size':>5}{'img/s':>9}{'GFLOP/img':>11}"
           f"{'GFLOP/s':>9}{'of peak':>9}  note")
     for r in rows:
         note = {"peak": f"matmul {r['size']}x{r['size']}", "dr-train": "windows/s, fwd+bwd counted",
                 "train-dr": f"stage, windows/s, data wait {r.get('data_wait_share', 0):.0%}"}.get(r["what"], "")
         size = "" if r["what"] == "peak" else f(r["size"], "d")
-        print(f"{r['device']:<7}{r['precision']:<6}{r['what']:<10}{size:>5}{f(r['per_s'], '.1f'):>9}"
+        print(f"{r['device']:<7}{r['precision']:<6}{r['what']:<14}{size:>5}{f(r['per_s'], '.1f'):>9}"
               f"{f(r['gflop_per_image'], '.2f'):>11}{f(r['gflop_s'], '.1f'):>9}{f(r['of_peak'], '.0%'):>9}  {note}")
     by = {(r["device"], r["what"], r["size"]): {} for r in rows if r["what"] not in ("peak",)}
     for r in rows:
