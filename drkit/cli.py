@@ -407,6 +407,7 @@ def train_task(
     batch_size: Annotated[int, typer.Option(help="Frames per batch (under torchrun: the global batch, split over the processes).")] = C.TrainTaskConfig.batch_size,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = C.TrainTaskConfig.lr,
     width: Annotated[Optional[int], typer.Option(help="Network width: channels of the small CNN (default 16) or of the hourglass (hg_hmr, default 32); vgg16 uses its own.")] = C.TrainTaskConfig.width,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout in the head of small / dr_encoder (default 0.2) and vgg16 (0.5). Under torchrun each process draws its own masks.")] = C.TrainTaskConfig.dropout,
     stacks: Annotated[int, typer.Option(help="hg_hmr: stacked hourglasses.")] = C.TrainTaskConfig.stacks,
     heatmap_sigma: Annotated[float, typer.Option(help="hg_hmr: std of the target Gaussians, a fraction of the heatmap side (1/4 of the map side).")] = C.TrainTaskConfig.heatmap_sigma,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Mirror frames at random.")] = C.TrainTaskConfig.flip,
@@ -432,7 +433,7 @@ def train_task(
         targets=targets.split(",") if targets else None, missing=_floats(missing, "--missing") or [],
         val=val or None, val_share=val_share, train_people=_names(train_people),
         val_people=_names(val_people), epochs=epochs, time_budget=time_budget, patience=patience, val_frames=val_frames, batch_size=batch_size,
-        lr=lr, width=width, stacks=stacks, heatmap_sigma=heatmap_sigma, flip=flip, init=init, seed=seed,
+        lr=lr, width=width, dropout=dropout, stacks=stacks, heatmap_sigma=heatmap_sigma, flip=flip, init=init, seed=seed,
         device=device, resume=resume,
         overwrite=overwrite, precision=precision, channels_last=channels_last, compile=compile_,
         eval_only=eval_only))

@@ -146,6 +146,7 @@ class TrainTaskConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     width: int | None = None              # network width; None: the arch's (ARCH_WIDTH); vgg16 uses its own
+    dropout: float | None = None          # head dropout of small / dr_encoder / vgg16; None: the arch's default
     stacks: int = 1                       # hg_hmr: stacked hourglasses
     heatmap_sigma: float = 0.06           # hg_hmr: target Gaussian std, a fraction of the heatmap side
     init: Path | None = None              # pretrained weights for the network (state dict .pt)

@@ -1,5 +1,6 @@
-"""train-dr under torchrun: 2 CPU processes (gloo) train, checkpoint and resume, and end with the
-weights of a one-process run on the same global batches (drkit.distributed, drkit.train.fit)."""
+"""train-dr and train-task under torchrun: 2 CPU processes (gloo) train, checkpoint and resume, and
+end with the weights of a one-process run on the same global batches (drkit.distributed,
+drkit.train.fit)."""
 
 from __future__ import annotations
 
@@ -39,11 +40,11 @@ def _torchrun() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
 
 
-def _launch(n: int, args: list) -> subprocess.CompletedProcess:
+def _launch(n: int, args: list, stage: str = "train-dr") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [*_torchrun(), "--standalone", f"--nproc_per_node={n}", "-m", "drkit.cli", "train-dr", *map(str, args)]
+    cmd = [*_torchrun(), "--standalone", f"--nproc_per_node={n}", "-m", "drkit.cli", stage, *map(str, args)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -90,3 +91,41 @@ def test_two_processes_train_resume_and_match_one_process(store, tmp_path):
         assert abs(x["train_acc"] - y["train_acc"]) < 1e-3 and abs(x["train_loss"] - y["train_loss"]) < 1e-5
     assert json.loads((two / "config.json").read_text())["world_size"] == 2
     assert (two / "best.pt").is_file()
+
+
+def test_train_task_two_processes_match_one_process(task_data, tmp_path):
+    """train-task under torchrun (mirroring on, drawn per global batch; rank 0 validates; some
+    labels missing, so the ranks' losses are weighted by their share of labelled entries): the
+    weights after one epoch equal a one-process run's within TOL. Dropout off: with it each
+    process draws its own masks, so the runs differ by that noise."""
+    from drkit.configs import TrainTaskConfig
+    from drkit.stages import train_task
+    one, two = tmp_path / "one", tmp_path / "two"
+    labels = tmp_path / "labels.csv"       # every 3rd t1 and every 5th t2 missing
+    rows = task_data["labels"].read_text().splitlines()
+    out = [rows[0]]
+    for i, r in enumerate(rows[1:]):
+        c = r.split(",")
+        c[-2] = "" if i % 3 == 0 else c[-2]
+        c[-1] = "" if i % 5 == 0 else c[-1]
+        out.append(",".join(c))
+    labels.write_text("\n".join(out) + "\n")
+    opts = dict(labels=labels, epochs=1, batch_size=16, width=8, dropout=0.0, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_task.run(TrainTaskConfig(input=[task_data["mdr"]], out=one, **opts))
+    finally:
+        torch.set_num_threads(threads)
+    r = _launch(2, [task_data["mdr"], "--labels", labels, "-o", two, "--epochs", "1", "--batch-size", "16",
+                    "--width", "8", "--dropout", "0", "--device", "cpu"], stage="train-task")
+    assert r.returncode == 0, r.stdout + r.stderr
+    a, b = load_checkpoint(one / "last.pt"), load_checkpoint(two / "last.pt")
+    assert a.train_state["global_step"] == b.train_state["global_step"] > 1
+    diff = max(float((a.state_dict[k] - b.state_dict[k]).abs().max()) for k in a.state_dict
+               if a.state_dict[k].is_floating_point())
+    print(f"train-task: max |w_2proc - w_1proc| = {diff:.3g}")
+    assert diff < TOL, diff
+    va = json.loads((one / "metrics.jsonl").read_text().splitlines()[-1])
+    vb = json.loads((two / "metrics.jsonl").read_text().splitlines()[-1])
+    assert abs(va["val_icc"] - vb["val_icc"]) < 1e-3, (va, vb)

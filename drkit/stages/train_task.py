@@ -104,8 +104,13 @@ HG_FIELDS = ("stacks", "heatmap_sigma")   # TrainTaskConfig fields only hg_hmr u
 def _model_spec(arch: str, in_ch: int, n_out: int, width: int, cfg: TrainTaskConfig | None = None,
                 targets: list[str] | None = None, dr: DRNet | None = None) -> ModelSpec:
     check_choice(arch, Arch, "--arch")
+    drop = {} if cfg is None or cfg.dropout is None else {"dropout": float(cfg.dropout)}
+    if drop and not 0 <= drop["dropout"] < 1:
+        raise DrkitError(f"--dropout {cfg.dropout}: expected a probability in [0, 1)")
+    if drop and arch == "hg_hmr":
+        raise DrkitError("--dropout: hg_hmr has no dropout")
     if arch == "small":
-        return ModelSpec("small_cnn", {"in_ch": in_ch, "n_out": n_out, "width": width})
+        return ModelSpec("small_cnn", {"in_ch": in_ch, "n_out": n_out, "width": width, **drop})
     if arch == "hg_hmr":
         if cfg is None or targets is None:
             raise ValueError("hg_hmr needs the config and the targets")
@@ -125,8 +130,8 @@ def _model_spec(arch: str, in_ch: int, n_out: int, width: int, cfg: TrainTaskCon
                              "made with at least one --dr (e.g. `drkit gen-dr FACES -o S --dr pretrained:T5`)")
         kw = dr.model.kwargs
         return ModelSpec("dr_encoder", {"in_ch": in_ch, "n_out": n_out, "base": kw.get("base", 16),
-                                        "depth": kw.get("depth", 3)})
-    return ModelSpec("vgg16", {"in_ch": in_ch, "n_out": n_out})
+                                        "depth": kw.get("depth", 3), **drop})
+    return ModelSpec("vgg16", {"in_ch": in_ch, "n_out": n_out, **drop})
 
 
 def _bundled_dr_nets(store) -> list[DRNet]:
@@ -208,7 +213,8 @@ def run(cfg: TrainTaskConfig) -> dict:
         image=dstore.image, preprocess=dstore.face_params, missing=list(cfg.missing),
         train=jsonable({k: v for k, v in dataclasses.asdict(cfg).items()
                         if k not in ("resume", "overwrite", "device", "eval_only", "epochs", "time_budget", "patience")
-                        and (hg or k not in HG_FIELDS)}))
+                        and (hg or k not in HG_FIELDS)
+                        and not (k == "dropout" and v is None)}))   # runs from before --dropout resume
     template = Checkpoint(kind="task", model=spec, config=config, state_dict={}, dr_nets=dr_nets)
     log.info(f"train-task: {len(train_s)} train / {len(val_s)} validation frames, input {cfg.input_kind} "
              f"({len(ch)} channels), targets {', '.join(labels.targets)}, {cfg.arch}")
@@ -226,15 +232,20 @@ def run(cfg: TrainTaskConfig) -> dict:
                  "mirror DR inputs")
 
     def epoch_batches(epoch: int, start: int, rank: int = 0, world: int = 1):
-        """This rank's part of each global batch (the whole batch in one process) and its weight;
-        the mirror mask is drawn for the whole global batch, so a frame is mirrored or not
-        whatever the number of ranks."""
+        """This rank's part of each global batch (the whole batch in one process) and its weight,
+        its share of the batch's labelled entries (the losses are means over them, so the ranks'
+        weighted losses add up to the one-process loss); the mirror mask is drawn for the whole
+        global batch, so a frame is mirrored or not whatever the number of ranks."""
         order = epoch_order(len(train_s), cfg.seed, epoch)
         for b, idx in batches(order, cfg.batch_size, start):
             # mirrored samples: image channels flipped, DR channels of the mirrored face
             f = flip_mask(len(idx), batch_generator(cfg.seed, epoch, b)).numpy() if flip else None
             sl, w = part(len(idx), rank, world)
-            idx = np.sort(idx)[sl]
+            idx = np.sort(idx)
+            if world > 1:   # the losses are means over labelled entries: weight by this rank's share of them
+                lab = ~np.isnan(np.asarray(train_s.y[idx], np.float64))
+                w = float(lab[sl].sum() / lab.sum()) if lab.any() else w
+            idx = idx[sl]
             f = f[sl] if flip else None
             if not hg:
                 yield tb.get(idx, f), w
