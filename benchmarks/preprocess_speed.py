@@ -3,7 +3,7 @@ the insightface backend (tracked) beside them.
 
     python benchmarks/preprocess_speed.py [--faces ../shared/data/faces] [--limit N] [--size 224]
         [--model-root ../shared/models/insightface] [--backends dlib,insightface]
-        [--insightface-naive] [--workers-compare] [--json OUT]
+        [--insightface-naive] [--workers-compare] [--interleave] [--json OUT]
 
 Runs `drkit preprocess` once per mode over the same videos (one process, one worker), into
 temporary stores, and reports for each mode frames/s (source frames decoded / wall time), the
@@ -21,6 +21,10 @@ decoded inline instead of in the read-ahead thread a spare core allows) and ``tr
 (``--workers 2``: two worker processes, decoding inline), reported as ``read_ahead_gain`` and
 ``workers2_speedup`` (over ``tracked_inline``, one worker on one core: the issue's "--workers 2
 close to 2x one worker") and ``workers2_vs_tracked`` (over the default one-worker run).
+
+``--interleave`` runs each video through every one-worker mode before the next video (one
+``run`` per video and mode, so the modes share the machine's slow and fast moments; the
+``--workers 2`` mode still runs once over all videos).
 
 Frames where only one of the two found a face count as disagreeing. insightface runs with
 onnxruntime's intra-op threads as the backend sets them (all cores in one process, reported as
@@ -86,6 +90,8 @@ def main() -> None:
     ap.add_argument("--backends", default="dlib,insightface")
     ap.add_argument("--insightface-naive", action="store_true",
                     help="also run insightface detecting on every frame (slow on CPU)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="run each video through every one-worker mode before the next video")
     ap.add_argument("--workers-compare", action="store_true",
                     help="also time dlib tracked with decoding inline and with --workers 2")
     ap.add_argument("--json", help="write the numbers here too")
@@ -113,20 +119,44 @@ def main() -> None:
             res["insightface_skipped"] = str(e)
     with tempfile.TemporaryDirectory() as tmp:
         stores = {}
-        for mode, backend, naive, workers in modes:
+        def one_run(mode, backend, naive, workers, inputs):
             out = Path(tmp) / f"{mode}.zarr"
             # tracked_inline: as if no core were spare, so the frames are decoded inline
             pp.available_cores = (lambda: 1) if mode == "tracked_inline" else available_cores
             t0 = time.perf_counter()
-            s = run(PreprocessConfig(inputs=[str(v) for v in vids], out=str(out), size=a.size,
+            s = run(PreprocessConfig(inputs=[str(v) for v in inputs], out=str(out), size=a.size,
                                      naive=naive, backend=backend, workers=workers,
                                      model_root=a.model_root if backend == "insightface" else None))
-            dt = time.perf_counter() - t0
             pp.available_cores = available_cores
-            n_src = sum(open_store(out).video_info(v)["n_source_frames"] for v in s.ok)
+            return time.perf_counter() - t0, s
+
+        for backend in {m[1] for m in modes}:   # load (and hash) the models before any timing
+            pp._backend(backend, a.model_root if backend == "insightface" else None).models
+        # one run per video and mode in turn (--interleave: each video through every one-worker
+        # mode before the next video, so a machine that slows down mid-run slows every mode alike)
+        seconds = dict.fromkeys([m[0] for m in modes], 0.0)
+        summaries = {m[0]: [] for m in modes}
+        rounds = [[v] for v in vids] if a.interleave else [vids]
+        for inputs in rounds:
+            for mode, backend, naive, workers in modes:
+                if a.interleave and workers > 1:
+                    continue
+                dt, s = one_run(mode, backend, naive, workers, inputs)
+                seconds[mode] += dt
+                summaries[mode].append(s)
+        for mode, backend, naive, workers in modes:
+            if a.interleave and workers > 1:   # parallel over videos: one run over all of them
+                dt, s = one_run(mode, backend, naive, workers, vids)
+                seconds[mode], summaries[mode] = dt, [s]
+        for mode, backend, naive, workers in modes:
+            out = Path(tmp) / f"{mode}.zarr"
+            st = open_store(out)
+            dt = seconds[mode]
+            n_src = sum(st.video_info(v)["n_source_frames"] for v in st.videos)
+            n_face = sum(x.frames for x in summaries[mode])
             res[mode] = {"backend": backend, "naive": naive, "workers": workers, "seconds": round(dt, 2),
-                         "source_frames": n_src, "face_frames": s.frames,
-                         "faces_found_pct": round(100 * s.frames / max(n_src, 1), 2),
+                         "source_frames": n_src, "face_frames": n_face,
+                         "faces_found_pct": round(100 * n_face / max(n_src, 1), 2),
                          "fps": round(n_src / dt, 1)}
             stores[mode] = source_landmarks(out)
         ref = stores["naive"]

@@ -184,10 +184,10 @@ def create_store(path: str | os.PathLike, kind: str,
         root = zarr.open_group(path, mode="a")       # never "w": that would delete the lock file
         meta = {"kind": kind, "schema_version": STORE_SCHEMA_VERSION, "drkit_version": __version__,
                 "created": now(), "params": params}
-        zarr.open_group(path / PARTIAL, mode="a").attrs.update(
+        zarr.open_group(path / PARTIAL, mode="a").update_attributes(
             {"drkit": {"kind": "scratch", "note": "videos being written, and the lock and claim "
                        "files; scratch is safe to delete when no job is running"}})
-        root.attrs.update({"drkit": meta, "videos": {}, "failed": {}, "runs": []})   # last: marks the store
+        root.update_attributes({"drkit": meta, "videos": {}, "failed": {}, "runs": []})   # last: marks the store
     return open_store(path, kind)
 
 
@@ -213,7 +213,7 @@ def update_root(path: str | os.PathLike, fn, locked: bool = False) -> None:
         root = zarr.open_group(path, mode="r+")
         attrs = json.loads(json.dumps(dict(root.attrs)))
         fn(attrs)
-        root.attrs.update(attrs)
+        root.update_attributes(attrs)   # one metadata write (attrs.update writes once per key)
 
 
 @contextlib.contextmanager
@@ -323,7 +323,7 @@ class VideoWriter:
             self._flush(k, whole_chunks_only=False)
         self._wait()
         self._io.shutdown()
-        self.group.attrs.update({**video_marker(self.store_kind), **attrs, "n_frames": self.n,
+        self.group.update_attributes({**video_marker(self.store_kind), **attrs, "n_frames": self.n,
                                  "complete": True, "completed": now()})
         final = self.store_path / self.vid
         with _lock(self.store_path):    # readers list and open videos under the same lock

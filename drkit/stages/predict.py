@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .. import log
-from ..background import read_ahead
+from ..background import opencv_threads, read_ahead
 from ..configs import PredictConfig
 from ..contracts import PrecisionName, check_choice
 from ..errors import DrkitError, NothingProcessed, UsageError
@@ -181,12 +181,15 @@ def _events(pred: Predictor, inputs: list[tuple[str, Path]], tm: dict):
 def _event_stream(pred: Predictor, inputs: list[tuple[str, Path]], tm: dict, pipeline: bool,
                   batch_size: int, net_threads: int | None):
     """The events of ``inputs`` (drkit.stages.predict._events), produced in a background thread
-    when ``pipeline``, else inline; ``net_threads``: torch's intra-op threads meanwhile."""
+    when ``pipeline``, else inline; ``net_threads``: torch's intra-op threads meanwhile. OpenCV
+    runs single-threaded meanwhile (drkit.background.opencv_threads: its pool only slows the
+    small warps of tracking)."""
     old = torch.get_num_threads()
     if net_threads:
         torch.set_num_threads(net_threads)
     try:
-        with read_ahead(_events(pred, inputs, tm), max(64, 2 * batch_size), enabled=pipeline) as events:
+        with opencv_threads(1), \
+                read_ahead(_events(pred, inputs, tm), max(64, 2 * batch_size), enabled=pipeline) as events:
             yield events
     finally:
         if net_threads:

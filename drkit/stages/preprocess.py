@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .. import log
-from ..background import available_cores, read_ahead
+from ..background import available_cores, opencv_threads, read_ahead
 from ..configs import PreprocessConfig
 from ..contracts import Backend, check_choice, face_arrays
 from ..errors import DrkitError, NothingProcessed, UsageError
@@ -91,7 +91,7 @@ def _write_video(src: Source, cfg: PreprocessConfig, on_frames: Callable[[int], 
     reader = FrameReader(src, cfg.fps)
     tracker = FaceTracker(backend, redetect_every=cfg.redetect_every, naive=cfg.naive)
     n_read = n_det = 0
-    with VideoWriter(cfg.out, src.id, face_arrays(cfg.size), "faces") as writer, \
+    with opencv_threads(1), VideoWriter(cfg.out, src.id, face_arrays(cfg.size), "faces") as writer, \
             read_ahead(iter(reader), 16, enabled=available_cores() > max(1, cfg.workers)) as frames:
         # frames decoded a few ahead in a thread when a core is spare (the tracker is
         # single-threaded, so decoding then costs it nothing); inline when every core runs a worker
