@@ -204,4 +204,3 @@ class FrameReader:
         finally:
             self.cap.release()
         self.n_read = i
-

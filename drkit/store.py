@@ -249,9 +249,8 @@ class VideoWriter:
 
     Rows are buffered and each array is written one whole chunk of its own at a time, so memory
     stays bounded by ``chunk_frames`` rows per array whatever the video length, and no chunk is
-    written twice. Writes (compression included) run
-    in one background thread, overlapping with the caller's work; ``commit`` waits for them and
-    re-raises any write error."""
+    written twice. Writes (compression included) run in one background thread, overlapping with
+    the caller's work; ``commit`` waits for them and re-raises any write error."""
 
     def __init__(self, store_path: str | os.PathLike, vid: str, specs: dict[str, ArraySpec],
                  store_kind: str = "faces"):
@@ -324,7 +323,7 @@ class VideoWriter:
         self._wait()
         self._io.shutdown()
         self.group.update_attributes({**video_marker(self.store_kind), **attrs, "n_frames": self.n,
-                                 "complete": True, "completed": now()})
+                                      "complete": True, "completed": now()})
         final = self.store_path / self.vid
         with _lock(self.store_path):    # readers list and open videos under the same lock
             if final.exists():          # a redo (--overwrite, or a damaged video) replaces it

@@ -132,9 +132,10 @@ class FaceTracker:
         if x1 - x0 < w / 2 or y1 - y0 < w / 2:
             return False
         f = self.verify_px / w
-        roi = frame[y0:y1, x0:x1]
-        if getattr(self.backend, "accepts_gray", False) and roi.ndim == 3:
-            roi = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY)   # a third of the pixels to resize
+        gray = getattr(self.backend, "accepts_gray", False)   # a third of the pixels to resize
+        roi = (self._gray(frame) if gray else frame)[y0:y1, x0:x1]   # dlib's grey frame: converted once
+        if gray and roi.ndim == 3:
+            roi = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY)
         roi = cv2.resize(roi, (max(1, round((x1 - x0) * f)), max(1, round((y1 - y0) * f))),
                          interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
         off = np.array([x0, y0, x0, y0])
