@@ -1,3 +1,3 @@
 """drkit: dynamic representations of facial actions from a still image."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

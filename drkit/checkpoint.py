@@ -8,6 +8,7 @@ the training loop: rank-eval, gen-dr and predict only read checkpoints.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,10 +112,18 @@ def _strip_prefixes(sd: dict) -> dict:
 
 
 def save_checkpoint(ck: Checkpoint | dict, path: str | os.PathLike) -> None:
-    """Write atomically: ``path`` is the old file or the complete new one, never a torn write."""
+    """Write atomically: ``path`` is the old file or the complete new one, never a torn write. A
+    failed write (a full disk) is a DrkitError naming ``path``; the old file stays as it was."""
     obj = ck.to_dict() if isinstance(ck, Checkpoint) else ck
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (RuntimeError, OSError) as e:   # torch's zip writer reports a full disk as RuntimeError
+        import shutil
+        free = shutil.disk_usage(Path(path).parent).free
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DrkitError(f"{path}: could not write the checkpoint ({free / 2**20:.0f} MB free on that disk; "
+                         f"{first[:120]}); the previous {Path(path).name}, if any, is intact") from e
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -135,11 +144,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpo
     """Load a checkpoint file, or ``best.pt`` of a run folder, safely (weights_only), validated;
     version-1 files (drkit 0.1.0) are converted."""
     p = resolve(path)
-    try:
-        d = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DrkitError(f"{p}: not a drkit checkpoint (it cannot be read as one safely: "
-                         f"{type(e).__name__})") from e
+    d = load_file(p, "not a drkit checkpoint")
     if not isinstance(d, dict) or d.get("format") != CHECKPOINT_FORMAT:
         raise DrkitError(f"{p}: not a drkit checkpoint")
     if d.get("format_version") not in READABLE_CHECKPOINT_VERSIONS:
@@ -150,7 +155,53 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpo
         raise DrkitError(f"{p}: a '{d.get('kind')}' checkpoint, expected a '{kind}' checkpoint")
     ck = Checkpoint.from_dict(d, str(p))
     ck.path = p
+    _check_finite(ck)
     return ck
+
+
+def load_file(path: str | os.PathLike, what: str) -> Any:
+    """The contents of a torch file, read safely: its zip CRCs checked (``_check_crc``), then
+    ``torch.load(weights_only=True)`` (no pickle code runs) with torch's own warnings kept out of
+    drkit's one-line errors. Anything unreadable is a DrkitError: ``path: what (...)``. Every
+    .pt drkit reads goes through here: checkpoints, --init weights, --perceptual-weights."""
+    p = Path(path)
+    if p.is_dir() or not p.exists():
+        raise DrkitError(f"{p}: {'is a folder' if p.is_dir() else 'no such file'} ({what.split(';')[0]})")
+    _check_crc(p)
+    try:
+        with warnings.catch_warnings():   # torch warns about legacy / unsafe files before failing
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DrkitError(f"{p}: {what} (it cannot be read as one safely: {type(e).__name__})") from e
+
+
+def _check_crc(p: Path) -> None:
+    """A DrkitError if a zip-format checkpoint (every torch.save since 1.6) holds a member whose
+    CRC-32 does not match its bytes: torch's reader does not check them, so a damaged file would
+    load with wrong weights."""
+    import zipfile
+    try:
+        if not zipfile.is_zipfile(p):
+            return
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise DrkitError(f"{p}: damaged checkpoint file ({e}); restore it from a copy or retrain") from e
+    if bad:
+        raise DrkitError(f"{p}: damaged checkpoint file (the CRC of its part '{bad}' does not match); "
+                         "restore it from a copy or retrain")
+
+
+def _check_finite(ck: Checkpoint) -> None:
+    """A DrkitError naming the file and the tensor if any weight (of the network, or of a bundle's
+    DR networks) is NaN or infinite: such a network only outputs NaN."""
+    parts = [("", ck.state_dict)] + [(f"dr_nets[{i}].", n.state_dict) for i, n in enumerate(ck.dr_nets)]
+    for prefix, sd in parts:
+        for k, v in sd.items():
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                raise DrkitError(f"{ck.path}: weight {prefix}{k} holds NaN or infinite values (a damaged "
+                                 "file, or saved from a diverged run); restore it from a copy or retrain")
 
 
 def sha256_16(path: str | os.PathLike) -> str:

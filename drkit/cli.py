@@ -4,7 +4,8 @@ heavy modules are imported inside the commands so that `drkit --help` stays fast
 
 Exit codes: 0 success; 1 bad input or failed stage; 2 usage error (unknown option, a choice
 that does not exist, an impossible value); 3 a batch stage could not process any of its inputs;
-130 interrupted. Errors are turned into one line and the exit code inside the app, so
+130 interrupted (Ctrl-C); 143 terminated (SIGTERM, e.g. by a scheduler), in both cases with
+temporary files removed and a line saying how to resume. Errors are turned into one line and the exit code inside the app, so
 ``typer.testing.CliRunner`` sees exactly what a shell sees.
 """
 
@@ -31,7 +32,7 @@ from .contracts import (
     Target,
     Task,
 )
-from .errors import DrkitError, UsageError
+from .errors import DrkitError, Terminated, UsageError, install_signal_handlers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode="rich",
@@ -43,6 +44,16 @@ def _from_cli_framework(e: BaseException) -> bool:
     return type(e).__module__.startswith(("typer", "click"))
 
 
+# what to run after an interrupted command to finish its work
+RESUME_HINT = {
+    "preprocess": "rerun the same command to continue (finished videos are kept)",
+    "gen-dr": "rerun the same command to continue (finished videos are kept)",
+    "train-dr": "rerun with --resume to continue from the last checkpoint (last.pt)",
+    "train-task": "rerun with --resume to continue from the last checkpoint (last.pt)",
+    "predict": "rerun the same command (with --per-video, finished CSVs are kept)",
+}
+
+
 def command(name: str | None = None, **kw):
     """``app.command`` with drkit's error handling: a DrkitError becomes one red line and its
     exit code, an unexpected exception an "internal error" line (tracebacks only with -v)."""
@@ -51,9 +62,12 @@ def command(name: str | None = None, **kw):
         def wrapper(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except KeyboardInterrupt:
-                log.console.print("interrupted")
-                raise typer.Exit(130)
+            except KeyboardInterrupt as e:
+                term = isinstance(e, Terminated)
+                log.console.print(f"{'terminated (SIGTERM)' if term else 'interrupted'}: temporary files "
+                                  f"removed; {RESUME_HINT.get(name or fn.__name__.replace('_', '-'), 'rerun the same command')}",
+                                  soft_wrap=True)
+                raise typer.Exit(143 if term else 130)
             except DrkitError as e:
                 if log.VERBOSITY >= 2:
                     log.console.print_exception()
@@ -92,6 +106,7 @@ def _main(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     log.set_verbosity(0 if quiet else 2 if verbose else 1)
+    install_signal_handlers()
 
 
 # ------------------------------------------------------------------ shared options and parsers
@@ -182,15 +197,19 @@ def inspect(
     video: Annotated[Optional[str], typer.Option("--video", help="Video id for --frame.")] = None,
     frame: Annotated[Optional[int], typer.Option("--frame", help="Source frame index to draw.")] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="PNG to write for --video/--frame.")] = None,
+    verify: Annotated[bool, typer.Option(help="Also read every chunk and check its checksum (slower: reads the whole store).")] = False,
 ) -> None:
-    """Summarise a store (videos, frames, fps, faces found), or draw one frame with landmarks."""
+    """Summarise a store (videos, frames, fps, faces found, and each video checked as the stages
+    check it: exit code 1 if any is damaged), or draw one frame with landmarks."""
     from .stages import inspect as stage
     if video is not None or frame is not None or out is not None:
         if video is None or frame is None or out is None:
             raise UsageError("--video, --frame and -o go together")
         log.info(f"wrote {stage.render_frame(store, video, frame, out)}")
         return
-    stage.print_summary(store)
+    bad = stage.print_summary(store, verify)
+    if bad:
+        raise DrkitError(f"{store}: {bad} damaged video(s) (see the state column)")
 
 
 @command()

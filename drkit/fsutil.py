@@ -1,12 +1,18 @@
 """Small file-system idioms shared by every stage: write-then-rename (an output is either the old
-file or the complete new one, never half of it)."""
+file or the complete new one, never half of it), and the run-folder lock (one training run
+writes into a folder at a time)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
+import shutil
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,16 +23,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     it replaces ``path`` in one ``os.replace``, on any error it is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+    remove_stale_tmp(path)   # what a killed run left beside it
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        if tmp.is_dir():
-            import shutil
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        try:
+            if tmp.is_dir():
+                import shutil
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+        except OSError:   # e.g. a name too long to exist: nothing to remove
+            pass
+        if isinstance(e, OSError) and (e.filename is None or str(e.filename) == str(tmp)):
+            e.filename = str(path)   # the user's path, not our temporary file (a full disk names none)
         raise
 
 
@@ -74,3 +88,60 @@ def jsonable(obj: Any) -> Any:
     """``obj`` with paths (and anything else JSON does not know) as strings: what may go into a
     checkpoint that loads with ``weights_only=True`` and into JSON files."""
     return json.loads(json.dumps(obj, default=str))
+
+
+_HELD: set[Path] = set()   # run folders this process holds the lock of (run_lock is re-entrant)
+RUN_LOCK = "run.lock"
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold the lock of a run folder (made if missing) for the block: an exclusive flock on
+    ``folder/run.lock``, which also records who holds it (pid, host, start time, command). A
+    second run into the folder while a live run holds it gets a DrkitError at once naming the
+    folder and that process; the kernel drops the lock when its process ends, however it ends,
+    so a killed run never blocks its ``--resume``. Re-entrant within a process."""
+    import fcntl
+
+    from .errors import DrkitError
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DrkitError(f"{folder}: is a file; -o takes the run folder to write into")
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _HELD:
+        yield folder
+        return
+    f = open(folder / RUN_LOCK, "a+")
+    failed = True
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            try:
+                who = json.loads(f.read() or "{}")
+            except ValueError:
+                who = {}
+            other = (f"process {who.get('pid', '?')} on {who.get('host', '?')}, started "
+                     f"{who.get('started', '?')}: {who.get('command', '?')}")
+            raise DrkitError(f"{folder}: another run is writing into this folder ({other}); wait for it "
+                             "to end, stop it, or choose another -o") from None
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "command": " ".join(["drkit", *sys.argv[1:]])}) + "\n")
+        f.flush()
+        _HELD.add(key)
+        try:
+            yield folder
+            failed = False
+        finally:
+            _HELD.discard(key)
+            fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        f.close()
+        if failed and created and [q.name for q in folder.iterdir()] == [RUN_LOCK]:
+            shutil.rmtree(folder, ignore_errors=True)   # a run that failed before writing leaves no folder

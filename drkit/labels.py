@@ -22,6 +22,7 @@ import codecs
 import csv
 import io
 import math
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class Labels:
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
+MAX_FRAME = 2 ** 40     # a frame index beyond this is a typo or garbage (10 years of video at 3000 fps)
 
 
 def _read_text(path: Path) -> str:
@@ -71,8 +73,12 @@ def read_labels(path: str | Path, targets: list[str] | None = None,
     values, fractional frame numbers, non-UTF-8 text; warns about duplicate (video, frame) rows
     (the last one is kept)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DrkitError(f"{path}: no such label file")
+    if path.is_dir():
+        raise DrkitError(f"{path}: is a folder; --labels takes a label CSV file (docs/formats.md 'Label CSV')")
+    if not (path.is_file() or stat.S_ISFIFO(path.stat().st_mode)):   # a pipe: --labels <(zcat x.csv.gz)
+        raise DrkitError(f"{path}: is not a regular file (a device?); --labels takes a label CSV file")
     rd = csv.reader(io.StringIO(_read_text(path), newline=""))
     try:
         header = [h.strip() for h in next(rd)]
@@ -81,6 +87,10 @@ def read_labels(path: str | Path, targets: list[str] | None = None,
     if header[:2] != ["video", "frame"]:
         raise DrkitError(f"{path}: the header must start with 'video,frame' (got {','.join(header[:3])}); "
                          "see docs/formats.md 'Label CSV'")
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise DrkitError(f"{path}: the header names {', '.join(map(repr, twice))} more than once; each "
+                         "column needs its own name (a target trained twice would overwrite its own metric)")
     cols = [h for h in header if h not in RESERVED]
     if not cols:
         raise DrkitError(f"{path}: has no target columns after video,frame[,person] (header: "
@@ -110,6 +120,10 @@ def read_labels(path: str | Path, targets: list[str] | None = None,
             if not f.is_integer():      # also NaN and inf
                 raise DrkitError(f"{path}:{n}: frame {row[1]!r} is not an integer; frame numbers are "
                                  "source frame indices (0, 1, 2, ...)")
+            if not 0 <= f <= MAX_FRAME:
+                raise DrkitError(f"{path}:{n}: frame {row[1]!r} is {'negative' if f < 0 else 'beyond any video'}; "
+                                 "frame numbers are 0-based source frame indices (0, 1, 2, ...; OpenFace's "
+                                 "1-based frames minus one)")
             fr = int(f)
             vals = np.full(len(ti), np.nan, np.float32)
             for j, c in enumerate(ti):

@@ -83,13 +83,10 @@ def load_vgg16_features(path: str | Path) -> torch.nn.Sequential:
     known = {f"features.{k}": v.shape for k, v in full.state_dict().items()}
     keep = max(VGG_LAYERS.values()) + 1
     need = {k: s for k, s in known.items() if int(k.split(".")[1]) < keep}
+    from .checkpoint import load_file
     if not Path(path).is_file():
         raise DrkitError(f"{path}: no such file (--perceptual-weights)")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DrkitError(f"{path}: cannot be read safely as a state dict ({type(e).__name__}); "
-                         "--perceptual-weights takes a torchvision VGG-16 state dict") from e
+    sd = load_file(path, "not a state dict; --perceptual-weights takes a torchvision VGG-16 state dict")
     if not isinstance(sd, dict):
         raise DrkitError(f"{path}: holds a {type(sd).__name__}, not a torchvision VGG-16 state dict")
     missing = [k for k in need if k not in sd]

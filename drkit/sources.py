@@ -91,7 +91,7 @@ def discover(inputs: list[str | Path]) -> list[Source]:
                 if f.is_file() and f.suffix.lower() in VIDEO_EXT:
                     found.append((f.relative_to(inp).as_posix(), f, "video"))
     out: list[Source] = []
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}                    # id -> the path that has it
     first_of: dict[Path, tuple[Path, str]] = {}   # real path -> (path as found, its id)
     for rel, path, kind in found:
         real = path.resolve()
@@ -104,7 +104,11 @@ def discover(inputs: list[str | Path]) -> list[Source]:
         k = 2
         while vid in seen:
             vid, k = f"{base}-{k}", k + 1
-        seen.add(vid)
+        if vid != base:
+            log.warn(f"{path}: its id '{base}' is already {seen[base]}'s (ids are paths relative to the "
+                     f"folder given); stored as '{vid}' in this run: give the parent folders instead "
+                     "of the files for ids that do not depend on the other inputs")
+        seen[vid] = path
         first_of[real] = (path, vid)
         out.append(Source(vid, path, kind))
     return sorted(out, key=lambda s: s.id)
@@ -129,7 +133,8 @@ class VideoMeta:
     n_frames: int      # as reported by the container (may be approximate for videos)
 
 
-FPS_RANGE = (1.0, 1000.0)   # frame rates a container may plausibly report
+FPS_RANGE = (1.0, 1000.0)   # frame rates a container may plausibly report (else --fps is used)
+USUAL_FPS = (5.0, 120.0)    # outside this the frame rate is kept, with a warning
 
 
 def plausible_fps(reported: float | None, default: float, path) -> float:
@@ -141,6 +146,11 @@ def plausible_fps(reported: float | None, default: float, path) -> float:
     except (TypeError, ValueError):
         fps = float("nan")
     if np.isfinite(fps) and lo <= fps <= hi:
+        ulo, uhi = USUAL_FPS
+        if not ulo <= fps <= uhi:
+            log.warn(f"{path}: the container reports {fps:g} fps, unusual for face video (expected "
+                     f"{ulo:g} to {uhi:g}); kept, but check it: strides are frames at 25 fps and scale "
+                     f"with the frame rate (stride 2 -> every {max(1, round(2 * fps / 25))} source frames)")
         return fps
     what = "no frame rate" if fps == 0 else f"an implausible frame rate of {fps:g} fps"
     log.warn(f"{path}: the container reports {what} (expected {lo:g} to {hi:g}); "

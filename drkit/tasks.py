@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import metrics
+from . import log, metrics
 from .contracts import TASK_METRICS, InputKind, check_choice
 from .errors import DrkitError
 from .labels import Labels, read_labels
@@ -89,7 +89,30 @@ def labelled_frames(stores: list[Store], labels: Labels, people: set[str] | None
             owner[v] = st
     if not vids:
         raise DrkitError(_why_no_frames(stores, labels, people, known, matched))
+    _warn_beyond_end(stores, labels)
     return Samples(vids, np.concatenate(pos), owner, y=np.concatenate(ys))
+
+
+def _warn_beyond_end(stores: list[Store], labels: Labels) -> None:
+    """A warning when label rows name frames past the end of their video (a 1-based frame column,
+    or labels of another video): they match nothing and would otherwise vanish without a word."""
+    n_beyond, example = 0, None
+    for st in stores:
+        for v in st.videos:
+            if v not in labels.frames:
+                continue
+            end = st.video_info(v).get("n_source_frames")
+            if not isinstance(end, int):
+                continue
+            over = [f for f in labels.frames[v] if f >= end]
+            n_beyond += len(over)
+            if over and example is None:
+                example = (v, end, max(over))
+    if n_beyond:
+        v, end, f = example
+        src = labels.path or "the label file"
+        log.warn(f"{src}: {n_beyond} label row(s) name frames past the end of their video (e.g. {v} has "
+                 f"{end} frames, labelled up to frame {f}); frames are 0-based source frame indices")
 
 
 def _why_no_frames(stores: list[Store], labels: Labels, people: set[str] | None, known: int,

@@ -43,6 +43,7 @@ last.pt also keeps every rank's RNG state, and on --resume every rank loads it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -59,7 +60,7 @@ from . import __version__, distributed, log, precision
 from .background import ReadAhead
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .errors import DrkitError
-from .fsutil import write_json_atomic
+from .fsutil import run_lock, write_json_atomic
 from .nets import pick_device
 
 
@@ -101,7 +102,32 @@ def _rank_seed(seed: int, rank: int, step: int = 0) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
-def fit(model: torch.nn.Module, cfg: LoopConfig, template: Checkpoint,
+@contextlib.contextmanager
+def run_folder(out: Path, device: str = "auto"):
+    """The run folder's lock (drkit.fsutil.run_lock) held by rank 0 for the block; under torchrun
+    every rank learns whether it was granted, so all stop together when another run holds it."""
+    ctx = distributed.context(device)
+    with contextlib.ExitStack() as stack:
+        err = None
+        if ctx.main:
+            try:
+                stack.enter_context(run_lock(out))
+            except DrkitError as e:
+                err = str(e)
+        err = distributed.broadcast(ctx, err)
+        if err:
+            raise DrkitError(err)
+        yield
+
+
+def fit(*args, **kwargs) -> dict[str, Any]:
+    """Train in ``cfg.out`` while holding its run lock (``run_folder``); see ``_fit``."""
+    cfg = args[1] if len(args) > 1 else kwargs["cfg"]
+    with run_folder(Path(cfg.out), cfg.device):
+        return _fit(*args, **kwargs)
+
+
+def _fit(model: torch.nn.Module, cfg: LoopConfig, template: Checkpoint,
         batches: Callable[..., Iterator], n_batches: int,
         step: Callable[[torch.nn.Module, Any, torch.device], tuple[torch.Tensor, dict[str, float]]],
         validate: Callable[[torch.nn.Module, torch.device], dict[str, float]] | None,

@@ -18,6 +18,7 @@ import numpy as np
 
 from .batching import batches, images_to_tensor
 from .contracts import REF_FPS
+from .errors import DrkitError
 from .store import Store
 
 
@@ -64,6 +65,21 @@ class WindowSet(FrameRefs):
     stride: int = 0
 
 
+def no_window_reason(stores: list[Store], T: int, stride: int) -> str:
+    """Why ``stores`` hold no full window of (T, stride): the span a window needs at the videos'
+    frame rates beside the longest run of frames the videos have."""
+    fps = sorted({float(st.video_info(v).get("fps") or 0) for st in stores for v in st.videos})
+    longest = max((int(st.video_info(v).get("n_frames") or 0) for st in stores for v in st.videos), default=0)
+    if not fps:
+        return "the stores hold no video"
+    steps = sorted({effective_stride(stride, f) for f in fps})
+    rate = f"{fps[0]:g} fps" if len(fps) == 1 else f"{fps[0]:g} to {fps[-1]:g} fps"
+    return (f"at the videos' {rate} a window of 2T+1={2 * T + 1} frames at stride {stride} (frames at 25 "
+            f"fps) takes every {'/'.join(map(str, steps))}th source frame, a span of {2 * T * steps[0] + 1}+ "
+            f"frames each with a face, and the longest video has {longest} frames with a face; lower --T or "
+            "--stride, or check the frame rates (`drkit inspect STORE`)")
+
+
 def collect_windows(stores: list[Store], T: int, stride: int, every: int = 1,
                     videos: set[str] | None = None) -> WindowSet:
     """Windows over every (selected) video of ``stores``; ``every`` keeps every n-th centre."""
@@ -73,7 +89,8 @@ def collect_windows(stores: list[Store], T: int, stride: int, every: int = 1,
             if videos is not None and vid not in videos:
                 continue
             if vid in owner:
-                raise ValueError(f"video id {vid!r} is in both {owner[vid].path} and {st.path}")
+                raise DrkitError(f"video id {vid!r} is in both {owner[vid].path} and {st.path}: one video "
+                                 "in two stores would be used twice; give each video once")
             owner[vid] = st
             g = st.video(vid)
             step = effective_stride(stride, float(g.attrs["fps"]))

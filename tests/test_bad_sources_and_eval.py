@@ -178,12 +178,17 @@ def test_rank_eval_baselines_without_size_refuses_mixed_crop_sizes(mixed_stores)
 @pytest.mark.parametrize("reported,used", [
     (1e6, None), (2000.0, None), (1000.5, None), (0.999, None), (0.001, None), (-25.0, None),
     (float("nan"), None), (float("inf"), None), (0.0, None), (None, None),
-    (1.0, 1.0), (14.25, 14.25), (25.0, 25.0), (1000.0, 1000.0),
+    (1.0, 1.0), (14.25, 14.25), (25.0, 25.0), (1000.0, 1000.0), (999.0, 999.0), (4.0, 4.0), (120.0, 120.0),
 ])
 def test_plausible_fps(warnings, reported, used):
     fps = plausible_fps(reported, 25.0, Path("clip.mp4"))
-    if used is not None:
-        assert fps == used and warnings == []
+    if used is not None:   # kept; outside 5..120 fps with a warning naming the rate and the stride it gives
+        assert fps == used
+        if 5 <= used <= 120:
+            assert warnings == []
+        else:
+            assert len(warnings) == 1 and f"reports {used:g} fps, unusual" in warnings[0] and "kept" in warnings[0]
+            assert f"every {max(1, round(2 * used / 25))} source frames" in warnings[0]
         return
     assert fps == 25.0 and len(warnings) == 1
     w = warnings[0]

@@ -75,7 +75,7 @@ def run(cfg: GenDRConfig) -> dict:
     spec = dr_arrays(C, S, n_dr if cfg.mirror else 0)
     listed = out.root.attrs.get("videos", {})
     mine = select_shard(src.videos, cfg.shard)   # sorted ids: the same split in every job
-    todo = [v for v in mine if cfg.overwrite or not is_done(out, v)]
+    todo = [v for v in mine if cfg.overwrite or not is_done(out, v, deep=True)]
     for arr, why in (("landmarks", "needed by `train-task --arch hg_hmr`"),
                      ("mdr_mirror", "mirrored DRs, needed to mirror DR inputs in `train-task`")):
         if arr not in spec:

@@ -8,36 +8,59 @@ import cv2
 import numpy as np
 
 from ..errors import DrkitError
-from ..store import Store, open_store
+from ..store import IMAGE_ARRAY, REDO, Store, open_store, video_problem
 
 
-def summary_rows(store: Store) -> list[dict]:
-    """One dict per complete video: id, frames, source_frames, fps, faces_pct."""
+def summary_rows(store: Store, verify: bool = False) -> list[dict]:
+    """One dict per listed video: id, frames (as stored: the image array's length), source_frames,
+    fps, faces_pct, and ``problem``: what the stages' own check (drkit.store.video_problem) finds
+    wrong with it, None when it is intact (``verify``: every chunk's checksum read too)."""
     rows = []
     for vid in store.videos:
         info = store.video_info(vid)
-        n, m = int(info.get("n_frames", 0)), int(info.get("n_source_frames", 0) or 0)
+        problem = video_problem(store.path, vid, store.kind, deep=verify)
+        n = _stored_frames(store, vid)
+        if problem is None and n != info.get("n_frames"):
+            problem = f"the store's listing says {info.get('n_frames')} frames, the arrays hold {n}"
+        m = info.get("n_source_frames")
+        m = m if isinstance(m, int) and not isinstance(m, bool) and m >= 0 else 0
+        fps = info.get("fps")
         rows.append({"video": vid, "frames": n, "source_frames": m,
-                     "fps": float(info.get("fps") or 0.0),
-                     "faces_pct": 100.0 * n / m if m else 0.0})
+                     "fps": float(fps) if isinstance(fps, (int, float)) else float("nan"),
+                     "faces_pct": 100.0 * n / m if m and n <= m else float("nan"), "problem": problem})
     return rows
 
 
-def print_summary(store_path: str | Path) -> None:
-    """Print the summary table of a store, its parameters, failures and unfinished scratch."""
+def _stored_frames(store: Store, vid: str) -> int:
+    """Frames the video's image array holds (0 if its metadata is unreadable)."""
+    import json
+    try:
+        meta = json.loads((store.path / vid / IMAGE_ARRAY[store.kind] / "zarr.json").read_text())
+        return int(meta["shape"][0])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return 0
+
+
+def print_summary(store_path: str | Path, verify: bool = False) -> int:
+    """Print the summary table of a store (each video checked as the stages check it), its
+    parameters, failures and unfinished scratch; returns the number of damaged videos."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
     st = open_store(store_path)
-    rows = summary_rows(st)
+    rows = summary_rows(st, verify)
     t = Table(title=f"{st.path} ({st.kind} store, schema v{st.meta['schema_version']}, "
                     f"drkit {st.meta.get('drkit_version')})")
-    for c in ("video", "frames", "source frames", "fps", "faces found %"):
-        t.add_column(c, justify="left" if c == "video" else "right")
+    for c in ("video", "frames", "source frames", "fps", "faces found %", "state"):
+        t.add_column(c, justify="left" if c in ("video", "state") else "right")
     for r in rows:
-        t.add_row(r["video"], str(r["frames"]), str(r["source_frames"]), f"{r['fps']:.2f}",
-                  f"{r['faces_pct']:.1f}")
-    n, m = sum(r["frames"] for r in rows), sum(r["source_frames"] for r in rows)
-    t.add_row("[bold]total", f"[bold]{n}", f"[bold]{m}", "", f"[bold]{100 * n / m if m else 0:.1f}")
+        state = "ok" if r["problem"] is None else "[red]damaged[/red]"
+        t.add_row(escape(r["video"]), str(r["frames"]), str(r["source_frames"]), f"{r['fps']:.2f}",
+                  f"{r['faces_pct']:.1f}", state)
+    ok = [r for r in rows if r["problem"] is None]
+    n, m = sum(r["frames"] for r in ok), sum(r["source_frames"] for r in ok)
+    t.add_row("[bold]total (intact videos)", f"[bold]{n}", f"[bold]{m}", "",
+              f"[bold]{100 * n / m if m else 0:.1f}", f"{len(ok)} of {len(rows)} ok")
     Console().print(t)
     print(f"params: {st.params}")
     for path, reason in st.failed.items():
@@ -45,6 +68,13 @@ def print_summary(store_path: str | Path) -> None:
     if st.partial_leftovers():
         print(f"unfinished (scratch in _partial/, redone by the next run): "
               f"{', '.join(st.partial_leftovers())}")
+    for r in rows:
+        if r["problem"] is not None:
+            print(f"damaged: {r['video']}: {r['problem']}")
+    bad = len(rows) - len(ok)
+    if bad:
+        print(f"{bad} damaged video(s): {REDO[st.kind]} to redo them")
+    return bad
 
 
 def _frame_position(store: Store, vid: str, frame: int) -> int:

@@ -97,13 +97,23 @@ def dr_picture(crop: np.ndarray, mdr: np.ndarray, image: bool) -> np.ndarray:
     return np.hstack(tiles)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """A text cell that spreadsheets will not run as a formula: one starting with = + - @, a tab
+    or a carriage return gets a leading apostrophe (OWASP's advice against CSV injection; an
+    input named ``=cmd|' /C calc'!A0.jpg`` would otherwise be executed when the CSV is opened)."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 class _Rows:
     """Rows of one CSV: faces are batched through the predictor, rows written in input order."""
 
     def __init__(self, pred: Predictor, f, save: Path | None, batch_size: int):
         self.pred, self.save, self.batch_size = pred, save, batch_size
         self.w = csv.writer(f)
-        self.w.writerow(["input", "frame", "face_found", *pred.targets])
+        self.w.writerow(["input", "frame", "face_found", *map(csv_text, pred.targets)])
         self.pending: list[tuple[str, int | None, np.ndarray | None]] = []   # frame None: a still image
         self.rows = self.faces = 0
 
@@ -119,9 +129,9 @@ class _Rows:
         k = 0
         for name, fr, crop in self.pending:
             if crop is None:
-                self.w.writerow([name, fr or 0, 0, *[""] * len(pred.targets)])
+                self.w.writerow([csv_text(name), fr or 0, 0, *[""] * len(pred.targets)])
             else:
-                self.w.writerow([name, fr or 0, 1, *(f"{v:.4f}" for v in ys[k])])
+                self.w.writerow([csv_text(name), fr or 0, 1, *(f"{v:.4f}" for v in ys[k])])
                 if save:
                     stem = Path(name).stem + (f"_{fr:06d}" if fr is not None else "")
                     cv2.imwrite(str(save / f"{stem}.png"), dr_picture(crop, ms[k], pred.config.image))

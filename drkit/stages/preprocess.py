@@ -79,11 +79,31 @@ def process_video(src: Source, cfg: PreprocessConfig,
         if not mine:
             return {"id": src.id, "busy": True}
         state = video_state(cfg.out, src.id, "faces")
-        if state == "done" and not cfg.overwrite:
-            return {"id": src.id, "skipped": True}
+        if state == "done":
+            other = _other_source(cfg.out, src)
+            if other:
+                raise DrkitError(other)
+            if not cfg.overwrite:
+                return {"id": src.id, "skipped": True}
         remove_partials(cfg.out, src.id)   # scratch of a dead run: we hold the claim
         res = _write_video(src, cfg, on_frames)
         return {**res, "repaired": state == "damaged"}
+
+
+def _other_source(store_path: Path, src: Source) -> str | None:
+    """Why ``src`` must not be taken for the video of the same id already in the store (None if
+    that video is ``src``): it was made from another file that still exists. Ids are paths
+    relative to the folder given, so two files of one name given directly share an id."""
+    import json
+    try:
+        stored = json.loads((Path(store_path) / src.id / "zarr.json").read_text())["attributes"].get("source")
+    except (OSError, ValueError, KeyError):
+        return None
+    if not stored or Path(stored) == src.path.resolve() or not Path(stored).exists():
+        return None   # the same file (or the store moved from another machine)
+    return (f"video id '{src.id}' is already taken in {store_path} by {stored}, another file: ids are "
+            "paths relative to the folder given, so give the parent folder instead of the file, or "
+            "write to another store")
 
 
 def _write_video(src: Source, cfg: PreprocessConfig, on_frames: Callable[[int], None]) -> dict:
@@ -156,7 +176,12 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
     summary = PreprocessSummary(store=str(store.path))
     todo: list[Source] = []
     for s in sources:   # a first look without claims; each video is checked again under its claim
-        if not cfg.overwrite and is_done(store, s.id):
+        done = is_done(store, s.id, deep=True)
+        other = _other_source(store.path, s) if done else None
+        if other:
+            summary.failed[str(s.path)] = other
+            log.warn(f"skipped {s.path}: {other}")
+        elif done and not cfg.overwrite:
             summary.skipped.append(s.id)
         else:
             todo.append(s)
@@ -210,14 +235,18 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
             by_size = sorted(todo, key=source_bytes, reverse=True)
             with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker,
                                      initargs=(q, os.getpid())) as ex:
-                pending = {ex.submit(_worker, s, cfg) for s in by_size}
-                while pending:
-                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                    while not q.empty():
-                        prog.advance(ft, q.get())
-                    for f in done:
-                        record(f.result())
-                        prog.advance(vt)
+                try:
+                    pending = {ex.submit(_worker, s, cfg) for s in by_size}
+                    while pending:
+                        done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                        while not q.empty():
+                            prog.advance(ft, q.get())
+                        for f in done:
+                            record(f.result())
+                            prog.advance(vt)
+                except BaseException:   # Ctrl-C, SIGTERM, an error: the workers remove their scratch and stop
+                    _stop_workers(ex)
+                    raise
         # videos another live run was writing: wait for its claim, then finish whatever it left
         for s in list(busy):
             busy.remove(s)
@@ -243,11 +272,24 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
 _QUEUE = None
 
 
+def _stop_workers(ex: ProcessPoolExecutor) -> None:
+    """SIGTERM every worker (each unwinds its video, removing the scratch), then drop what is
+    queued and wait for them to end."""
+    for proc in list((getattr(ex, "_processes", None) or {}).values()):
+        try:
+            proc.terminate()
+        except (OSError, AttributeError):
+            pass
+    ex.shutdown(wait=True, cancel_futures=True)
+
+
 def _init_worker(queue, parent: int) -> None:
     """In each worker process: where to report progress, and die with the parent (a kill -9 of
     the run must not leave workers committing videos behind a rerun's back)."""
     global _QUEUE
     _QUEUE = queue
+    from ..errors import install_signal_handlers
+    install_signal_handlers()   # a SIGTERM unwinds the video being written (its scratch is removed)
     try:
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG (Linux)

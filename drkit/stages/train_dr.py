@@ -27,7 +27,7 @@ from ..objectives import ADAM, ADAM_DEFAULT, build_objective
 from ..ranking import evaluate_windows
 from ..store import open_store
 from ..train import LoopConfig, fit
-from ..windows import FrameCache, collect_windows, window_tensor
+from ..windows import FrameCache, collect_windows, no_window_reason, window_tensor
 
 
 def augmenter(cfg: TrainDRConfig, epoch: int):
@@ -84,8 +84,7 @@ def run(cfg: TrainDRConfig) -> dict:
     stores = [open_store(p, "faces") for p in cfg.stores]
     ws = collect_windows(stores, cfg.T, cfg.stride)
     if len(ws) == 0:
-        raise DrkitError(f"no full window of 2T+1={2 * cfg.T + 1} frames at stride {cfg.stride} "
-                         "in the training stores")
+        raise DrkitError(f"no full window in the training stores: {no_window_reason(stores, cfg.T, cfg.stride)}")
     val_stores = [open_store(p, "faces") for p in cfg.val or []]
     train_ids = set(ws.stores)
     clash = train_ids & {v for s in val_stores for v in s.videos}

@@ -82,7 +82,7 @@ from ..tasks import (
     score,
     select_channels,
 )
-from ..train import LoopConfig, fit
+from ..train import LoopConfig, fit, run_folder
 
 
 def _same_layout(stores) -> None:
@@ -163,6 +163,11 @@ def run(cfg: TrainTaskConfig) -> dict:
     distributed.context(cfg.device)   # under torchrun: join the run; ranks > 0 log nothing
     if not cfg.out:
         raise DrkitError("-o RUN is required")
+    with run_folder(cfg.out, cfg.device):   # one run at a time writes into -o (val_metrics.json too)
+        return _train(cfg)
+
+
+def _train(cfg: TrainTaskConfig) -> dict:
     hg = cfg.arch == "hg_hmr"
     stores = [open_store(p, "dr") for p in cfg.input]
     names = stores[0].params["channels"]
@@ -286,10 +291,8 @@ def run(cfg: TrainTaskConfig) -> dict:
 def _load_init(model: torch.nn.Module, path: Path) -> None:
     """Pretrained weights (a state dict, or a drkit checkpoint): layers whose name and shape
     match are loaded, the rest (e.g. a first conv with more input channels) stay as initialised."""
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DrkitError(f"--init {path}: not a state dict or drkit checkpoint ({type(e).__name__})") from e
+    from ..checkpoint import load_file
+    sd = load_file(path, "not a state dict or drkit checkpoint (--init)")
     if isinstance(sd, dict) and "state_dict" in sd:
         sd = sd["state_dict"]
     own = model.state_dict()
