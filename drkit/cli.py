@@ -27,6 +27,7 @@ from .contracts import (
     InputKind,
     LabelLayout,
     Objective,
+    OutputFormat,
     Param,
     PrecisionName,
     Target,
@@ -194,17 +195,19 @@ def preprocess(
 @command()
 def inspect(
     store: Annotated[Path, typer.Argument(help="A drkit store (face store or DR store).")],
-    video: Annotated[Optional[str], typer.Option("--video", help="Video id for --frame.")] = None,
+    video: Annotated[Optional[str], typer.Option("--video", help="Video id for --frame (default: the store's only video).")] = None,
     frame: Annotated[Optional[int], typer.Option("--frame", help="Source frame index to draw.")] = None,
-    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="PNG to write for --video/--frame.")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="PNG to write for --frame (default: <video>_frame<N>.png).")] = None,
     verify: Annotated[bool, typer.Option(help="Also read every chunk and check its checksum (slower: reads the whole store).")] = False,
 ) -> None:
     """Summarise a store (videos, frames, fps, faces found, and each video checked as the stages
-    check it: exit code 1 if any is damaged), or draw one frame with landmarks."""
+    check it: exit code 1 if any is damaged), or draw one frame: a face store's crop with its
+    landmarks, a DR store's crop beside each DR map (diverging colour scale, labelled T and
+    stride)."""
     from .stages import inspect as stage
     if video is not None or frame is not None or out is not None:
-        if video is None or frame is None or out is None:
-            raise UsageError("--video, --frame and -o go together")
+        if frame is None:
+            raise UsageError("--video and -o go with --frame (the source frame index to draw)")
         log.info(f"wrote {stage.render_frame(store, video, frame, out)}")
         return
     bad = stage.print_summary(store, verify)
@@ -482,10 +485,15 @@ def eval_task(
 
 @command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Model bundle (best.pt of a train-task run, or the run folder).")],
+    model: Annotated[Path, typer.Argument(help="Model bundle: pretrained:au (see `drkit models`), or best.pt of a train-task run / the run folder.")],
     inputs: Annotated[List[Path], typer.Argument(help="Images, folders of images, or videos.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="CSV to write, one row per image or frame (with --per-video: the folder of CSVs).")],
-    save_dr: Annotated[Optional[Path], typer.Option(help="Write each face crop beside its DRs as PNG here.")] = None,
+    format: Annotated[OutputFormat, typer.Option("--format", help="drkit: input, frame, timestamp, face_found, confidence, targets; openface: OpenFace 2.2's layout (frame (1-based), face_id, timestamp, confidence, success, AUxx_r).")] = C.PredictConfig.format,
+    plot: Annotated[Optional[Path], typer.Option(help="Folder: per video, a PNG of every target over time (one labelled panel each).")] = None,
+    video_out: Annotated[Optional[Path], typer.Option(help="Folder: per video, an annotated MP4 (frame with landmarks, DR maps with colour scale, AU bars).")] = None,
+    save_dr: Annotated[Optional[Path], typer.Option(help="Folder: each face crop beside its DR maps (diverging colour scale, labelled) as PNG.")] = None,
+    dr_frames: Annotated[Optional[str], typer.Option(help="With --save-dr: only these source frames, e.g. 0,100,200-210 (default: every frame).")] = None,
+    clip: Annotated[bool, typer.Option("--clip/--no-clip", help="Clip outputs to the task's label range (AU 0-5, affect -1..1).")] = C.PredictConfig.clip,
     backend: Annotated[Optional[Backend], typer.Option(help="Face backend (default: the one the model was trained with).")] = None,
     model_root: Annotated[Optional[Path], typer.Option(help="Model folder for the face backend.")] = None,
     batch_size: Annotated[int, typer.Option(help="Faces per forward pass.")] = C.PredictConfig.batch_size,
@@ -493,21 +501,24 @@ def predict(
     precision: Annotated[PrecisionName, typer.Option(help="Run the DR and task networks at fp32, bf16 (CPU or CUDA) or fp16 (CUDA) via autocast.")] = C.PredictConfig.precision,
     channels_last: Annotated[bool, typer.Option(help="Run the networks in channels_last memory format (1.3-1.6x faster on a CPU; outputs differ from the standard layout by ~1e-6).")] = C.PredictConfig.channels_last,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the networks (slow start, faster on long runs).")] = C.PredictConfig.compile,
-    per_video: Annotated[bool, typer.Option(help="-o is a folder: one CSV per input file (<id>.csv), each written atomically; a rerun skips inputs whose CSV is there.")] = C.PredictConfig.per_video,
+    per_video: Annotated[bool, typer.Option(help="-o is a folder: one CSV per input file (<name>.csv, the file name without extension), each written atomically; a rerun skips inputs whose CSV is there.")] = C.PredictConfig.per_video,
     shard: Annotated[Optional[str], typer.Option(help="I/N (with --per-video): process only the I-th of N deterministic parts of the inputs (0-based); N jobs fill one folder.")] = None,
     overwrite: Annotated[bool, typer.Option(help="With --per-video: redo inputs whose CSV is already there.")] = False,
 ) -> None:
-    """Predict AU intensities or valence/arousal from still images or video frames.
+    """Predict AU intensities (or valence/arousal) from still images or video frames.
 
-    CSV columns: input, frame (source frame index for videos, 0 for images), face_found (0/1),
-    then one column per target as named in the training labels."""
+    `drkit predict pretrained:au clip.mp4 -o au.csv --plot plots/` answers "which AUs, how strong,
+    in which frame" with the shipped model. CSV columns (drkit format): input, frame (source frame
+    index for videos, 0 for images), timestamp (s), face_found (0/1), confidence (0-1), then one
+    column per target; --format openface writes OpenFace 2.2's layout."""
     from .stages import predict as stage
     r = stage.run(C.PredictConfig(model=model, inputs=inputs, out=out, save_dr=save_dr, backend=backend,
                                   model_root=model_root, batch_size=batch_size, device=device,
                                   precision=precision, channels_last=channels_last, compile=compile_,
-                                  per_video=per_video, shard=shard, overwrite=overwrite))
-    done = f", {len(r['written'])} CSVs written, {r['skipped']} already there" if per_video else ""
-    log.info(f"predict: {r['rows']} rows, {r['faces']} with a face, {len(r['failed'])} inputs skipped{done} -> {r['out']}")
+                                  per_video=per_video, shard=shard, overwrite=overwrite, format=format,
+                                  plot=plot, video_out=video_out, dr_frames=dr_frames, clip=clip))
+    done = f", {len(r.written)} CSVs written, {r.skipped} already there" if per_video else ""
+    log.info(f"predict: {r.rows} rows, {r.faces} with a face, {len(r.failed)} inputs skipped{done} -> {r.out}")
 
 
 @command()

@@ -199,10 +199,16 @@ class PredictConfig:
     per_video: bool = False           # -o is a folder: one CSV per input file, resumable
     shard: str | None = None          # "I/N" (with per_video): only the I-th of N parts of the inputs
     overwrite: bool = False           # per_video: redo inputs whose CSV is already there
+    format: str = "drkit"             # drkit | openface (OpenFace 2.2's CSV layout)
+    plot: Path | None = None          # folder: one PNG per video, each target over time
+    video_out: Path | None = None     # folder: one annotated MP4 per video
+    dr_frames: str | None = None      # --save-dr only these source frames ("0,100,200-210")
+    clip: bool = True                 # clip outputs to the task's label range
 
     def __post_init__(self):
         self.model, self.inputs, self.out = as_path(self.model), as_paths(self.inputs), as_path(self.out)
         self.save_dr, self.model_root = as_path(self.save_dr), as_path(self.model_root)
+        self.plot, self.video_out = as_path(self.plot), as_path(self.video_out)
 
 
 @dataclass

@@ -44,10 +44,14 @@ InputKind = Literal["si", "sdr", "mdr"]
 Arch = Literal["small", "vgg16", "hg_hmr", "dr_encoder"]
 LabelLayout = Literal["fera2015", "avec2012"]
 PrecisionName = Literal["fp32", "bf16", "fp16"]   # --precision (drkit.precision)
+OutputFormat = Literal["drkit", "openface"]       # predict --format
 StoreKind = Literal["faces", "dr"]
 CheckpointKind = Literal["dr", "task"]
 
 TASK_METRICS = {"au": ("icc", "mse", "mae"), "affect": ("pcc", "ccc", "mse")}
+# The range of each task's labels: AU intensity 0..5 (FACS A-E), valence / arousal -1..1. A bundle
+# clips its predictions to it (TaskConfig.value_range) unless its training labels lay outside it.
+TASK_RANGE = {"au": (0.0, 5.0), "affect": (-1.0, 1.0)}
 TASK_MONITOR = {"au": "icc", "affect": "pcc"}
 
 
@@ -277,6 +281,10 @@ class TaskConfig:
     preprocess: FaceStoreParams
     missing: list[float] = field(default_factory=list)
     train: dict[str, Any] = field(default_factory=dict)
+    # per target [lo, hi] its predictions are clipped to: the task's label range (TASK_RANGE) when
+    # every training label lies in it, else the training labels' own min and max (since 0.3.0;
+    # bundles without it are not clipped)
+    value_range: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)

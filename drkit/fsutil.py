@@ -18,15 +18,17 @@ from typing import Any, Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same folder, so the rename is atomic); on success
-    it replaces ``path`` in one ``os.replace``, on any error it is removed and ``path`` is untouched."""
+    it replaces ``path`` in one ``os.replace``, on any error it is removed and ``path`` is untouched.
+    ``suffix``: the temporary name ends in ``path``'s extension too, for writers that pick the
+    format by it (OpenCV's VideoWriter)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
     remove_stale_tmp(path)   # what a killed run left beside it
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix if suffix else ''}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -60,7 +62,7 @@ def remove_stale_tmp(path: str | os.PathLike) -> None:
     path = Path(path)
     prefix = f".{path.name}.tmp"
     for t in path.parent.glob(glob.escape(prefix) + "*"):
-        pid = t.name[len(prefix):]
+        pid = t.name[len(prefix):].removesuffix(path.suffix) if path.suffix else t.name[len(prefix):]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             t.unlink(missing_ok=True)
 

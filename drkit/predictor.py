@@ -1,15 +1,18 @@
-"""A reusable predictor: a task bundle (train-task's best.pt) applied to face crops, still
-images or video frames. `drkit predict` is a loop over inputs around it; Python users load it
-once and call it as often as they like::
+"""A reusable predictor: a task bundle (train-task's best.pt, or a shipped one such as
+``pretrained:au``) applied to face crops, still images or video frames. `drkit predict` is a loop
+over inputs around it; Python users load it once and call it as often as they like::
 
     from drkit.predictor import Predictor
-    p = Predictor.from_bundle("runs/au_mdr")           # or .../best.pt
+    p = Predictor.from_bundle("pretrained:au")         # or a train-task run folder / its best.pt
     result = p.predict_image(cv2.imread("face.jpg"))   # None if no face
     print(dict(zip(p.targets, result.values)))
 
 The bundle carries the preprocessing settings (crop size, alignment, face backend), the DR
 networks and the task network, so the prediction sees exactly the input it was trained on:
-face detection + 68 landmarks -> masked crop -> [image, DRs] (drkit.mdr) -> regressor.
+face detection + 68 landmarks -> masked crop -> [image, DRs] (drkit.mdr) -> regressor. Outputs
+are clipped to the bundle's label range (TaskConfig.value_range: AU intensity 0-5, valence /
+arousal -1..1, unless its training labels had another scale; ``clip=False`` keeps the raw network
+outputs; bundles made before 0.3.0 record no range and are not clipped).
 
 ``Predictor.from_bundle(run, precision="bf16", channels_last=True, compile=False)`` runs the
 networks under autocast (drkit.precision; fp16 needs CUDA); results come back as float32.
@@ -26,8 +29,18 @@ import torch
 
 from .batching import images_to_tensor
 from .checkpoint import Checkpoint, load_checkpoint
-from .contracts import TaskConfig
+from .contracts import TASK_RANGE, TaskConfig
+from .errors import DrkitError
 from .mdr import MDR
+
+
+@dataclass
+class Face:
+    """The face found in one image or frame."""
+    crop: np.ndarray            # (S, S, 3) uint8 RGB masked face crop
+    landmarks: np.ndarray       # (68, 2) in source-image pixels
+    confidence: float           # 0..1, how likely the landmarks sit on the face (drkit.faces.tracker)
+    detected: bool              # the detector ran on this frame (else: tracked)
 
 
 @dataclass
@@ -36,6 +49,22 @@ class Prediction:
     crop: np.ndarray            # (S, S, 3) uint8 RGB masked face crop
     mdr: np.ndarray             # (C, M, M) the network's input before normalisation
     landmarks: np.ndarray       # (68, 2) in source-image pixels
+    confidence: float = 1.0
+
+
+def load_bundle(path: str | os.PathLike) -> Checkpoint:
+    """A task bundle, with a message naming the next step when ``path`` is a DR model."""
+    from .checkpoint import resolve
+    try:
+        return load_checkpoint(path, "task")
+    except DrkitError as e:
+        if "a 'dr' checkpoint" not in str(e):
+            raise
+        raise DrkitError(f"{path}: this is a DR model (it turns a face into dynamics maps, not into AU "
+                         "values); predict needs a task bundle such as pretrained:au (`drkit models` "
+                         "lists them), or train one: `drkit gen-dr FACES -o MDR --dr "
+                         f"{path}` then `drkit train-task MDR --labels LABELS.csv -o RUN` "
+                         f"(file: {resolve(path)})") from None
 
 
 class Predictor:
@@ -43,10 +72,12 @@ class Predictor:
 
     def __init__(self, bundle: Checkpoint, device: torch.device | str = "cpu",
                  backend: str | None = None, model_root: str | None = None,
-                 precision: str = "fp32", channels_last: bool = True, compile: bool = False):
+                 precision: str = "fp32", channels_last: bool = True, compile: bool = False,
+                 clip: bool = True):
         from . import precision as P
         c: TaskConfig = bundle.config
         self.bundle, self.config, self.device = bundle, c, torch.device(device)
+        self.bundle_name = str(bundle.path or "bundle")   # for titles and messages
         self.precision = P.check(precision, self.device)   # fp16 off CUDA: a DrkitError here
         self.mdr = MDR.from_dr_nets(bundle.dr_nets, c.map_size, c.image).to(self.device).eval()
         self.mdr.prepare(channels_last, compile)
@@ -57,6 +88,10 @@ class Predictor:
         self.mean = torch.tensor(c.norm_mean, device=self.device)[None, :, None, None]
         self.std = torch.tensor(c.norm_std, device=self.device)[None, :, None, None]
         self.targets = list(c.targets)
+        self.ranges = [list(map(float, r)) for r in c.value_range]   # per target; [] in bundles before 0.3.0
+        self.value_range: tuple[float, float] = (
+            (min(r[0] for r in self.ranges), max(r[1] for r in self.ranges)) if self.ranges else TASK_RANGE[c.task])
+        self.clip = clip and bool(self.ranges)
         self.crop_size, self.align = c.preprocess.crop_size, c.preprocess.align
         self.backend_name, self.model_root = backend or c.preprocess.backend, model_root
         self._backend = None
@@ -65,13 +100,22 @@ class Predictor:
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str = "auto", backend: str | None = None,
                     model_root: str | None = None, precision: str = "fp32", channels_last: bool = True,
-                    compile: bool = False) -> "Predictor":
-        """``precision`` fp32 (default), bf16 or fp16 (CUDA only): autocast around the networks,
+                    compile: bool = False, clip: bool = True) -> "Predictor":
+        """``path``: a train-task run folder, its best.pt, or a shipped bundle (``pretrained:au``).
+        ``precision`` fp32 (default), bf16 or fp16 (CUDA only): autocast around the networks,
         outputs returned as float32; ``channels_last`` (default: 1.3-1.6x faster on a CPU, outputs
-        within ~1e-6 of the standard layout) / ``compile``: drkit.precision.prepare."""
+        within ~1e-6 of the standard layout) / ``compile``: drkit.precision.prepare; ``clip``:
+        clip outputs to the task's label range (default)."""
         from .nets import pick_device
-        return cls(load_checkpoint(path, "task"), pick_device(device), backend, model_root,
-                   precision, channels_last, compile)
+        p = cls(load_bundle(path), pick_device(device), backend, model_root, precision, channels_last,
+                compile, clip)
+        p.bundle_name = str(path)
+        return p
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the bundle was trained on synthetic faces only (`drkit synth`)."""
+        return bool((self.config.train.get("data") or {}).get("synthetic"))
 
     @property
     def backend(self):
@@ -96,6 +140,9 @@ class Predictor:
             if self.channels_last:
                 z = z.contiguous(memory_format=torch.channels_last)
             y = self._net(z).float()
+        if self.clip:
+            from .tasks import clip_values
+            y = clip_values(y, self.ranges)
         out = y.cpu().numpy(), m.cpu().numpy()
         self.timings["dr"] += t1 - t0
         self.timings["task"] += time.perf_counter() - t1
@@ -104,14 +151,16 @@ class Predictor:
 
     __call__ = predict_crops
 
-    def crop(self, bgr: np.ndarray, tracker=None):
-        """The masked crop (RGB) and landmarks of the largest face in a BGR image, or None.
-        Give a FaceTracker to follow a face through video frames."""
+    def find_face(self, bgr: np.ndarray, tracker=None) -> Face | None:
+        """The largest face of a BGR image (OpenCV's order), or None: its masked crop, landmarks
+        and confidence. Give a FaceTracker (``self.tracker()``) to follow a face through video
+        frames."""
         from .faces import FaceTracker, crop_face
         res = (tracker or FaceTracker(self.backend, naive=True))(bgr)
         if res is None:
             return None
-        return crop_face(bgr, res.landmarks, self.crop_size, self.align)[0], res.landmarks
+        return Face(crop_face(bgr, res.landmarks, self.crop_size, self.align)[0], res.landmarks,
+                    float(getattr(res, "confidence", 1.0)), bool(res.detected))
 
     def tracker(self, redetect_every: int | None = None):
         """A FaceTracker for the frames of one video, with the bundle's tracking settings."""
@@ -120,9 +169,8 @@ class Predictor:
 
     def predict_image(self, bgr: np.ndarray) -> Prediction | None:
         """Predict on the largest face of one BGR image (OpenCV's order); None without a face."""
-        found = self.crop(bgr)
-        if found is None:
+        face = self.find_face(bgr)
+        if face is None:
             return None
-        crop, lm = found
-        y, m = self.predict_crops(crop[None])
-        return Prediction(y[0], crop, m[0], lm)
+        y, m = self.predict_crops(face.crop[None])
+        return Prediction(y[0], face.crop, m[0], face.landmarks, face.confidence)

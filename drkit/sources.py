@@ -27,8 +27,9 @@ IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 @dataclass(frozen=True)
 class Source:
     id: str            # store subgroup name
-    path: Path         # video file or image folder
-    kind: str          # "video" | "images" | "unknown"
+    path: Path         # video file, image folder, or (``discover(..., stills=True)``) image file
+    kind: str          # "video" | "images" | "image" (a still) | "unknown"
+    rel: str = ""      # the path the id was made from (relative to the folder given, or the name)
 
 
 def source_bytes(src: Source) -> int:
@@ -66,7 +67,7 @@ def frame_numbers(files: list[Path]) -> list[int]:
     return nums
 
 
-def discover(inputs: list[str | Path]) -> list[Source]:
+def discover(inputs: list[str | Path], stills: bool = False, keep_order: bool = False) -> list[Source]:
     """Expand inputs into sources, sorted by id.
 
     A file is a video (any file given explicitly is tried, so a bad one is reported rather than
@@ -74,17 +75,24 @@ def discover(inputs: list[str | Path]) -> list[Source]:
     holding image files is one image sequence. Ids are paths relative to the given folder (a
     file given directly is identified by its name); clashes get a numeric suffix. A file or image
     folder reached twice (given twice, a folder and a file in it, a symlink) is taken once, as
-    first found, with a warning naming both paths."""
+    first found, with a warning naming both paths.
+
+    ``stills`` (`drkit predict`): every image file is a source of its own, kind ``image`` (an
+    image given directly, or each image of a folder), instead of folders being sequences.
+    ``keep_order``: in the order the inputs were given (folders expanded in sorted order), not by id."""
     found: list[tuple[str, Path, str]] = []
     for inp in map(Path, inputs):
         if not inp.exists():
             raise DrkitError(f"{inp}: no such file or folder")
         if inp.is_file():
-            kind = "video" if inp.suffix.lower() in VIDEO_EXT else "unknown"
+            ext = inp.suffix.lower()
+            kind = "image" if stills and ext in IMAGE_EXT else "video" if ext in VIDEO_EXT else "unknown"
             found.append((inp.name, inp, kind))
             continue
         for d in sorted([inp, *(p for p in inp.rglob("*") if p.is_dir())]):
-            if _images_in(d):
+            if stills:
+                found += [(f.relative_to(inp).as_posix(), f, "image") for f in _images_in(d)]
+            elif _images_in(d):
                 rel = d.relative_to(inp).as_posix()
                 found.append((rel if rel != "." else inp.resolve().name, d, "images"))
             for f in sorted(d.iterdir()):
@@ -110,8 +118,8 @@ def discover(inputs: list[str | Path]) -> list[Source]:
                      "of the files for ids that do not depend on the other inputs")
         seen[vid] = path
         first_of[real] = (path, vid)
-        out.append(Source(vid, path, kind))
-    return sorted(out, key=lambda s: s.id)
+        out.append(Source(vid, path, kind, rel))
+    return out if keep_order else sorted(out, key=lambda s: s.id)
 
 
 def select_shard(sources: list[Source], shard: str | None) -> list[Source]:
@@ -182,10 +190,34 @@ class FrameReader:
         if not ok or first is None:
             cap.release()
             raise DrkitError(f"{src.path}: video has no decodable frame")
+        ms = cap.get(cv2.CAP_PROP_POS_MSEC)
+        self._t0 = ms / 1000 if ms and ms > 0 else 0.0
         fps = plausible_fps(cap.get(cv2.CAP_PROP_FPS), default_fps, src.path)
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.cap, self._first = cap, first
         self.meta = VideoMeta(float(fps), first.shape[1], first.shape[0], max(n, 1))
+
+    def timed(self) -> Iterator[tuple[int, float, np.ndarray]]:
+        """(index, timestamp in seconds, frame): a video's timestamps from the container (the
+        decoder's position of each frame), an image sequence's index / fps."""
+        if self.src.kind == "images":
+            for i, img in self:
+                yield i, i / self.meta.fps, img
+            return
+        frame, i, t = self._first, 0, self._t0
+        try:
+            while frame is not None:
+                yield i, t, frame
+                i += 1
+                ok, frame = self.cap.read()
+                if not ok:
+                    frame = None
+                else:
+                    ms = self.cap.get(cv2.CAP_PROP_POS_MSEC)
+                    t = ms / 1000 if ms > 0 or i == 0 else i / self.meta.fps
+        finally:
+            self.cap.release()
+        self.n_read = i
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         if self.src.kind == "images":

@@ -14,14 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from . import log, metrics
-from .contracts import TASK_METRICS, InputKind, check_choice
+from .contracts import TASK_METRICS, TASK_RANGE, InputKind, check_choice
 from .errors import DrkitError
 from .labels import Labels, read_labels
 from .store import Store, open_store
 from .windows import FrameCache, FrameRefs
 
-# The range of each task's labels: AU intensity 0..5 (FACS A-E), valence / arousal -1..1.
-TASK_RANGE = {"au": (0.0, 5.0), "affect": (-1.0, 1.0)}
 
 
 def out_of_range(task: str, targets: list[str], y: np.ndarray) -> dict[str, int]:
@@ -254,13 +252,40 @@ def score(task: str, targets: list[str], pred: np.ndarray, y: np.ndarray) -> dic
     return out
 
 
-def predict_samples(model, batcher: Batcher, device, batch_size: int = 64) -> np.ndarray:
+def value_range(task: str, y: np.ndarray) -> list[list[float]]:
+    """Per target [lo, hi] to clip predictions to: the task's label range (TASK_RANGE) when every
+    label of the target (non-missing entries of ``y`` (n, k)) lies in it, else the labels' own
+    min and max (a scale the task does not expect: clipping to the task's range would ruin it)."""
+    lo, hi = TASK_RANGE[task]
+    out = []
+    for j in range(y.shape[1]):
+        col = y[:, j][~np.isnan(y[:, j])]
+        inside = not len(col) or (col.min() >= lo and col.max() <= hi)
+        out.append([lo, hi] if inside else [float(col.min()), float(col.max())])
+    return out
+
+
+def clip_values(pred: torch.Tensor | np.ndarray, ranges: list[list[float]]):
+    """Predictions (n, k) clipped per target to ``ranges`` (TaskConfig.value_range; [] = as they are)."""
+    if not ranges:
+        return pred
+    r = np.asarray(ranges, np.float32)
+    if isinstance(pred, torch.Tensor):
+        r = torch.as_tensor(r, device=pred.device)
+        return torch.maximum(torch.minimum(pred, r[:, 1]), r[:, 0])
+    return np.clip(pred, r[:, 0], r[:, 1])
+
+
+def predict_samples(model, batcher: Batcher, device, ranges: list[list[float]] | None = None,
+                    batch_size: int = 64) -> np.ndarray:
+    """The model's predictions for every sample, clipped per target to ``ranges`` as
+    drkit.predictor clips a bundle's: train-task's validation and eval-task score what predict gives."""
     model.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(batcher.s), batch_size):
             x, _ = batcher.get(np.arange(i, min(i + batch_size, len(batcher.s))))
-            out.append(model(x.to(device)).cpu().numpy())
+            out.append(clip_values(model(x.to(device)).float(), ranges or []).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -278,5 +303,5 @@ def evaluate_bundle(bundle, stores: list[Path | str], labels: Path | str, people
     lab = read_labels(labels, c.targets, tuple(c.missing if missing is None else missing))
     s = labelled_frames(opened, lab, set(people) if people else None)
     b = Batcher(s, c.channels, np.array(c.norm_mean), np.array(c.norm_std))
-    pred = predict_samples(bundle.build_model().to(device), b, device)
+    pred = predict_samples(bundle.build_model().to(device), b, device, c.value_range)
     return {"frames": len(s), **score(c.task, c.targets, pred, s.y)}

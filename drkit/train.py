@@ -83,9 +83,9 @@ class LoopConfig:
     compile: bool = False                # torch.compile the network
 
 
-# settings that change how a run computes, not what it trains: recorded, but resuming with other
-# values is allowed (and checkpoints from before they existed resume)
-RUNTIME_SETTINGS = ("precision", "channels_last", "compile")
+# settings that change how a run computes, not what it trains, and provenance records (``data``):
+# recorded, but resuming with other values is allowed (and checkpoints from before they existed resume)
+RUNTIME_SETTINGS = ("precision", "channels_last", "compile", "data")
 
 
 def _settings(config) -> dict:

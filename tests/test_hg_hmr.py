@@ -331,5 +331,5 @@ def test_hg_hmr_bundle_in_eval_task_and_predict(hg_data, tmp_path):
     r = cli("predict", out, face, "-o", pred)
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(pred)))
-    assert list(rows[0]) == ["input", "frame", "face_found", "AU12", "AU01"]
+    assert list(rows[0]) == ["input", "frame", "timestamp", "face_found", "confidence", "AU12", "AU01"]
     assert rows[0]["face_found"] == "1" and all(float(rows[0][a]) >= 0 for a in ("AU12", "AU01"))

@@ -62,7 +62,7 @@ def test_pipelined_per_video_equals_sequential(task_bundle, inputs, tmp_path):
     pip = _run(task_bundle, inputs, tmp_path / "pip", per_video=True, batch_size=5, pipeline=True)
     names = sorted(p.name for p in (tmp_path / "seq").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "pip").iterdir())
-    assert names == ["a.avi.csv", "b_still.png.csv", "c.mp4.csv", "sub__b.avi.csv"]   # broken.mp4: none
+    assert names == ["a.csv", "b_still.csv", "c.csv", "sub__b.csv"]   # broken.mp4: none
     for n in names:
         assert (tmp_path / "pip" / n).read_text() == (tmp_path / "seq" / n).read_text(), n
     assert seq["written"] == pip["written"] and seq["failed"] == pip["failed"]
@@ -70,15 +70,15 @@ def test_pipelined_per_video_equals_sequential(task_bundle, inputs, tmp_path):
 
 def test_a_producer_error_reaches_the_caller_and_stops_the_thread(task_bundle, inputs, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = Predictor.crop
+    real = Predictor.find_face
 
-    def crop(self, bgr, tracker=None):
+    def find_face(self, bgr, tracker=None):
         calls["n"] += 1
         if calls["n"] == 12:
             raise RuntimeError("tracker bug")
         return real(self, bgr, tracker)
 
-    monkeypatch.setattr(Predictor, "crop", crop)
+    monkeypatch.setattr(Predictor, "find_face", find_face)
     out = tmp_path / "p.csv"
     with pytest.raises(RuntimeError, match="tracker bug"):
         _run(task_bundle, inputs, out, pipeline=True)

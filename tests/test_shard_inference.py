@@ -158,11 +158,11 @@ def per_video(task_bundle, videos, tmp_path_factory):
 
 def test_predict_per_video_writes_one_csv_per_input(per_video, videos):
     out, r = per_video
-    assert sorted(r["written"]) == ["a.avi.csv", "c.mp4.csv", "sub__b.avi.csv"] and r["skipped"] == 0
+    assert sorted(r["written"]) == ["a.csv", "c.csv", "sub__b.csv"] and r["skipped"] == 0
     csvs = _csvs(out)
-    assert list(csvs) == ["a.avi.csv", "c.mp4.csv", "sub__b.avi.csv"]      # no temporary files left
-    lines = csvs["c.mp4.csv"].splitlines()
-    assert lines[0].startswith("input,frame,face_found,") and len(lines) == 1 + 36
+    assert list(csvs) == ["a.csv", "c.csv", "sub__b.csv"]      # no temporary files left
+    lines = csvs["c.csv"].splitlines()
+    assert lines[0].startswith("input,frame,timestamp,face_found,confidence,") and len(lines) == 1 + 36
     assert all(x.split(",")[0] == str(videos / "c.mp4") for x in lines[1:])
     assert r["rows"] == 40 + 30 + 36
 
@@ -180,17 +180,17 @@ def test_killed_predict_redoes_only_what_is_missing(per_video, task_bundle, vide
     ref, _ = per_video
     out = tmp_path / "resumed"
     shutil.copytree(ref, out)
-    (out / "sub__b.avi.csv").unlink()                          # killed while writing b ...
+    (out / "sub__b.csv").unlink()                          # killed while writing b ...
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    (out / f".sub__b.avi.csv.tmp{dead}").write_text("input,frame,face_found\nhalf")   # ... its scratch
+    (out / f".sub__b.csv.tmp{dead}").write_text("input,frame,face_found\nhalf")   # ... its scratch
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if not p.name.startswith(".")}
     r = _predict(task_bundle, videos, out)
-    assert r["written"] == ["sub__b.avi.csv"] and r["skipped"] == 2
+    assert r["written"] == ["sub__b.csv"] and r["skipped"] == 2
     assert _csvs(out) == _csvs(ref)                            # scratch removed, b redone the same
     assert all((out / n).stat().st_mtime_ns == t for n, t in before.items())   # the others untouched
     assert _predict(task_bundle, videos, out)["written"] == []
-    assert _predict(task_bundle, videos, out, overwrite=True, shard="0/3")["written"] == ["a.avi.csv"]
+    assert _predict(task_bundle, videos, out, overwrite=True, shard="0/3")["written"] == ["a.csv"]
     assert _csvs(out) == _csvs(ref)
 
 

@@ -212,12 +212,13 @@ def test_predict_rows_for_faces_and_no_faces(task_data, tmp_path):
     r = cli("predict", model, face, blank, "-o", out, "--save-dr", tmp_path / "dr")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(out)))
-    assert list(rows[0]) == ["input", "frame", "face_found", "t1", "t2"]
+    assert list(rows[0]) == ["input", "frame", "timestamp", "face_found", "confidence", "t1", "t2"]
     by = {r["input"]: r for r in rows}
     assert by[str(face)]["face_found"] == "1" and float(by[str(face)]["t1"]) == float(by[str(face)]["t1"])
     assert by[str(blank)]["face_found"] == "0" and by[str(blank)]["t1"] == ""
+    assert float(by[str(face)]["confidence"]) > 0 and by[str(blank)]["confidence"] == "0.000"
     pic = cv2.imread(str(tmp_path / "dr" / "face.png"))
-    assert pic.shape[1] == 3 * pic.shape[0]      # crop + two DRs side by side
+    assert pic.shape[1] == 192 + 2 * (192 + 64)  # crop + two DR maps, each with its colour bar
 
 
 # ------------------------------------------------------------------ mirroring DR inputs

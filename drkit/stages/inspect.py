@@ -87,15 +87,32 @@ def _frame_position(store: Store, vid: str, frame: int) -> int:
     return int(pos)
 
 
-def render_frame(store_path: str | Path, vid: str, frame: int, out: str | Path,
+def render_frame(store_path: str | Path, vid: str | None, frame: int, out: str | Path | None = None,
                  scale: int = 2) -> Path:
-    """Write a PNG of stored source frame ``frame`` of video ``vid`` with its 68 landmarks."""
-    store = open_store(store_path, "faces")
+    """Write a PNG of stored source frame ``frame`` of video ``vid`` (None: the store's only
+    video): for a face store the crop with its 68 landmarks and hull; for a DR store the crop (when
+    the store keeps the image) beside each DR map on a diverging colour scale, labelled with its
+    T and stride (drkit.viz.dr_panel). ``out`` defaults to ``<video>_frame<frame>.png``."""
+    store = open_store(store_path)
+    if vid is None:
+        if len(store.videos) != 1:
+            raise DrkitError(f"{store.path}: holds {len(store.videos)} videos; pick one with --video "
+                             f"({', '.join(store.videos[:8])}{' ...' if len(store.videos) > 8 else ''})")
+        vid = store.videos[0]
     if vid not in store.videos:
         raise DrkitError(f"{store.path}: no video '{vid}'; videos: {', '.join(store.videos[:8])}"
                          + (" ..." if len(store.videos) > 8 else ""))
     pos = _frame_position(store, vid, frame)
     g = store.video(vid)
+    img = _draw_dr(store, g, vid, frame, pos) if store.kind == "dr" else _draw_face(g, vid, frame, pos, scale)
+    out = Path(out) if out else Path(f"{vid}_frame{frame}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), img):
+        raise DrkitError(f"{out}: cannot write image (use a .png or .jpg name)")
+    return out
+
+
+def _draw_face(g, vid: str, frame: int, pos: int, scale: int) -> np.ndarray:
     img = cv2.cvtColor(np.asarray(g["frames"][pos]), cv2.COLOR_RGB2BGR)
     img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     lm = np.asarray(g["landmarks"][pos]) * scale
@@ -106,8 +123,13 @@ def render_frame(store_path: str | Path, vid: str, frame: int, out: str | Path,
         cv2.circle(img, (int(round(x)), int(round(y))), max(1, scale), colour, -1, cv2.LINE_AA)
     label = f"{vid} frame {frame}" + (" (detected)" if bool(g["detected"][pos]) else " (tracked)")
     cv2.putText(img, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), img):
-        raise DrkitError(f"{out}: cannot write image (use a .png or .jpg name)")
-    return out
+    return img
+
+
+def _draw_dr(store: Store, g, vid: str, frame: int, pos: int) -> np.ndarray:
+    from ..viz import dr_panel
+    names = list(store.typed_params.channels)
+    mdr = np.asarray(g["mdr"][pos], np.float32)
+    img = [i for i, n in enumerate(names) if n.startswith("image_")]
+    crop = (np.clip(mdr[img].transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8) if len(img) == 3 else None
+    return dr_panel(crop, mdr, names, caption=f"{vid} frame {frame} ({store.path.name})")

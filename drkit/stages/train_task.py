@@ -81,6 +81,7 @@ from ..tasks import (
     require_landmarks,
     score,
     select_channels,
+    value_range,
 )
 from ..train import LoopConfig, fit, run_folder
 
@@ -220,6 +221,8 @@ def _train(cfg: TrainTaskConfig) -> dict:
                         if k not in ("resume", "overwrite", "device", "eval_only", "epochs", "time_budget", "patience")
                         and (hg or k not in HG_FIELDS)
                         and not (k == "dropout" and v is None)}))   # runs from before --dropout resume
+    config.train["data"] = training_data(train_s, labels)
+    config.value_range = value_range(cfg.task, train_s.y)
     template = Checkpoint(kind="task", model=spec, config=config, state_dict={}, dr_nets=dr_nets)
     log.info(f"train-task: {len(train_s)} train / {len(val_s)} validation frames, input {cfg.input_kind} "
              f"({len(ch)} channels), targets {', '.join(labels.targets)}, {cfg.arch}")
@@ -271,7 +274,7 @@ def _train(cfg: TrainTaskConfig) -> dict:
         return masked_mse(net(x), y), {}
 
     def validate(model, device):
-        return score(cfg.task, labels.targets, predict_samples(model, vb, device), val_s.y)
+        return score(cfg.task, labels.targets, predict_samples(model, vb, device, config.value_range), val_s.y)
 
     loop = LoopConfig(out=cfg.out, epochs=cfg.epochs, time_budget=cfg.time_budget, lr=cfg.lr,
                       betas=(0.9, 0.999), weight_decay=cfg.weight_decay, seed=cfg.seed, device=cfg.device,
@@ -283,9 +286,20 @@ def _train(cfg: TrainTaskConfig) -> dict:
         return {**st, "val": None}
     best = load_checkpoint(cfg.out / "best.pt", "task")
     device = pick_device(cfg.device)
-    final = score(cfg.task, labels.targets, predict_samples(best.build_model().to(device), vb, device), val_s.y)
+    final = score(cfg.task, labels.targets, predict_samples(best.build_model().to(device), vb, device,
+                                                          best.config.value_range), val_s.y)
     write_json_atomic(cfg.out / "val_metrics.json", final)
     return {**st, "val": final}
+
+
+def training_data(s, labels) -> dict:
+    """What a bundle was trained on, recorded in its config (``train.data``): videos, people,
+    frames, the label file, and whether every video is synthetic (made by `drkit synth`, whose
+    output folder holds synth.json), so predict can warn when such a model meets real faces."""
+    sources = [Path(st.video_info(v).get("source") or "") for v, st in s.stores.items()]
+    synth = [any((d / "synth.json").is_file() for d in list(p.parents)[:3]) for p in sources]
+    return {"videos": len(sources), "people": len({person_of(labels, v) for v in s.stores}), "frames": len(s),
+            "labels": labels.path.name if labels.path else None, "synthetic": bool(synth) and all(synth)}
 
 
 def _load_init(model: torch.nn.Module, path: Path) -> None:

@@ -1,0 +1,182 @@
+"""What `drkit predict` hands a researcher (issue 19): OpenFace 2.2's CSV layout, per-video CSVs
+named after the file, timestamps and confidence, values clipped to the label range, a plot per
+video, an annotated video, DR pictures of chosen frames, and errors that name the next step."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REAL, cli, face_frames, write_video
+
+from drkit.checkpoint import load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def au_bundle(task_data, tmp_path_factory):
+    """A bundle whose targets are named like OpenFace's AUs (the blob targets under AU names)."""
+    d = tmp_path_factory.mktemp("au_bundle")
+    text = task_data["labels"].read_text().splitlines()
+    text[0] = text[0].replace("t1", "AU06").replace("t2", "AU12")
+    (d / "labels.csv").write_text("\n".join(text) + "\n")
+    r = cli("train-task", task_data["mdr"], "--labels", d / "labels.csv", "-o", d / "run", "--epochs", "1")
+    assert r.returncode == 0, r.stderr
+    return d / "run"
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clip")
+    frames = face_frames(30, seed=7, blank=(5, 6))
+    write_video(d / "talk.mp4", frames, fps=20)
+    cv2.imwrite(str(d / "still.png"), frames[0])
+    return d
+
+
+def _openface_rows(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path) as f:
+        rd = csv.DictReader(f, skipinitialspace=True)
+        return list(rd.fieldnames), list(rd)
+
+
+def test_openface_format_has_openfaces_columns_and_1_based_frames(au_bundle, clip, tmp_path):
+    out = tmp_path / "of.csv"
+    r = cli("predict", au_bundle, clip / "talk.mp4", "-o", out, "--format", "openface")
+    assert r.returncode == 0, r.stderr
+    header, rows = _openface_rows(out)
+    assert header == ["frame", "face_id", "timestamp", "confidence", "success", "AU06_r", "AU12_r"]
+    assert out.read_text().splitlines()[0] == "frame, face_id, timestamp, confidence, success, AU06_r, AU12_r"
+    assert [int(x["frame"]) for x in rows] == list(range(1, 31))              # OpenFace counts from 1
+    assert [float(x["timestamp"]) for x in rows] == pytest.approx([i / 20 for i in range(30)], abs=1e-3)
+    assert {x["face_id"] for x in rows} == {"0"}
+    no_face = [x for x in rows if x["success"] == "0"]
+    assert [int(x["frame"]) for x in no_face] == [6, 7]                          # blank source frames 5, 6
+    assert all(float(x["confidence"]) == 0 and float(x["AU06_r"]) == 0 for x in no_face)
+    ok = [x for x in rows if x["success"] == "1"]
+    assert all(0 < float(x["confidence"]) <= 1 and 0 <= float(x["AU12_r"]) <= 5 for x in ok)
+
+
+@pytest.mark.skipif(not (REAL.parent / "faces_openface").is_dir(), reason="OpenFace outputs not found")
+def test_openface_format_matches_a_real_openface_csv_header(au_bundle, clip, tmp_path):
+    """Our first five columns are OpenFace 2.2's, in its order, with its separator."""
+    real = next((REAL.parent / "faces_openface").glob("*.csv.gz"))
+    with gzip.open(real, "rt") as f:
+        theirs = f.readline().rstrip("\n").split(", ")
+    out = tmp_path / "of.csv"
+    assert cli("predict", au_bundle, clip / "still.png", "-o", out, "--format", "openface").returncode == 0
+    ours = out.read_text().splitlines()[0].split(", ")
+    assert ours[:5] == theirs[:5]
+    assert all(c in theirs for c in ours[5:])        # AU06_r, AU12_r are OpenFace column names
+
+
+def test_drkit_csv_has_timestamp_and_confidence_and_clips(au_bundle, clip, tmp_path):
+    import torch
+
+    from drkit.predictor import Predictor
+    out = tmp_path / "p.csv"
+    r = cli("predict", au_bundle, clip / "talk.mp4", "-o", out)
+    assert r.returncode == 0 and "clipped to the AU label range 0..5" in r.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert list(rows[0]) == ["input", "frame", "timestamp", "face_found", "confidence", "AU06", "AU12"]
+    assert [float(x["timestamp"]) for x in rows] == pytest.approx([i / 20 for i in range(30)], abs=1e-3)
+    p = Predictor.from_bundle(au_bundle, "cpu")
+    with torch.no_grad():
+        p.net.head[-1].bias.fill_(50.0)   # a network gone wild: outputs far above the range
+    crops = np.zeros((2, p.crop_size, p.crop_size, 3), np.uint8)
+    assert (p.predict_crops(crops)[0] == 5.0).all()
+    p.clip = False
+    assert (p.predict_crops(crops)[0] > 5.0).all()
+
+
+def test_per_video_csvs_are_named_after_the_file(au_bundle, clip, tmp_path):
+    out = tmp_path / "csvs"
+    r = cli("predict", au_bundle, clip, "-o", out, "--per-video", "--format", "openface")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["still.csv", "talk.csv"]
+    header, rows = _openface_rows(out / "talk.csv")
+    assert len(rows) == 30 and header[0] == "frame"
+
+
+def test_plot_video_and_dr_pictures(au_bundle, clip, tmp_path):
+    plots, vids, pics = tmp_path / "plots", tmp_path / "video", tmp_path / "dr"
+    r = cli("predict", au_bundle, clip / "talk.mp4", clip / "still.png", "-o", tmp_path / "p.csv",
+            "--plot", plots, "--video-out", vids, "--save-dr", pics, "--dr-frames", "0,10-12")
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in plots.iterdir()] == ["talk.png"]          # a plot per video, not per still
+    png = cv2.imread(str(plots / "talk.png"))
+    assert png is not None and png.shape[0] > 150
+    assert [p.name for p in vids.iterdir()] == ["talk.mp4"]
+    cap = cv2.VideoCapture(str(vids / "talk.mp4"))
+    n, first = 0, None
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        first = f if first is None else first
+        n += 1
+    assert n == 30 and first.shape[1] > 2 * first.shape[0]            # frame, DR maps, AU bars side by side
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(20, abs=0.1)
+    names = sorted(p.name for p in pics.iterdir())
+    assert names == ["still.png", "talk_000000.png", "talk_000010.png", "talk_000011.png", "talk_000012.png"]
+    assert not list(tmp_path.rglob(".*.tmp*"))
+
+
+def test_dr_frames_must_be_numbers(au_bundle, clip, tmp_path):
+    r = cli("predict", au_bundle, clip / "still.png", "-o", tmp_path / "p.csv", "--save-dr", tmp_path / "d",
+            "--dr-frames", "1,x")
+    assert r.returncode == 2 and "--dr-frames" in r.stderr
+
+
+def test_predict_on_a_dr_model_names_the_next_step(task_data, clip, tmp_path):
+    r = cli("predict", task_data["drs"][0], clip / "still.png", "-o", tmp_path / "p.csv")
+    assert r.returncode == 1
+    msg = " ".join(r.stderr.split())
+    assert "this is a DR model" in msg and "pretrained:au" in msg and "drkit train-task" in msg
+    assert "expected a 'task' checkpoint" not in msg
+
+
+def test_a_bundle_trained_on_synthetic_faces_says_so(au_bundle, clip, tmp_path):
+    b = load_checkpoint(au_bundle)
+    assert b.config.train["data"]["synthetic"] is False and b.config.train["data"]["people"] >= 1
+    b.config.train["data"]["synthetic"] = True
+    save_checkpoint(b, tmp_path / "synth.pt")
+    r = cli("predict", tmp_path / "synth.pt", clip / "still.png", "-o", tmp_path / "p.csv")
+    assert r.returncode == 0 and "trained on synthetic faces only" in " ".join(r.stderr.split())
+
+
+def test_training_data_recognises_synth_output(tmp_path):
+    from types import SimpleNamespace
+
+    from drkit.stages.train_task import training_data
+    synth = tmp_path / "s"
+    (synth / "videos").mkdir(parents=True)
+    (synth / "synth.json").write_text("{}")
+    st = SimpleNamespace(video_info=lambda v: {"source": str(synth / "videos" / v)})
+    s = SimpleNamespace(stores={"a.avi": st, "b.avi": st}, __len__=lambda: 2)
+    labels = SimpleNamespace(person={"a.avi": "p", "b.avi": "q"}, path=tmp_path / "l.csv")
+
+    class S(SimpleNamespace):
+        def __len__(self):
+            return 10
+    d = training_data(S(stores=s.stores), labels)
+    assert d["synthetic"] is True and d["people"] == 2 and d["frames"] == 10
+    st2 = SimpleNamespace(video_info=lambda v: {"source": str(tmp_path / "real" / v)})
+    assert training_data(S(stores={"a.avi": st, "c.avi": st2}), labels)["synthetic"] is False
+
+
+def test_inspect_draws_a_dr_store_frame(task_data, tmp_path):
+    out = tmp_path / "f.png"
+    st = task_data["mdr"]
+    r = cli("inspect", st, "--video", "p0.avi", "--frame", "3", "-o", out)
+    assert r.returncode == 0, r.stderr
+    img = cv2.imread(str(out))
+    assert img.shape[1] == 192 + 2 * (192 + 64)       # the crop and two labelled DR maps with colour bars
+    r = cli("inspect", st, "--frame", "3", "-o", out)   # several videos: which one?
+    assert r.returncode == 1 and "pick one with --video" in r.stderr
+    meta = json.loads((st / "zarr.json").read_text())
+    assert "p0.avi" in meta["attributes"]["videos"]
