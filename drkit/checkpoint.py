@@ -206,9 +206,5 @@ def _check_finite(ck: Checkpoint) -> None:
 
 def sha256_16(path: str | os.PathLike) -> str:
     """First 16 hex digits of a file's SHA-256 (identifies the checkpoints a store was made with)."""
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    from .fsutil import sha256_file
+    return sha256_file(path)[:16]

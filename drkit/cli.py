@@ -219,10 +219,12 @@ def inspect(
 def models(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the manifest of the shipped models here.")] = None,
 ) -> None:
-    """List the DR models that ship with drkit (use them as --dr pretrained:T5, or in rank-eval).
+    """List the models that ship with drkit: AU models for `drkit predict pretrained:au VIDEO`, and
+    DR networks (--dr pretrained:T5 in gen-dr, rank-eval).
 
-    Each is checked against its SHA-256 on load. Shown: window, net size, the people it was
-    trained on, and its ranking accuracy on people it never saw beside the identity baseline."""
+    Each is checked against its SHA-256 on load. Shown: what it is, what it was trained on, its
+    licence, and its accuracy on people it never saw (AU models: ICC(3,1) agreement with OpenFace
+    2.2 per AU; DR models: ranking accuracy beside the identity baseline and the RankSVM)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -230,26 +232,39 @@ def models(
     from .fsutil import write_json_atomic
     man = pretrained.manifest()
     if not man["models"]:
-        raise DrkitError("this drkit install ships no pretrained DR models (drkit/pretrained/MANIFEST.json)")
-    t = Table(title="drkit pretrained DR models",
-              caption="held-out %: ranking accuracy on people no model saw, DR / identity / RankSVM")
-    t.add_column("name", no_wrap=True)
-    t.add_column("T, S", no_wrap=True)
-    t.add_column("px")
-    t.add_column("width")
-    t.add_column("held-out %", no_wrap=True)
-    t.add_column("SHA-256", no_wrap=True)
-    for name in pretrained.names():
-        m = man["models"][name]
-        h = m.get("held_out", {})
-        acc = " / ".join(f"{h[k]:.1f}" if isinstance(h.get(k), (int, float)) else "-" for k in ("dr", "identity", "ranksvm"))
-        width = m.get("model", {}).get("kwargs", {}).get("base", "-")
-        t.add_row(pretrained.PREFIX + name, f"{m['T']}, {m['stride']}", str(m["net_size"]), str(width), acc,
-                  m["sha256"][:12])
+        raise DrkitError("this drkit install ships no pretrained models (drkit/pretrained/MANIFEST.json)")
     con = Console()   # the listing is the command's output: stdout
+    tasks = pretrained.models("task")
+    if tasks:
+        t = Table(title="AU models (drkit predict pretrained:au VIDEO -o au.csv)",
+                  caption="ICC(3,1) with OpenFace 2.2 on people no model saw, mean ± sd over seeds")
+        for c in ("name", "input", "targets", "ICC AU06/10/12/14/17", "ICC all AUs", "licence"):
+            t.add_column(c)
+        for m in tasks:
+            h = m.held_out
+            icc5 = f"{h['icc5']:.3f} ± {h.get('icc5_sd', 0):.3f}" if "icc5" in h else "-"
+            t.add_row(pretrained.PREFIX + m.name, m.input or "-", str(len(m.targets)), icc5,
+                      f"{h['icc']:.3f}" if "icc" in h else "-", m.licence or "-")
+        con.print(t)
+        for m in tasks:
+            if m.description:
+                con.print(f"{pretrained.PREFIX}{m.name}: {m.description}", soft_wrap=True)
+            per = m.held_out.get("per_target") or {}
+            if per:
+                con.print(f"  per AU, {m.held_out.get('people', '?')} unseen people: "
+                          + ", ".join(f"{k} {v:.2f}" for k, v in per.items()), soft_wrap=True)
+    t = Table(title="DR models (--dr pretrained:NAME)",
+              caption="held-out %: ranking accuracy on people no model saw, DR / identity / RankSVM")
+    for c in ("name", "T, S", "px", "width", "held-out %", "SHA-256"):
+        t.add_column(c, no_wrap=c != "px")
+    for m in pretrained.models("dr"):
+        h = m.held_out
+        acc = " / ".join(f"{h[k]:.1f}" if isinstance(h.get(k), (int, float)) else "-" for k in ("dr", "identity", "ranksvm"))
+        t.add_row(pretrained.PREFIX + m.name, f"{m.T}, {m.stride}", str(m.net_size), str(m.width or "-"), acc,
+                  m.sha256[:12])
     con.print(t)
     if man.get("trained_on"):
-        con.print(f"trained on: {man['trained_on']}", soft_wrap=True)
+        con.print(f"DR models trained on: {man['trained_on']}", soft_wrap=True)
     if json_out:
         write_json_atomic(json_out, man)
 

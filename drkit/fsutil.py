@@ -67,6 +67,26 @@ def remove_stale_tmp(path: str | os.PathLike) -> None:
             t.unlink(missing_ok=True)
 
 
+_SHA: dict[tuple, str] = {}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 (hex) of a file, read in 4 MB blocks; remembered per (path, size, mtime), so a
+    large model file is hashed once per process. The one hashing helper: checkpoints (the first 16
+    digits identify a DR network in a store), shipped models, face-backend model files."""
+    import hashlib
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _SHA[key] = h.hexdigest()
+    return _SHA[key]
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

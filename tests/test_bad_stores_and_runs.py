@@ -23,7 +23,7 @@ from drkit import log
 from drkit.checkpoint import load_checkpoint, save_checkpoint
 from drkit.errors import DrkitError
 from drkit.fsutil import run_lock
-from drkit.store import StoreError, id_problem, open_store, video_id_from_path
+from drkit.store import id_problem, open_store, video_id_from_path
 
 DRKIT = [sys.executable, "-m", "drkit.cli"]
 

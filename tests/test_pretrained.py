@@ -62,7 +62,7 @@ def test_pretrained_name_works_in_gen_dr_train_task_and_rank_eval(fake_install, 
 
 
 def test_pretrained_refuses_unknown_names_and_altered_files(fake_install, task_data, tmp_path):
-    with pytest.raises(DrkitError, match=r"pretrained:T7: no such pretrained DR model \(known: pretrained:T2\)"):
+    with pytest.raises(DrkitError, match=r"pretrained:T7: no such pretrained model \(known: pretrained:T2\)"):
         load_checkpoint("pretrained:T7", "dr")
     data = bytearray((fake_install / "T2.pt").read_bytes())
     data[-100] ^= 0xFF                          # one flipped byte

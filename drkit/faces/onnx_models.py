@@ -11,7 +11,6 @@ a letterboxed 640 x 640 square, so small frames and ROIs cost little.
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 from dataclasses import dataclass
@@ -116,19 +115,11 @@ def find_models(root: str | os.PathLike) -> ModelFiles:
     return usable[0]
 
 
-_SHA: dict[tuple, str] = {}
 
 
 def sha256(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _SHA[key] = h.hexdigest()
-    return _SHA[key]
+    from ..fsutil import sha256_file
+    return sha256_file(path)
 
 
 # --- a few protobuf fields of an .onnx file (no onnx package) ---------------------------------

@@ -1,20 +1,24 @@
-"""DR networks that ship with drkit, usable by name wherever a DR checkpoint is accepted:
-``pretrained:T3``, ``pretrained:T5``, ``pretrained:T9`` (`drkit gen-dr FACES -o MDR --dr
-pretrained:T5`, `drkit rank-eval pretrained:T9 FACES --T 9 --stride 4`).
+"""Models that ship with drkit, usable by name wherever a checkpoint is accepted:
 
-``MANIFEST.json`` (beside the weights) lists each model's file, SHA-256, window (T, stride),
-net_size, the data and command it was trained with, and its ranking accuracy on people it never
-saw beside the identity baseline. Every load checks the file against its SHA-256, so a damaged or
-altered install is refused rather than silently used. `drkit models` prints the manifest.
+- DR networks ``pretrained:T3``, ``pretrained:T5``, ``pretrained:T9`` (and ``-slim`` variants):
+  `drkit gen-dr FACES -o MDR --dr pretrained:T5`, `drkit rank-eval pretrained:T9 FACES`;
+- task bundles ``pretrained:au`` (image + DRs, every AU intensity OpenFace 2.2 reports) and its
+  still-image twin ``pretrained:au-si``: `drkit predict pretrained:au clip.mp4 -o au.csv`.
+
+``MANIFEST.json`` (beside the weights) describes each model (a :class:`PretrainedModel`): its file
+and SHA-256, kind, what it was trained on and with which command, its licence, and its accuracy
+on people it never saw beside the baselines. Every load checks the file against its SHA-256, so a
+damaged or altered install is refused rather than silently used. `drkit models` prints it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from ..errors import DrkitError
 
@@ -22,13 +26,41 @@ PREFIX = "pretrained:"
 HERE = Path(__file__).resolve().parent
 
 
-def is_pretrained(ref: str | os.PathLike) -> bool:
-    return str(ref).startswith(PREFIX)
+@dataclass
+class PretrainedModel:
+    """One shipped model, as the manifest describes it (cf. timm's PretrainedCfg)."""
+    name: str
+    file: str
+    sha256: str
+    kind: str = "dr"                    # "dr" (a DR network) or "task" (a predict bundle)
+    T: int | None = None                # dr: window half-length and stride (frames at 25 fps)
+    stride: int | None = None
+    net_size: int | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)     # task: what it predicts
+    input: str | None = None            # task: si | mdr
+    command: str | None = None          # how it was trained
+    held_out: dict[str, Any] = field(default_factory=dict)   # accuracy on people it never saw
+    licence: str | None = None          # of the weights (else the manifest's)
+    description: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int | None:
+        return self.model.get("kwargs", {}).get("base")
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> "PretrainedModel":
+        if not isinstance(d, dict) or "file" not in d or "sha256" not in d:
+            raise DrkitError(f"{HERE / 'MANIFEST.json'}: entry {name!r} lacks file or sha256; reinstall drkit")
+        known = {f for f in cls.__dataclass_fields__ if f not in ("name", "extra")}
+        return cls(name=name, **{k: v for k, v in d.items() if k in known},
+                   extra={k: v for k, v in d.items() if k not in known})
 
 
 @lru_cache(maxsize=1)
 def manifest() -> dict:
-    """The manifest: ``{"models": {name: {...}}, ...}`` (empty models when none ship)."""
+    """The manifest as stored: ``{"models": {name: {...}}, ...}`` (empty models when none ship)."""
     p = HERE / "MANIFEST.json"
     if not p.is_file():
         return {"models": {}}
@@ -38,44 +70,48 @@ def manifest() -> dict:
         raise DrkitError(f"{p}: unreadable ({e}); reinstall drkit") from e
 
 
+def models(kind: str | None = None) -> list[PretrainedModel]:
+    """The shipped models (of one ``kind``), sorted by name."""
+    out = [PretrainedModel.from_dict(n, d) for n, d in sorted(manifest()["models"].items())]
+    return [m for m in out if kind is None or m.kind == kind]
+
+
+def is_pretrained(ref: str | os.PathLike) -> bool:
+    return str(ref).startswith(PREFIX)
+
+
 def names() -> list[str]:
     return sorted(manifest()["models"])
 
 
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def info(ref: str | os.PathLike) -> PretrainedModel:
+    """The manifest record of ``pretrained:NAME`` (or NAME)."""
+    name = str(ref)[len(PREFIX):] if is_pretrained(ref) else str(ref)
+    d = manifest()["models"].get(name)
+    if d is None:
+        known = ", ".join(PREFIX + n for n in names()) or "none in this install"
+        raise DrkitError(f"{ref}: no such pretrained model (known: {known})")
+    return PretrainedModel.from_dict(name, d)
 
 
 @lru_cache(maxsize=None)
 def _verified(name: str, mtime_ns: int, size: int) -> Path:
-    entry = manifest()["models"][name]
-    p = HERE / entry["file"]
-    got = sha256(p)
-    if got != entry["sha256"]:
+    from ..fsutil import sha256_file
+    m = info(name)
+    p = HERE / m.file
+    got = sha256_file(p)
+    if got != m.sha256:
         raise DrkitError(f"{PREFIX}{name}: {p} has SHA-256 {got[:16]}..., the manifest says "
-                         f"{entry['sha256'][:16]}...; the install is damaged or altered: reinstall drkit")
+                         f"{m.sha256[:16]}...; the install is damaged or altered: reinstall drkit")
     return p
 
 
 def path_of(ref: str | os.PathLike) -> Path:
     """The verified weights file of ``pretrained:NAME`` (DrkitError naming the known models for an
     unknown name, or when the file's SHA-256 differs from the manifest's)."""
-    name = str(ref)[len(PREFIX):]
-    models = manifest()["models"]
-    if name not in models:
-        known = ", ".join(PREFIX + n for n in names()) or "none in this install"
-        raise DrkitError(f"{ref}: no such pretrained DR model (known: {known})")
-    p = HERE / models[name]["file"]
+    m = info(ref)
+    p = HERE / m.file
     if not p.is_file():
         raise DrkitError(f"{ref}: {p} is missing; reinstall drkit")
     st = p.stat()
-    return _verified(name, st.st_mtime_ns, st.st_size)
-
-
-def info(ref: str | os.PathLike) -> dict:
-    name = str(ref)[len(PREFIX):] if is_pretrained(ref) else str(ref)
-    return manifest()["models"][name]
+    return _verified(m.name, st.st_mtime_ns, st.st_size)
