@@ -138,6 +138,20 @@ def _floats(text: str | None, name: str) -> list[float] | None:
         raise UsageError(f"{name} {text!r}: expected numbers separated by commas, e.g. 9") from None
 
 
+def _windows(text: str | None) -> list[tuple[int, int]] | None:
+    """'T3S2,T5S2,T9S4' -> [(3, 2), (5, 2), (9, 4)]."""
+    if not text:
+        return None
+    import re
+    out = []
+    for part in text.replace(" ", "").split(","):
+        m = re.fullmatch(r"[Tt](\d+)[Ss](\d+)", part)
+        if not m:
+            raise UsageError(f"--heads {text!r}: expected windows like T3S2,T5S2,T9S4")
+        out.append((int(m[1]), int(m[2])))
+    return out
+
+
 def _names(text: str | None) -> list[str] | None:
     """'a,b,c' or '@file' with one name per line."""
     if not text:
@@ -283,6 +297,8 @@ def train_dr(
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder to write (best.pt, last.pt, metrics.jsonl).")],
     T: Annotated[int, typer.Option("--T", help="Frames on each side of the centre (window 2T+1).")] = C.TrainDRConfig.T,
     stride: Annotated[int, typer.Option(help="Stride in frames at 25 fps (scaled with each video's fps).")] = C.TrainDRConfig.stride,
+    heads: Annotated[Optional[str], typer.Option(help="A multi-scale network: one DR per window, e.g. T3S2,T5S2,T9S4, trained at once with a shared UNet (replaces --T / --stride; gen-dr stacks them all from one forward pass).")] = None,
+    init: Annotated[Optional[str], typer.Option(help="Start from this DR checkpoint's weights (run folder, .pt or pretrained:NAME), e.g. T=9 from a trained T=5 (a curriculum over T).")] = None,
     objective: Annotated[Objective, typer.Option(help="rank: the rank loss (Eq. 3); mse, perceptual, pix2pix: "
                                                  "reproduce a fixed --target (the paper's comparison methods).")] = C.TrainDRConfig.objective,
     target: Annotated[Optional[Target], typer.Option(help="Fixed target: di / bdi, the window's dynamic image "
@@ -327,7 +343,7 @@ def train_dr(
     (examples/cluster/); --batch-size is the global batch, split over the processes."""
     from .stages import train_dr as stage
     st = stage.run(C.TrainDRConfig(
-        stores=stores, out=out, T=T, stride=stride, objective=objective, target=target,
+        stores=stores, out=out, T=T, stride=stride, heads=_windows(heads), init=init, objective=objective, target=target,
         perceptual_weights=perceptual_weights, l1_weight=l1_weight, disc_base=disc_base,
         val=val or None, size=size, epochs=epochs,
         time_budget=time_budget, batch_size=batch_size, base=base, depth=depth, param=param,

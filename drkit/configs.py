@@ -44,6 +44,8 @@ class TrainDRConfig:
     out: Path
     T: int = 5
     stride: int = 2
+    heads: list[tuple[int, int]] | None = None   # a multi-scale network: one DR per (T, stride), trained at once
+    init: Path | None = None         # start from this DR checkpoint's weights (a curriculum over T)
     objective: str = "rank"          # rank (Eq. 3), or fixed-target: mse, perceptual, pix2pix (drkit.objectives)
     target: str | None = None        # fixed-target objectives: di | bdi (dynamic image forward / backward)
     perceptual_weights: Path | None = None   # perceptual: torchvision VGG-16 state dict file
@@ -77,6 +79,7 @@ class TrainDRConfig:
     def __post_init__(self):
         self.stores, self.out, self.val = as_paths(self.stores), as_path(self.out), as_paths(self.val)
         self.perceptual_weights = as_path(self.perceptual_weights)
+        self.init = None if self.init is None else (self.init if str(self.init).startswith("pretrained:") else Path(self.init))
 
 
 @dataclass

@@ -177,6 +177,14 @@ class DRConfig:
     score: str = "<d, V> / (C*H*W)"
     input: str = "rgb in [0, 1], masked face crop"
     train: dict[str, Any] = field(default_factory=dict)
+    # a multi-scale network (`train-dr --heads`, since 0.3.0): one 3-channel DR per [T, stride],
+    # in output order; T and stride above are the first head's. Empty: one DR at (T, stride).
+    heads: list[list[int]] = field(default_factory=list)
+
+    @property
+    def windows(self) -> list[tuple[int, int]]:
+        """(T, stride) of each DR the network outputs, in channel order."""
+        return [(int(t), int(s)) for t, s in self.heads] if self.heads else [(self.T, self.stride)]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -75,9 +75,14 @@ class MDR(torch.nn.Module):
 
 
 def channel_names(configs: list[DRConfig], image: bool) -> list[str]:
+    """``image_r/g/b`` then ``dr<k>_T<T>_S<S>_r/g/b`` for each DR, k counting DRs over all networks
+    (a multi-scale network gives one DR per head)."""
     names = ["image_r", "image_g", "image_b"] if image else []
-    for k, c in enumerate(configs):
-        names += [f"dr{k}_T{c.T}_S{c.stride}_{ch}" for ch in "rgb"]
+    k = 0
+    for c in configs:
+        for T, S in c.windows:
+            names += [f"dr{k}_T{T}_S{S}_{ch}" for ch in "rgb"]
+            k += 1
     return names
 
 

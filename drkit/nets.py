@@ -83,18 +83,31 @@ class DRNet(nn.Module):
     as in the paper. With ``zero_mean`` the mean of d over pixels and channels is removed, which
     makes the scores <d, V_a> blind to global brightness changes between frames."""
 
-    def __init__(self, base: int = 16, depth: int = 3, param: str = "residual", zero_mean: bool = True):
+    def __init__(self, base: int = 16, depth: int = 3, param: str = "residual", zero_mean: bool = True,
+                 heads: int = 1):
         super().__init__()
         if param not in ("residual", "direct"):
             raise ValueError(f"param must be 'residual' or 'direct', not {param!r}")
-        self.param, self.zero_mean = param, zero_mean
-        self.unet = UNet(3, 3, base, depth)
+        if heads < 1:
+            raise ValueError(f"heads must be >= 1, not {heads}")
+        self.param, self.zero_mean, self.heads = param, zero_mean, heads
+        self.unet = UNet(3, 3 * heads, base, depth)
         if param == "residual":
             nn.init.zeros_(self.unet.head.weight)
             nn.init.zeros_(self.unet.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 3 * heads, H, W): one 3-channel DR per head, in head order (the
+        multi-scale network of `train-dr --heads`: one shared UNet, a 1x1 output per window)."""
         d = self.unet((x - 0.5) / 0.5)
+        if self.heads > 1:
+            B, _, H, W = d.shape
+            d = d.view(B, self.heads, 3, H, W)
+            if self.param == "residual":
+                d = d + (x - x.mean(dim=(1, 2, 3), keepdim=True))[:, None]
+            if self.zero_mean:
+                d = d - d.mean(dim=(2, 3, 4), keepdim=True)
+            return d.reshape(B, 3 * self.heads, H, W)
         if self.param == "residual":
             d = d + (x - x.mean(dim=(1, 2, 3), keepdim=True))
         if self.zero_mean:

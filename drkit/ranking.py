@@ -79,6 +79,26 @@ def ranksvm_deltas(V: torch.Tensor, C: float = 1.0, iters: int = 300) -> torch.T
     return out
 
 
+class HeadOf(torch.nn.Module):
+    """One head of a multi-scale DR network (`train-dr --heads`) as a 3-channel DR network."""
+
+    def __init__(self, net: torch.nn.Module, k: int):
+        super().__init__()
+        self.net, self.k = net, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[:, 3 * self.k:3 * self.k + 3]
+
+
+def head_for(net: torch.nn.Module, windows: list[tuple[int, int]], T: int, stride: int) -> torch.nn.Module:
+    """The DR network to rank (T, stride) windows with: a single-head network itself, else the head
+    trained on that window, or on the window of the nearest span T*stride."""
+    if len(windows) == 1:
+        return net
+    k = min(range(len(windows)), key=lambda i: (windows[i] != (T, stride), abs(windows[i][0] * windows[i][1] - T * stride)))
+    return HeadOf(net, k)
+
+
 def method_deltas(method: str, V: torch.Tensor, model=None) -> torch.Tensor:
     """Deltas (B, P) of one method on windows V (B, 2T+1, 3, H, W); NaN = pair not scored. With
     a ``model``, the method is that DR network (whatever its name)."""

@@ -101,6 +101,48 @@ def collect_windows(stores: list[Store], T: int, stride: int, every: int = 1,
     return WindowSet(vids, positions, owner, T=T, stride=stride)
 
 
+@dataclass
+class MultiWindowSet:
+    """Windows of several (T, stride) around the same centre frames (a multi-scale DR network's
+    training samples): item k is centre k of ``videos[k]``, its head-h window the row positions
+    ``positions[h][k]`` ((W, 2T_h+1) per head). A centre is kept only where every head has a full
+    window."""
+
+    videos: list[str]
+    positions: list[np.ndarray]
+    stores: dict[str, Store]
+    heads: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+
+def collect_multi_windows(stores: list[Store], heads: list[tuple[int, int]], every: int = 1) -> MultiWindowSet:
+    """The centres with a full window for every (T, stride) of ``heads``, and each head's window."""
+    vids: list[str] = []
+    pos: list[list[np.ndarray]] = [[] for _ in heads]
+    owner: dict[str, Store] = {}
+    for st in stores:
+        for vid in st.videos:
+            if vid in owner:
+                raise DrkitError(f"video id {vid!r} is in both {owner[vid].path} and {st.path}: one video "
+                                 "in two stores would be used twice; give each video once")
+            owner[vid] = st
+            g = st.video(vid)
+            fi, fps = g["frame_index"][:], float(g.attrs["fps"])
+            per = [valid_windows(fi, T, effective_stride(S, fps)) for T, S in heads]
+            centres = [w[:, T] for w, (T, _) in zip(per, heads)]   # row position of each window's centre
+            common = centres[0]
+            for c in centres[1:]:
+                common = np.intersect1d(common, c)
+            common = common[::every]
+            vids += [vid] * len(common)
+            for h, (w, c) in enumerate(zip(per, centres)):
+                pos[h].append(w[np.searchsorted(c, common)])
+    positions = [np.concatenate(p) if p else np.zeros((0, 2 * T + 1), np.int64) for p, (T, _) in zip(pos, heads)]
+    return MultiWindowSet(vids, positions, owner, list(heads))
+
+
 class FrameCache:
     """Frames by (video, positions), read whole chunks at a time, LRU within ``max_bytes``."""
 

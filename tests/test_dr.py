@@ -218,3 +218,74 @@ def test_fast_max_pool_equals_torch_and_training_is_unchanged(shape):
     y = x.nan_to_num().clone().requires_grad_(True)
     max_pool2(y).sum().backward()
     assert y.grad.sum().item() == ref.numel() and y.grad.max().item() == 1.0
+
+
+def test_multi_scale_network_learns_every_window_and_stacks_in_one_pass(blob_stores, tmp_path):
+    """`train-dr --heads`: one UNet, one DR per window, each ranking held-out sequences better than
+    identity at its own window; gen-dr stacks all heads from one network, channels named per head."""
+    train, test = blob_stores
+    out = tmp_path / "ms"
+    train_dr.run(train_dr.TrainDRConfig(stores=[str(train)], out=str(out), heads=[(1, 1), (3, 1)], size=32,
+                                        base=8, depth=2, epochs=100, time_budget=25, batch_size=16,
+                                        val=[str(test)], flip=False, jitter=0))
+    ck = load_checkpoint(out / "best.pt", "dr")
+    assert ck.config.windows == [(1, 1), (3, 1)] and ck.model.kwargs["heads"] == 2
+    assert (ck.config.T, ck.config.stride) == (1, 1)
+    rec = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert {"val_acc_T1S1", "val_acc_T3S1", "val_identity_acc_T3S1", "train_acc_T3S1"} <= set(rec)
+    recs = rank_eval.run(rank_eval.RankEvalConfig(ckpt=str(out), stores=[str(test)], baselines=["identity"]))
+    acc = {(r["method"], r["T"], r["stride"]): r["accuracy"] for r in recs}
+    assert {(T, S) for _, T, S in acc} == {(1, 1), (3, 1)}           # the default grid: the heads' windows
+    assert acc[("dr", 3, 1)] > acc[("identity", 3, 1)] + 0.08, acc
+    assert acc[("dr", 1, 1)] >= acc[("identity", 1, 1)] - 0.01, acc   # T=1: every pair holds the centre
+    # the head trained on a window ranks it better than the other head does
+    net = ck.build_model()
+    r3 = ranking.evaluate_windows([open_store(test)], 3, 1, ["dr"], ranking.HeadOf(net, 1), 32)["dr"]["accuracy"]
+    r3_other = ranking.evaluate_windows([open_store(test)], 3, 1, ["dr"], ranking.HeadOf(net, 0), 32)["dr"]["accuracy"]
+    assert r3 == pytest.approx(acc[("dr", 3, 1)]) and r3 > r3_other
+    from drkit.stages import gen_dr
+    mdr = tmp_path / "mdr.zarr"
+    gen_dr.run(gen_dr.GenDRConfig(store=test, out=mdr, dr=[out]))
+    st = open_store(mdr)
+    assert st.typed_params.channels == ["image_r", "image_g", "image_b", "dr0_T1_S1_r", "dr0_T1_S1_g",
+                                        "dr0_T1_S1_b", "dr1_T3_S1_r", "dr1_T3_S1_g", "dr1_T3_S1_b"]
+    x = torch.from_numpy(open_store(test).video("te0")["frames"][:4]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        want = net(x)[:, 3:6]
+    got = torch.from_numpy(st.video("te0")["mdr"][:4, 6:9].astype(np.float32))
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-2)
+
+
+def test_one_head_network_is_the_single_scale_network():
+    """heads=1 keeps the layer names and the computation of single-scale DR networks (old
+    checkpoints load and give the same maps)."""
+    from drkit.nets import DRNet
+    torch.manual_seed(0)
+    a = DRNet(base=4, depth=2)
+    b = DRNet(base=4, depth=2, heads=1)
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(a(x), b(x))
+    m = DRNet(base=4, depth=2, heads=3)
+    torch.nn.init.normal_(m.unet.head.weight)
+    y = m(x)
+    assert y.shape == (2, 9, 32, 32)
+    assert torch.allclose(y.view(2, 3, 3, 32, 32).mean((2, 3, 4)), torch.zeros(2, 3), atol=1e-5)   # zero mean per head
+
+
+def test_init_from_a_trained_network(blob_stores, tmp_path):
+    """--init: a T=3 network that starts from a trained T=1 network's weights starts where it ended
+    (the curriculum over T); a multi-scale network takes them for every head."""
+    train, test = blob_stores
+    kw = dict(stores=[str(train)], stride=1, size=32, base=4, depth=2, batch_size=16, flip=False, jitter=0)
+    train_dr.run(train_dr.TrainDRConfig(out=str(tmp_path / "t1"), T=1, epochs=1, **kw))
+    src = load_checkpoint(tmp_path / "t1" / "best.pt").build_model()
+    from drkit.nets import DRNet
+    ms = DRNet(base=4, depth=2, heads=2)
+    train_dr._init_from(ms, tmp_path / "t1")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ms(x)[:, 3:], src(x))
+        torch.testing.assert_close(ms(x)[:, :3], src(x))
+    train_dr.run(train_dr.TrainDRConfig(out=str(tmp_path / "t3"), T=3, epochs=1, init=tmp_path / "t1", **kw))
+    assert "init_sha256_16" in load_checkpoint(tmp_path / "t3").config.train

@@ -23,7 +23,7 @@ from ..errors import DrkitError, UsageError
 from ..fsutil import atomic_path, write_json_atomic
 from ..nets import pick_device
 from ..pretrained import is_pretrained
-from ..ranking import evaluate_windows
+from ..ranking import evaluate_windows, head_for
 from ..store import open_store
 from ..windows import crop_sizes
 
@@ -72,13 +72,15 @@ def run(cfg: RankEvalConfig) -> list[dict]:
             own = ", ".join(f"{n} T={ck.config.T} S={ck.config.stride}" for n, ck in zip(names, cks))
             log.warn(f"the checkpoints were trained at different T / stride ({own}); evaluating all at "
                      f"the first's, {Ts or [first.T]} / {Ss or [first.stride]} (set --T and --stride to choose)")
-        Ts, Ss = Ts or [first.T], Ss or [first.stride]
+        Ts = Ts or sorted({T for T, _ in first.windows})
+        Ss = Ss or sorted({S for _, S in first.windows})
     if not Ts or not Ss:
         raise DrkitError("give --T and --stride (there is no checkpoint to take them from)")
     if not cfg.stores:
         raise UsageError("give at least one face store (a folder with zarr.json) to evaluate on")
     stores = [open_store(p, "faces") for p in cfg.stores]
     models = {n: ck.build_model().to(device) for n, ck in zip(names, cks)}
+    windows = {n: ck.config.windows for n, ck in zip(names, cks)}   # a multi-scale network: one head per window
     info = {n: {"objective": ck.config.objective, "target": ck.config.target} for n, ck in zip(names, cks)}
     # side -> methods evaluated there: each DR at its net_size, the baselines at the first's
     base_size = cfg.size or (cks[0].config.net_size if cks else None)
@@ -101,7 +103,8 @@ def run(cfg: RankEvalConfig) -> list[dict]:
                 res, side = {}, {}
                 for size, ms in groups.items():
                     ms = [m for m in ms if m != "ranksvm" or T >= 2]
-                    res.update(evaluate_windows(stores, T, S, ms, models, size, device, cfg.batch_size,
+                    nets = {n: head_for(net, windows[n], T, S) for n, net in models.items()}
+                    res.update(evaluate_windows(stores, T, S, ms, nets, size, device, cfg.batch_size,
                                                 cfg.every, cfg.max_windows, prog, warn_empty=False))
                     side.update(dict.fromkeys(ms, size))
                 if not any(r["pairs"] for r in res.values()):

@@ -17,17 +17,17 @@ import torch
 
 from .. import distributed, log
 from ..batching import batch_generator, batches, epoch_order, flip_mask, n_batches, part
-from ..checkpoint import Checkpoint, sha256_16
+from ..checkpoint import Checkpoint, load_checkpoint, sha256_16
 from ..configs import TrainDRConfig
 from ..contracts import DRConfig, ModelSpec, Objective, Param, Target, check_choice
 from ..errors import DrkitError, UsageError
 from ..fsutil import jsonable
 from ..nets import create_model
 from ..objectives import ADAM, ADAM_DEFAULT, build_objective
-from ..ranking import evaluate_windows
+from ..ranking import HeadOf, evaluate_windows
 from ..store import open_store
 from ..train import LoopConfig, fit
-from ..windows import FrameCache, collect_windows, no_window_reason, window_tensor
+from ..windows import FrameCache, collect_multi_windows, collect_windows, no_window_reason, window_tensor
 
 
 def augmenter(cfg: TrainDRConfig, epoch: int):
@@ -73,60 +73,100 @@ def check_objective(cfg: TrainDRConfig) -> None:
         raise UsageError(f"--objective pix2pix needs --size >= 32 (the PatchGAN's 4 convolutions), not {cfg.size}")
 
 
+def heads_of(cfg: TrainDRConfig) -> list[tuple[int, int]]:
+    """The (T, stride) of each DR the network learns: ``--heads``, else (--T, --stride)."""
+    heads = [tuple(map(int, h)) for h in cfg.heads] if cfg.heads else [(cfg.T, cfg.stride)]
+    if any(T < 1 or S < 1 for T, S in heads):
+        raise UsageError("--T, --stride and every --heads window must be >= 1")
+    if len(set(heads)) != len(heads):
+        raise UsageError(f"--heads: a window is given twice ({heads})")
+    if len(heads) > 1 and cfg.objective != "rank":
+        raise UsageError("--heads (a multi-scale network) is trained with the rank loss only")
+    return heads
+
+
 def run(cfg: TrainDRConfig) -> dict:
     distributed.context(cfg.device)   # under torchrun: join the run; ranks > 0 log nothing
-    if cfg.T < 1 or cfg.stride < 1:
-        raise UsageError("--T and --stride must be >= 1")
+    heads = heads_of(cfg)
+    multi = len(heads) > 1
+    cfg.T, cfg.stride = heads[0]
     check_choice(cfg.param, Param, "--param")
     check_objective(cfg)
     if cfg.size % 2 ** cfg.depth:
         raise UsageError(f"--size {cfg.size} must be divisible by 2**depth = {2 ** cfg.depth}")
     stores = [open_store(p, "faces") for p in cfg.stores]
-    ws = collect_windows(stores, cfg.T, cfg.stride)
+    ws = collect_multi_windows(stores, heads) if multi else collect_windows(stores, cfg.T, cfg.stride)
     if len(ws) == 0:
-        raise DrkitError(f"no full window in the training stores: {no_window_reason(stores, cfg.T, cfg.stride)}")
+        T, S = max(heads, key=lambda h: h[0] * h[1])
+        raise DrkitError(f"no full window in the training stores: {no_window_reason(stores, T, S)}")
     val_stores = [open_store(p, "faces") for p in cfg.val or []]
     train_ids = set(ws.stores)
     clash = train_ids & {v for s in val_stores for v in s.videos}
     if clash:
         raise DrkitError(f"validation stores share videos with the training stores: {sorted(clash)[:3]}")
-    log.info(f"train-dr: {len(ws)} windows (T={cfg.T}, S={cfg.stride}) from {len(train_ids)} videos")
+    what = ", ".join(f"T={T} S={S}" for T, S in heads)
+    log.info(f"train-dr: {len(ws)} windows ({what}{', one network' if multi else ''}) from {len(train_ids)} videos")
     spec = ModelSpec("dr_unet", {"base": cfg.base, "depth": cfg.depth, "param": cfg.param,
-                                 "zero_mean": cfg.zero_mean})
+                                 "zero_mean": cfg.zero_mean, **({"heads": len(heads)} if multi else {})})
     lr, betas = ADAM.get(cfg.objective, ADAM_DEFAULT)
     lr = cfg.lr or lr
     torch.manual_seed(cfg.seed)
     model = create_model(spec.name, **spec.kwargs)
+    if cfg.init:
+        _init_from(model, cfg.init)
     objective, aux = build_objective(cfg, lr, betas)   # reads and checks --perceptual-weights
     others = {k for o, keys in OWN_SETTINGS.items() if o != cfg.objective for k in keys}
     train = {k: v for k, v in asdict(cfg).items()
              if k not in ("stores", "out", "val", "resume", "overwrite", "device", "cache_mb", "epochs",
-                          "time_budget", "T", "stride", "size", "objective", "target", *others)}
+                          "time_budget", "T", "stride", "size", "objective", "target", "heads", *others)
+             and not (k == "init" and v is None)}
     train["lr"] = lr
     if cfg.perceptual_weights:
         train["perceptual_weights_sha256_16"] = sha256_16(cfg.perceptual_weights)
+    if cfg.init:
+        train["init_sha256_16"] = sha256_16(load_checkpoint(cfg.init, "dr").path)
     config = DRConfig(T=cfg.T, stride=cfg.stride, net_size=cfg.size, objective=cfg.objective,
-                      target=cfg.target, train=jsonable({**train, "train_stores": [s.path for s in stores]}))
+                      target=cfg.target, train=jsonable({**train, "train_stores": [s.path for s in stores]}),
+                      heads=[list(h) for h in heads] if multi else [])
     cache = FrameCache(ws.stores, max_bytes=cfg.cache_mb << 20)
+    positions = ws.positions if multi else [ws.positions]
 
     def epoch_batches(epoch: int, start: int, rank: int = 0, world: int = 1):
-        """This rank's part of each global batch (the whole batch in one process) and its weight."""
+        """This rank's part of each global batch (the whole batch in one process) and its weight:
+        one window tensor per head (the same augmentation for a sample's windows)."""
         order, aug = epoch_order(len(ws), cfg.seed, epoch), augmenter(cfg, epoch)
         for b, idx in batches(order, cfg.batch_size, start):
             sl, w = part(len(idx), rank, world)
-            x = window_tensor([cache.get(ws.videos[i], ws.positions[i]) for i in idx[sl]], cfg.size)
-            yield aug(x, b, len(idx), sl), w
+            xs = [aug(window_tensor([cache.get(ws.videos[i], pos[i]) for i in idx[sl]], cfg.size), b, len(idx), sl)
+                  for pos in positions]
+            yield (xs if multi else xs[0]), w
 
     def step(model, V, device):
-        V = V.to(device, non_blocking=True)
-        return objective(model(V[:, cfg.T]), V)
+        if not multi:
+            V = V.to(device, non_blocking=True)
+            return objective(model(V[:, cfg.T]), V)
+        Vs = [v.to(device, non_blocking=True) for v in V]
+        d = model(Vs[0][:, heads[0][0]])            # every head's window has the same centre frame
+        losses, stats = [], {}
+        for k, ((T, S), v) in enumerate(zip(heads, Vs)):
+            loss, st = objective(d[:, 3 * k:3 * k + 3], v)
+            losses.append(loss)
+            stats[f"acc_T{T}S{S}"] = st["acc"]
+        stats["acc"] = sum(stats.values()) / len(heads)
+        return sum(losses) / len(heads), stats
 
     validate = None
     if val_stores:
         def validate(model, device):
-            r = evaluate_windows(val_stores, cfg.T, cfg.stride, ["dr", "identity"], model,
-                                 cfg.size, device, max_windows=cfg.val_windows)
-            return {"acc": r["dr"]["accuracy"], "identity_acc": r["identity"]["accuracy"]}
+            out = {}
+            for k, (T, S) in enumerate(heads):
+                r = evaluate_windows(val_stores, T, S, ["dr", "identity"], HeadOf(model, k) if multi else model,
+                                     cfg.size, device, max_windows=cfg.val_windows)
+                sfx = f"_T{T}S{S}" if multi else ""
+                out.update({f"acc{sfx}": r["dr"]["accuracy"], f"identity_acc{sfx}": r["identity"]["accuracy"]})
+            if multi:
+                out["acc"] = sum(out[f"acc_T{T}S{S}"] for T, S in heads) / len(heads)
+            return out
 
     loop = LoopConfig(out=cfg.out, epochs=cfg.epochs, time_budget=cfg.time_budget, lr=lr, betas=betas,
                       seed=cfg.seed, device=cfg.device, resume=cfg.resume, overwrite=cfg.overwrite,
@@ -134,3 +174,21 @@ def run(cfg: TrainDRConfig) -> dict:
     template = Checkpoint(kind="dr", model=spec, config=config, state_dict={})
     return fit(model, loop, template, epoch_batches, n_batches(len(ws), cfg.batch_size), step, validate,
                monitor="acc", mode="max", aux=aux)
+
+
+def _init_from(model: torch.nn.Module, path) -> None:
+    """Start from a trained DR network's weights (a curriculum over T: a T=9 network from a T=5
+    one): every tensor whose name and shape match; an output layer of another number of heads
+    is taken per head from the source's first head."""
+    src = load_checkpoint(path, "dr").state_dict
+    own = model.state_dict()
+    take = {}
+    for k, v in src.items():
+        if k not in own:
+            continue
+        if own[k].shape == v.shape:
+            take[k] = v
+        elif k.startswith("unet.head.") and own[k].shape[1:] == v.shape[1:] and v.shape[0] == 3:
+            take[k] = v.repeat(own[k].shape[0] // 3, *[1] * (v.dim() - 1))
+    model.load_state_dict(take, strict=False)
+    log.info(f"--init {path}: {len(take)} of {len(own)} tensors")
