@@ -184,7 +184,7 @@ def test_store_validation_messages(tmp_path):
     del g
 
 
-def test_cli_basics(tmp_path, face_store):
+def test_cli_basics(tmp_path, face_store, monkeypatch):
     r = _cli("--version")
     assert r.returncode == 0 and r.stdout.startswith("drkit ")
     r = _cli("preprocess", tmp_path / "missing", "-o", tmp_path / "s.zarr")
@@ -196,8 +196,11 @@ def test_cli_basics(tmp_path, face_store):
     assert r.returncode == 0 and cv2.imread(str(png)).shape == (192, 192, 3)
     r = _cli("inspect", face_store, "--video", "c.mp4", "--frame", "11", "-o", png)
     assert r.returncode == 1 and "has no face" in r.stderr
+    monkeypatch.chdir(tmp_path)   # without -o the picture is <video>_frame<N>.png here
     r = _cli("inspect", face_store, "--video", "a.avi", "--frame", "3")
-    assert r.returncode == 2 and "go together" in r.stderr
+    assert r.returncode == 0 and cv2.imread("a.avi_frame3.png").shape == (192, 192, 3)
+    r = _cli("inspect", face_store, "--video", "a.avi")
+    assert r.returncode == 2 and "go with --frame" in r.stderr
 
 
 def test_insightface_backend_names_missing_models(tmp_path):
