@@ -21,7 +21,7 @@ from drkit.labels import read_labels
 from drkit.nets import create_model
 from drkit.store import open_store
 from drkit.tasks import TASK_RANGE, labelled_frames, out_of_range
-from drkit.train import LoopConfig, fit
+from drkit.train import LoopConfig, fit, whole_batches
 
 
 @pytest.fixture
@@ -224,7 +224,7 @@ def _step(nan_at=None, bad_grad_at=None, kill_at=None):
 def _fit(out, step, epochs=2, resume=False, save_every_s=0.0):
     return fit(_model(), LoopConfig(out=out, epochs=epochs, device="cpu", resume=resume,
                                     save_every_s=save_every_s),
-               _template(), _batches, N_BATCHES, step, None, monitor="loss", mode="min")
+               _template(), whole_batches(_batches), N_BATCHES, step, None, monitor="loss", mode="min")
 
 
 def _finite(path) -> bool:

@@ -27,6 +27,7 @@ produces (DR networks are not mirror-symmetric) and made MDR models generalise w
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ from ..tasks import (
     select_channels,
     value_range,
 )
-from ..train import LoopConfig, fit, run_folder
+from ..train import LoopConfig, LoopState, fit, run_folder
 
 
 def _same_layout(stores) -> None:
@@ -152,7 +153,19 @@ def _bundled_dr_nets(store) -> list[DRNet]:
     return nets
 
 
-def run(cfg: TrainTaskConfig) -> dict:
+@dataclass
+class TrainTaskResult:
+    """The loop's final state, the run folder, and the best checkpoint's validation metrics (the
+    flat dict of OUT/val_metrics.json; None on torchrun ranks other than 0)."""
+    state: LoopState
+    out: Path
+    val: dict[str, float] | None
+
+    def __getitem__(self, key: str):   # 0.2.0 returned {**state, "val": ...}
+        return self.val if key == "val" else self.state[key]
+
+
+def run(cfg: TrainTaskConfig) -> TrainTaskResult | dict:
     """Train; returns the loop's final state plus ``"val"``: the best checkpoint's flat
     validation metrics (also written to ``OUT/val_metrics.json``)."""
     if cfg.eval_only:   # deprecated path, kept for one release
@@ -168,7 +181,7 @@ def run(cfg: TrainTaskConfig) -> dict:
         return _train(cfg)
 
 
-def _train(cfg: TrainTaskConfig) -> dict:
+def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
     hg = cfg.arch == "hg_hmr"
     stores = [open_store(p, "dr") for p in cfg.input]
     names = stores[0].params["channels"]
@@ -280,16 +293,16 @@ def _train(cfg: TrainTaskConfig) -> dict:
                       betas=(0.9, 0.999), weight_decay=cfg.weight_decay, seed=cfg.seed, device=cfg.device,
                       resume=cfg.resume, overwrite=cfg.overwrite, patience=cfg.patience,
                       precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
-    st = fit(model, loop, template, epoch_batches, nb, step, validate, monitor=TASK_MONITOR[cfg.task],
+    state = fit(model, loop, template, epoch_batches, nb, step, validate, monitor=TASK_MONITOR[cfg.task],
              mode="max")
     if not distributed.context(cfg.device).main:   # under torchrun rank 0 scores the best checkpoint
-        return {**st, "val": None}
+        return TrainTaskResult(state, cfg.out, None)
     best = load_checkpoint(cfg.out / "best.pt", "task")
     device = pick_device(cfg.device)
     final = score(cfg.task, labels.targets, predict_samples(best.build_model().to(device), vb, device,
                                                           best.config.value_range), val_s.y)
     write_json_atomic(cfg.out / "val_metrics.json", final)
-    return {**st, "val": final}
+    return TrainTaskResult(state, cfg.out, final)
 
 
 def training_data(s, labels) -> dict:
