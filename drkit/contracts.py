@@ -45,6 +45,7 @@ Arch = Literal["small", "vgg16", "hg_hmr", "dr_encoder"]
 LabelLayout = Literal["fera2015", "avec2012"]
 PrecisionName = Literal["fp32", "bf16", "fp16"]   # --precision (drkit.precision)
 OutputFormat = Literal["drkit", "openface"]       # predict --format
+DRNorm = Literal["none", "video"]                 # train-task --dr-norm
 StoreKind = Literal["faces", "dr"]
 CheckpointKind = Literal["dr", "task"]
 
@@ -293,6 +294,9 @@ class TaskConfig:
     # every training label lies in it, else the training labels' own min and max (since 0.3.0;
     # bundles without it are not clipped)
     value_range: list[list[float]] = field(default_factory=list)
+    # "video": each DR channel minus its mean over the video (the DR's deviation from that
+    # person's own average: train-task --dr-norm video, since 0.3.0); "none": as stored
+    dr_norm: str = "none"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -307,6 +311,7 @@ class TaskConfig:
         if not (len(c.channels) == len(c.norm_mean) == len(c.norm_std)):
             raise DrkitError(f"{where}: channels, norm_mean and norm_std differ in length")
         check_choice(c.task, Task, f"{where}: task")
+        check_choice(c.dr_norm, DRNorm, f"{where}: dr_norm")
         return c
 
 

@@ -321,3 +321,32 @@ def test_dr_encoder_starts_from_the_dr_networks_encoder(task_data, tmp_path):
     with pytest.raises(DrkitError, match="dr_encoder starts from a DR network"):
         train_task.run(train_task.TrainTaskConfig(input=[si_store], out=tmp_path / "x", labels=task_data["labels"],
                                                   input_kind="si", arch="dr_encoder", epochs=1))
+
+
+def test_dr_norm_video_subtracts_each_videos_mean_dr(task_data, tmp_path):
+    """--dr-norm video: each DR channel minus its mean over the video (the DR's deviation from the
+    person's own average), in training, validation and eval-task alike; image channels untouched."""
+    from drkit.labels import read_labels
+    from drkit.tasks import Batcher, labelled_frames, select_channels
+    st = open_store(task_data["mdr"])
+    names = st.typed_params.channels
+    ch = select_channels(names, "mdr")
+    s = labelled_frames([st], read_labels(task_data["labels"]))
+    n_img = 3
+    raw = Batcher(s, ch, np.zeros(len(ch)), np.ones(len(ch)))
+    norm = Batcher(s, ch, np.zeros(len(ch)), np.ones(len(ch)), dr_norm="video")
+    v = s.videos[0]
+    idx = np.array([i for i, x in enumerate(s.videos) if x == v])
+    a, b = raw.get(idx)[0].numpy(), norm.get(idx)[0].numpy()
+    np.testing.assert_array_equal(a[:, :n_img], b[:, :n_img])
+    full = st.video(v)["mdr"][:].astype(np.float32)[:, n_img:]
+    np.testing.assert_allclose(b[:, n_img:], a[:, n_img:] - full.mean(0), atol=1e-5)
+    out = tmp_path / "run"
+    r = train_task.run(train_task.TrainTaskConfig(input=[task_data["mdr"]], out=out, labels=task_data["labels"],
+                                                  epochs=2, val_share=0.25, dr_norm="video", dr_dropout=0.3))
+    ck = load_checkpoint(out / "best.pt", "task")
+    assert ck.config.dr_norm == "video" and ck.config.train["dr_dropout"] == 0.3
+    assert np.isfinite(r["val"]["icc"])
+    from drkit.tasks import evaluate_bundle
+    ev = evaluate_bundle(ck, [task_data["mdr"]], task_data["labels"])
+    assert np.isfinite(ev["icc"])

@@ -51,6 +51,7 @@ from ..contracts import (
     DRNet,
     ModelSpec,
     Task,
+    DRNorm,
     TaskConfig,
     check_choice,
 )
@@ -211,7 +212,8 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
         val_s = val_s.subset(evenly_spread(len(val_s), cfg.val_frames))
         log.info(f"--val-frames: validating on {len(val_s)} frames spread evenly over the validation people")
     _warn_range(cfg, labels.targets, np.concatenate([train_s.y, val_s.y]))
-    mean, std = channel_stats(train_s, ch, seed=cfg.seed)
+    check_choice(cfg.dr_norm, DRNorm, "--dr-norm")
+    mean, std = channel_stats(train_s, ch, seed=cfg.seed, dr_norm=cfg.dr_norm)
     if hg:
         require_landmarks(train_s)
     dr_nets = _bundled_dr_nets(stores[0])
@@ -233,17 +235,24 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
         train=jsonable({k: v for k, v in dataclasses.asdict(cfg).items()
                         if k not in ("resume", "overwrite", "device", "eval_only", "epochs", "time_budget", "patience")
                         and (hg or k not in HG_FIELDS)
-                        and not (k == "dropout" and v is None)}))   # runs from before --dropout resume
+                        and not (k == "dropout" and v is None)   # runs from before --dropout resume
+                        and not (k in ("dr_norm", "dr_dropout") and v in ("none", 0.0))}),
+        dr_norm=cfg.dr_norm)
     config.train["data"] = training_data(train_s, labels)
     config.value_range = value_range(cfg.task, train_s.y)
     template = Checkpoint(kind="task", model=spec, config=config, state_dict={}, dr_nets=dr_nets)
     log.info(f"train-task: {len(train_s)} train / {len(val_s)} validation frames, input {cfg.input_kind} "
              f"({len(ch)} channels), targets {', '.join(labels.targets)}, {cfg.arch}")
-    tb, vb = Batcher(train_s, ch, mean, std, landmarks=hg), Batcher(val_s, ch, mean, std)
+    tb = Batcher(train_s, ch, mean, std, landmarks=hg, dr_norm=cfg.dr_norm)
+    vb = Batcher(val_s, ch, mean, std, dr_norm=cfg.dr_norm)
     nb = n_batches(len(train_s), cfg.batch_size)
     if hg:
         side, kw = heatmap_side(dstore.map_size), spec.kwargs
 
+    dr_ch = [k for k, c in enumerate(ch) if c >= tb.n_image]   # positions of the DR channels in x
+    if cfg.dr_dropout and not (0 < cfg.dr_dropout < 1 and dr_ch):
+        raise DrkitError(f"--dr-dropout {cfg.dr_dropout}: needs a probability in (0, 1) and an input with DR "
+                         "channels (--input mdr or sdr)")
     flip = cfg.flip and tb.can_flip
     config.train["flip"] = flip
     if cfg.flip and not flip:
@@ -269,7 +278,13 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
             idx = idx[sl]
             f = f[sl] if flip else None
             if not hg:
-                yield tb.get(idx, f), w
+                x, y = tb.get(idx, f)
+                if cfg.dr_dropout:   # whole DR channels of a sample set to their mean (0 after normalising)
+                    g = batch_generator(cfg.seed + 7919, epoch, b)
+                    drop = (torch.rand(len(order[b * cfg.batch_size:(b + 1) * cfg.batch_size]), generator=g)
+                            < cfg.dr_dropout)[sl]
+                    x[drop.nonzero()[:, 0][:, None], torch.tensor(dr_ch)[None, :]] = 0
+                yield (x, y), w
                 continue
             # hg_hmr: targets from the unflipped landmarks, mirrored with their samples
             x, y, lm = tb.get(idx, f)

@@ -1,0 +1,294 @@
+"""Do inferred dynamics carry to new people and new cameras? The leave-one-source-out protocol
+(issue 21) for DR ranking and for AU intensity, beside the in-source person-disjoint split.
+
+    python examples/generalisation/protocol.py folds FACES -o WORK/folds.json
+    python examples/generalisation/protocol.py run WORK --persons STORES_DIR --labels LABELS.csv \\
+        --folds all --seeds 0,1,2
+    python examples/generalisation/protocol.py report WORK > RESULTS_PART.md
+
+Data: one face store per person (``STORES_DIR/<person>.zarr``, `drkit preprocess --size 112` of
+that person's clips of ../shared/data/faces), OpenFace 2.2's AU intensities as labels
+(../shared/tools/openface/openface_labels.py).
+
+Folds (``folds``): the six sources (repositories) with >= 6 people, one at a time, and the ten
+small sources together as a seventh fold; each fold's test people all come from sources no
+network of that fold saw. ``insource`` is the person-disjoint split across all sources (a quarter
+of the people of every source with >= 3 people held out, seed 0) that the in-source figures use.
+
+Per fold and seed (``run``):
+1. ranking: a DR network trained on the fold's training people (``--dr-args``: by default the
+   multi-scale network, one head each for T3S2, T5S2, T9S4, 64 px, width 8, 3 epochs), scored by
+   `drkit rank-eval` on the test people at each head's window, beside the identity baseline and
+   the test-time RankSVM (baselines once per fold: they do not depend on the seed);
+2. AU intensity: `drkit gen-dr` with that network (image + every head), then `drkit train-task`
+   with SI (the image) and MDR (image + DRs) on the training people (8 of them, two per large
+   source, held out for validation), `drkit eval-task` on the test people.
+Every step calls the stage's library function with the settings the printed command line would
+give, and skips work whose result is already in WORK (a rerun resumes). Results: one JSON line per
+(fold, seed, what) in WORK/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import re
+import shlex
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+HEADS = [(3, 2), (5, 2), (9, 4)]
+DR_ARGS = "--heads T5S2,T3S2,T9S4 --size 64 --base 8 --epochs 3"
+AUS5 = ["AU06", "AU10", "AU12", "AU14", "AU17"]
+
+
+# ------------------------------------------------------------------ folds
+
+def make_folds(faces: Path, min_people: int = 6, seed: int = 0) -> dict:
+    people, repo = defaultdict(list), {}
+    for r in csv.DictReader(open(faces / "manifest.csv")):
+        people[r["repo"]].append(r["person"])
+        repo[r["person"]] = r["repo"]
+    by_repo = {k: sorted(set(v)) for k, v in people.items()}
+    everyone = sorted(repo)
+    big = sorted((r for r, ps in by_repo.items() if len(ps) >= min_people), key=lambda r: -len(by_repo[r]))
+    folds = {r: by_repo[r] for r in big}
+    folds["small_sources"] = sorted(p for r, ps in by_repo.items() if r not in big for p in ps)
+    rng = random.Random(seed)
+    held = []
+    for r, ps in sorted(by_repo.items()):
+        if len(ps) >= 3:
+            ps = sorted(ps)
+            rng.shuffle(ps)
+            held += ps[:max(1, round(len(ps) / 4))]
+    out = {"loso": {f: {"train": [p for p in everyone if p not in t], "test": t} for f, t in folds.items()},
+           "insource": {"train": [p for p in everyone if p not in held], "test": sorted(held)},
+           "repo_of": repo}
+    return out
+
+
+def val_people(train: list[str], repo: dict, per_source: int = 2, seed: int = 0) -> list[str]:
+    """Two people of every training source with >= 4 people: the validation people of train-task."""
+    rng = random.Random(seed)
+    out = []
+    for r in sorted({repo[p] for p in train}):
+        ps = sorted(p for p in train if repo[p] == r)
+        if len(ps) >= 4:
+            rng.shuffle(ps)
+            out += ps[:per_source]
+    return sorted(out)
+
+
+# ------------------------------------------------------------------ run
+
+def _cmd(*args) -> None:
+    print("$ drkit " + shlex.join(map(str, args)), flush=True)
+
+
+def _done(path: Path) -> set:
+    if not path.is_file():
+        return set()
+    return {(r["fold"], r["seed"], r["what"]) for r in map(json.loads, path.read_text().splitlines())}
+
+
+def _record(path: Path, rec: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def run(a) -> None:
+    from drkit.configs import EvalTaskConfig, GenDRConfig, RankEvalConfig, TrainDRConfig, TrainTaskConfig
+    from drkit.stages import eval_task, gen_dr, rank_eval, train_dr, train_task
+    work = Path(a.work)
+    folds = json.loads((work / "folds.json").read_text())
+    repo = folds["repo_of"]
+    persons = Path(a.persons)
+    have = {p.stem for p in persons.glob("*.zarr")}
+    labelled = {r["person"] for r in csv.DictReader(open(a.labels))}
+    res = work / "results.jsonl"
+    done = _done(res)
+    names = [f for f in folds["loso"]] if a.folds == "all" else a.folds.split(",")
+    dr_args = shlex.split(a.dr_args)
+    for fold in names:
+        part = folds["insource"] if fold == "insource" else folds["loso"][fold]
+        train = [p for p in part["train"] if p in have]
+        test = [p for p in part["test"] if p in have]
+        fd = work / fold
+        fd.mkdir(parents=True, exist_ok=True)
+        stores = lambda ps: [persons / f"{p}.zarr" for p in ps]   # noqa: E731
+        for T, S in HEADS:       # baselines: seed-independent
+            if (fold, -1, f"baselines_T{T}S{S}") in done:
+                continue
+            js = fd / f"baselines_T{T}S{S}.json"
+            _cmd("rank-eval", *stores(test), "--T", T, "--stride", S, "--size", 64, "--baselines", "identity,ranksvm", "--json", js)
+            recs = rank_eval.run(RankEvalConfig(ckpt=None, stores=stores(test), T=[T], stride=[S], size=64,
+                                                baselines=["identity", "ranksvm"], json=js))
+            _record(res, {"fold": fold, "seed": -1, "what": f"baselines_T{T}S{S}", "T": T, "stride": S,
+                          **{r["method"]: r["accuracy"] for r in recs}, "test_people": len(test)})
+        for seed in map(int, a.seeds.split(",")):
+            sd = fd / f"s{seed}"
+            dr = sd / "dr"
+            if not (dr / "best.pt").is_file() or not (sd / "dr.done").is_file():
+                args = ["train-dr", *stores(train), "-o", dr, *dr_args, "--seed", seed, "--overwrite"]
+                _cmd(*args)
+                train_dr.run(_train_dr_config(TrainDRConfig, train, persons, dr, dr_args, seed))
+                (sd / "dr.done").write_text(time.strftime("%c"))
+            for T, S in HEADS:
+                key = (fold, seed, f"rank_T{T}S{S}")
+                if key in done:
+                    continue
+                js = sd / f"rank_T{T}S{S}.json"
+                recs = rank_eval.run(RankEvalConfig(ckpt=[dr], stores=stores(test), T=[T], stride=[S], baselines=[], json=js))
+                _record(res, {"fold": fold, "seed": seed, "what": f"rank_T{T}S{S}", "T": T, "stride": S,
+                              "dr": recs[0]["accuracy"], "windows": recs[0]["windows"], "test_people": len(test)})
+            if a.no_task:
+                continue
+            mdr = sd / "mdr"
+            mdr.mkdir(exist_ok=True)
+            for p in train + test:    # a marker per finished store (gen-dr itself resumes a killed one)
+                if p in labelled and not (mdr / f"{p}.done").is_file():
+                    gen_dr.run(GenDRConfig(store=persons / f"{p}.zarr", out=mdr / f"{p}.zarr", dr=[dr]))
+                    (mdr / f"{p}.done").write_text("")
+            tr = [p for p in train if p in labelled]
+            va = val_people(tr, repo)
+            tr = [p for p in tr if p not in va]
+            te = [p for p in test if p in labelled]
+            for kind in a.inputs.split(","):
+                key = (fold, seed, f"au_{kind}")
+                if key in done:
+                    continue
+                run_dir = sd / f"au_{kind}"
+                ms = lambda ps: [mdr / f"{p}.zarr" for p in ps]   # noqa: E731
+                _cmd("train-task", *ms(tr), "--val", *ms(va), "--labels", a.labels, "--input", kind, "-o", run_dir,
+                     *shlex.split(a.task_args), "--seed", seed, "--overwrite")
+                cfg = TrainTaskConfig(input=ms(tr), val=ms(va), labels=Path(a.labels), out=run_dir, task="au",
+                                      input_kind=kind, seed=seed, overwrite=True, **_task_kwargs(a.task_args))
+                train_task.run(cfg)
+                js = sd / f"eval_au_{kind}.json"
+                ev = eval_task.run(EvalTaskConfig(model=run_dir, stores=ms(te), labels=Path(a.labels), json=js))
+                _record(res, {"fold": fold, "seed": seed, "what": f"au_{kind}", **ev,
+                              "icc5": float(np.mean([ev[f"icc/{x}"] for x in AUS5])), "test_people": len(te)})
+
+
+def _train_dr_config(cls, train, persons, out, dr_args, seed):
+    """The TrainDRConfig of the printed `drkit train-dr` line (its --dr-args)."""
+    from drkit.cli import _windows
+    kw = _task_kwargs(" ".join(dr_args))
+    if "heads" in kw:
+        kw["heads"] = _windows(kw["heads"])
+    return cls(stores=[persons / f"{p}.zarr" for p in train], out=out, seed=seed, overwrite=True, **kw)
+
+
+def _task_kwargs(text: str) -> dict:
+    """--task-args '--epochs 30 --patience 5 --val-frames 1500' as TrainTaskConfig keywords."""
+    toks, out = shlex.split(text), {}
+    for k, v in zip(toks[::2], toks[1::2]):
+        name = {"T": "T"}.get(k.lstrip("-"), k.lstrip("-").replace("-", "_"))
+        out[name] = int(v) if re.fullmatch(r"-?\d+", v) else float(v) if re.fullmatch(r"-?[\d.e-]+", v) else v
+    return out
+
+
+# ------------------------------------------------------------------ report
+
+def report(a) -> None:
+    work = Path(a.work)
+    recs = [json.loads(x) for x in (work / "results.jsonl").read_text().splitlines()]
+    by = defaultdict(list)
+    for r in recs:
+        by[(r["fold"], r["what"])].append(r)
+    folds = sorted({r["fold"] for r in recs if r["fold"] != "insource"})
+    print("### Ranking accuracy (%), test people of sources no network saw\n")
+    print("| fold | test people | " + " | ".join(f"T{T}S{S} DR / identity / RankSVM" for T, S in HEADS) + " |")
+    print("|---|---|" + "---|" * len(HEADS))
+    means = defaultdict(list)
+    for f in folds + (["insource"] if any(r["fold"] == "insource" for r in recs) else []):
+        cells = []
+        for T, S in HEADS:
+            d = [r["dr"] for r in by[(f, f"rank_T{T}S{S}")]]
+            b = by[(f, f"baselines_T{T}S{S}")]
+            if not d or not b:
+                cells.append("-")
+                continue
+            cells.append(f"{100 * np.mean(d):.1f} ± {100 * np.std(d):.1f} / {100 * b[0]['identity']:.1f} / "
+                         f"{100 * b[0]['ranksvm']:.1f}")
+            if f != "insource":
+                means[(T, S)].append((np.mean(d), b[0]["identity"], b[0]["ranksvm"], d))
+        n = (by[(f, f"baselines_T{HEADS[0][0]}S{HEADS[0][1]}")] or [{}])[0].get("test_people", "?")
+        print(f"| {f} | {n} | " + " | ".join(cells) + " |")
+    cells = []
+    for T, S in HEADS:
+        m = means[(T, S)]
+        if not m:
+            cells.append("-")
+            continue
+        dr, idn, svm = (np.array([x[i] for x in m]) for i in range(3))
+        seeds = np.array([np.mean([x[3][k] for x in m]) for k in range(min(len(x[3]) for x in m))])
+        cells.append(f"**{100 * dr.mean():.1f}** (folds ± {100 * dr.std():.1f}, seeds ± {100 * seeds.std():.1f}) / "
+                     f"{100 * idn.mean():.1f} / {100 * svm.mean():.1f}")
+    print("| **mean over folds** | | " + " | ".join(cells) + " |\n")
+    kinds = sorted({r["what"][3:] for r in recs if r["what"].startswith("au_")})
+    if not kinds:
+        return
+    print("### AU intensity, ICC(3,1) with OpenFace 2.2 on test people (mean of AU06/10/12/14/17; all AUs)\n")
+    print("| fold | " + " | ".join(f"{k.upper()} 5 AUs | {k.upper()} all" for k in kinds) + " | MDR − SI (5 AUs) |")
+    print("|---|" + "---|---|" * len(kinds) + "---|")
+    diffs = []
+    for f in folds + ["insource"]:
+        rows = {k: by[(f, f"au_{k}")] for k in kinds}
+        if not all(rows.values()):
+            continue
+        cells = []
+        for k in kinds:
+            v5 = [r["icc5"] for r in rows[k]]
+            va = [r["icc"] for r in rows[k]]
+            cells += [f"{np.mean(v5):.3f} ± {np.std(v5):.3f}", f"{np.mean(va):.3f}"]
+        if "si" in rows and "mdr" in rows:
+            si = {r["seed"]: r["icc5"] for r in rows["si"]}
+            d = [r["icc5"] - si[r["seed"]] for r in rows["mdr"] if r["seed"] in si]
+            if f != "insource":
+                diffs += d
+            cells.append(f"{np.mean(d):+.3f} ± {np.std(d):.3f}")
+        print(f"| {f} | " + " | ".join(cells) + " |")
+    if diffs:
+        print(f"\nMDR − SI over every (fold, seed): {np.mean(diffs):+.3f} ± {np.std(diffs):.3f}, "
+              f"MDR ahead in {sum(x > 0 for x in diffs)} of {len(diffs)}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("folds")
+    f.add_argument("faces")
+    f.add_argument("-o", "--out", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("work")
+    r.add_argument("--persons", required=True)
+    r.add_argument("--labels", required=True)
+    r.add_argument("--folds", default="all", help="comma list of fold names, or all; insource for the in-source split")
+    r.add_argument("--seeds", default="0,1,2")
+    r.add_argument("--dr-args", default=DR_ARGS)
+    r.add_argument("--task-args", default="--epochs 30 --patience 4 --val-frames 1500")
+    r.add_argument("--inputs", default="si,mdr")
+    r.add_argument("--no-task", action="store_true", help="ranking only")
+    p = sub.add_parser("report")
+    p.add_argument("work")
+    a = ap.parse_args(argv)
+    if a.cmd == "folds":
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(make_folds(Path(a.faces)), indent=1))
+        print(f"-> {out}", file=sys.stderr)
+    elif a.cmd == "run":
+        run(a)
+    else:
+        report(a)
+
+
+if __name__ == "__main__":
+    main()
