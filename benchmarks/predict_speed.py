@@ -29,7 +29,10 @@ backend) on the clip into a temporary CSV:
   in a background thread;
 - ``pipelined-1t``: the same with torch limited to one intra-op thread meanwhile;
 - ``default``: ``run(cfg)`` as the CLI calls it (the only mode a drkit without the pipeline
-  accepts: run this script with PYTHONPATH pointing at an older drkit to time it).
+  accepts: run this script with PYTHONPATH pointing at an older drkit to time it);
+- ``sequential-torch`` / ``sequential-ort``: ``sequential`` with ``--engine torch`` /
+  ``onnxruntime`` (the other modes use the default engine, ``auto``, except ``sequential-nchw``
+  and ``pipelined-1t``, which set torch's own options and so run torch).
 Every mode's CSV is compared with the first mode's: identical, or (sequential-nchw) the largest
 difference of its numbers (the layouts round differently, ~1e-6).
 
@@ -186,8 +189,12 @@ def run_drkit(bundle: Path, clip: Path, mode: str, out: Path, batch_size: int = 
     cfg = PredictConfig(model=bundle, inputs=[clip], out=out, device="cpu", batch_size=batch_size)
     if mode == "sequential-nchw":   # the standard memory layout (channels_last is the default)
         cfg.channels_last = False
+    if hasattr(cfg, "engine"):      # the engine modes name it; the torch-setting modes measure torch
+        cfg.engine = {"sequential-torch": "torch", "sequential-ort": "onnxruntime", "sequential-nchw": "torch",
+                      "pipelined-1t": "torch"}.get(mode, cfg.engine)
     kw = {"sequential": {"pipeline": False}, "sequential-nchw": {"pipeline": False}, "pipelined": {"pipeline": True},
-          "pipelined-1t": {"pipeline": True, "net_threads": 1}, "default": {}}[mode]
+          "pipelined-1t": {"pipeline": True, "net_threads": 1}, "default": {},
+          "sequential-torch": {"pipeline": False}, "sequential-ort": {"pipeline": False}}[mode]
     if kw and "pipeline" not in inspect.signature(predict.run).parameters:
         raise SystemExit(f"mode {mode}: this drkit's predict.run has no pipeline option (use --modes default)")
     t0 = time.perf_counter()

@@ -24,6 +24,7 @@ from . import configs as C
 from .contracts import (
     Arch,
     Backend,
+    DRNorm,
     InputKind,
     LabelLayout,
     Objective,
@@ -407,9 +408,9 @@ def rank_eval(
 
 
 EngineOption = Annotated[C.Engine, typer.Option(
-    help="What runs the networks: torch, or onnxruntime (one ONNX graph exported in memory; fp32; "
-         "1.4-1.7x torch's speed on 2 CPU cores); auto: onnxruntime when it is installed and the run is on "
-         "the CPU at fp32, else torch.")]
+    help="What runs the networks: torch, or onnxruntime (ONNX graphs exported in memory; fp32 only; "
+         "1.1-1.7x torch's speed on a CPU, benchmarks/engine_speed.py); auto: onnxruntime when it is "
+         "installed and the run is on the CPU at fp32, else torch.")]
 
 
 @command("gen-dr")
@@ -472,6 +473,8 @@ def train_task(
     heatmap_sigma: Annotated[float, typer.Option(help="hg_hmr: std of the target Gaussians, a fraction of the heatmap side (1/4 of the map side).")] = C.TrainTaskConfig.heatmap_sigma,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Mirror frames at random.")] = C.TrainTaskConfig.flip,
     init: Annotated[Optional[Path], typer.Option(help="Pretrained weights (state dict) for the network.")] = None,
+    dr_norm: Annotated[DRNorm, typer.Option(help="video: each DR channel minus its mean over the video (the DR's deviation from that person's own average; predict does the same per video).")] = C.TrainTaskConfig.dr_norm,
+    dr_dropout: Annotated[float, typer.Option(help="Probability of dropping a training sample's DR channels (set to their mean), so the network cannot lean on them alone.")] = C.TrainTaskConfig.dr_dropout,
     seed: Seed = C.TrainTaskConfig.seed,
     device: Device = C.TrainTaskConfig.device,
     resume: Resume = False,
@@ -493,7 +496,7 @@ def train_task(
         targets=targets.split(",") if targets else None, missing=_floats(missing, "--missing") or [],
         val=val or None, val_share=val_share, train_people=_names(train_people),
         val_people=_names(val_people), epochs=epochs, time_budget=time_budget, patience=patience, val_frames=val_frames, batch_size=batch_size,
-        lr=lr, width=width, dropout=dropout, stacks=stacks, heatmap_sigma=heatmap_sigma, flip=flip, init=init, seed=seed,
+        lr=lr, width=width, dropout=dropout, dr_norm=dr_norm, dr_dropout=dr_dropout, stacks=stacks, heatmap_sigma=heatmap_sigma, flip=flip, init=init, seed=seed,
         device=device, resume=resume,
         overwrite=overwrite, precision=precision, channels_last=channels_last, compile=compile_,
         eval_only=eval_only))
@@ -622,21 +625,32 @@ def synth(
 @command()
 def demo(
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for everything the demo makes.")] = C.DemoConfig.out,
-    quick: Annotated[bool, typer.Option(help="Less data, shorter training, 2 seeds (under 3 minutes on 2 CPU cores).")] = C.DemoConfig.quick,
+    quick: Annotated[bool, typer.Option("--quick/--full", help="Synthetic part: 8 identities, 2 seeds (default, minutes on 2 CPU cores), or 10 identities, 3 seeds and longer videos (--full, about half an hour).")] = C.DemoConfig.quick,
     train_dr: Annotated[bool, typer.Option(help="Train the DR here (on the training people) instead of using the shipped pretrained:T5.")] = C.DemoConfig.train_dr,
     seed: Seed = C.DemoConfig.seed,
 ) -> None:
-    """Run the whole pipeline on synthetic faces: synth, preprocess, DRs (shipped, or trained with
-    --train-dr), rank-eval, gen-dr (MDR), train-task (SI and MDR over seeds), eval-task on held-out
-    people, predict on a held-out video and still. Each step is printed as the exact `drkit`
-    command it runs, so every step can be re-run by hand."""
+    """What drkit is for, in minutes: (1) a real face clip that ships with drkit analysed with the
+    shipped AU model (CSV, OpenFace-layout CSV, a plot per AU, an annotated video, DR pictures);
+    (2) the whole pipeline on synthetic faces with exact labels: synth, preprocess, DRs (shipped,
+    or trained with --train-dr), rank-eval, gen-dr (MDR), train-task (SI and MDR over seeds),
+    eval-task on held-out people, predict on a held-out video and still. Each step is printed as
+    the exact `drkit` command it runs, so every step can be re-run by hand."""
     from rich.console import Console
     from rich.table import Table
 
     from .stages import demo as stage
-    s = stage.run(C.DemoConfig(out=out, quick=quick, train_dr=train_dr, seed=seed))
+    s = stage.run(C.DemoConfig(out=out, quick=quick, train_dr=train_dr, seed=seed), run_argv)
     con = Console()
-    t = Table(title=f"drkit demo ({s['seconds']:.0f} s, DR {s['dr']}) -> {out}")
+    real = s.get("real_face") or {}
+    if real:
+        t = Table(title=f"1. a real face: {Path(real['clip']).name}, pretrained:au, {real['faces']} of "
+                        f"{real['frames']} frames with a face -> {out}/real")
+        for c in ("AU", "mean", "max", "at frame (s)"):
+            t.add_column(c, justify="right")
+        for a, v in real["au"].items():
+            t.add_row(a, f"{v['mean']:.2f}", f"{v['max']:.2f}", f"{v['frame']} ({v['time_s']:.1f} s)")
+        con.print(t)
+    t = Table(title=f"2. synthetic faces ({s['seconds']:.0f} s in all, DR {s['dr']}) -> {out}")
     t.add_column("what")
     t.add_column("result", justify="right")
     for k, v in s["rank_accuracy"].items():
@@ -646,11 +660,12 @@ def demo(
     t.add_row(f"AU ICC(3,1), held-out people, mean ± sd of {n} seeds: SI / MDR",
               f"{i['si']['mean']:.3f} ± {i['si']['sd']:.3f} / {i['mdr']['mean']:.3f} ± {i['mdr']['sd']:.3f}")
     t.add_row("AU MSE: SI / MDR", f"{m['si']['mean']:.3f} / {m['mdr']['mean']:.3f}")
+    t.add_row("better input (beyond the spread over seeds)", s["better_input"].upper())
     for k, v in s["files"].items():
         t.add_row(k, v)
     con.print(t)
     per = Table(title="per AU: held-out ICC (mean over seeds) and the showcase still "
-                      f"({s['showcase']['video']} frame {s['showcase']['frame']}, {s['better_input'].upper()} model)")
+                      f"({s['showcase']['video']} frame {s['showcase']['frame']}, {s['showcase_input'].upper()} model)")
     for c in ("AU", "ICC SI", "ICC MDR", "still: predicted", "still: true"):
         per.add_column(c, justify="right")
     for a, (p, tr) in s["showcase"]["au"].items():

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .contracts import FaceStoreParams
 from .fsutil import as_path, as_paths
 
 DEFAULT_BASELINES = ("identity",)
+# what runs the networks of gen-dr and predict (drkit.export): auto = onnxruntime when it is
+# installed, the device is the CPU, at fp32 without --compile (there it ran 1.1-1.7x torch's
+# crops/s on one core, several times torch's on two busy cores: benchmarks/engine_speed.py), else torch
+Engine = Literal["auto", "torch", "onnxruntime"]
 
 
 @dataclass
@@ -119,6 +124,7 @@ class GenDRConfig:
     channels_last: bool = True       # DR networks in channels_last layout (1.3-1.6x on CPU; maps differ by ~1e-6)
     compile: bool = False            # torch.compile the DR networks
     shard: str | None = None         # "I/N": only the I-th of N deterministic parts of the videos
+    engine: str = "auto"             # auto | torch | onnxruntime (Engine; fp32 only)
 
     def __post_init__(self):
         self.store, self.out, self.dr = as_path(self.store), as_path(self.out), as_paths(self.dr) or []
@@ -153,6 +159,8 @@ class TrainTaskConfig:
     stacks: int = 1                       # hg_hmr: stacked hourglasses
     heatmap_sigma: float = 0.06           # hg_hmr: target Gaussian std, a fraction of the heatmap side
     init: Path | None = None              # pretrained weights for the network (state dict .pt)
+    dr_norm: str = "none"                 # "video": each DR channel minus its mean over the video
+    dr_dropout: float = 0.0               # probability of dropping a sample's DR channels (set to their mean)
     flip: bool = True
     seed: int = 0
     device: str = "auto"
@@ -207,11 +215,23 @@ class PredictConfig:
     video_out: Path | None = None     # folder: one annotated MP4 per video
     dr_frames: str | None = None      # --save-dr only these source frames ("0,100,200-210")
     clip: bool = True                 # clip outputs to the task's label range
+    engine: str = "auto"              # auto | torch | onnxruntime (Engine; fp32 only)
 
     def __post_init__(self):
         self.model, self.inputs, self.out = as_path(self.model), as_paths(self.inputs), as_path(self.out)
         self.save_dr, self.model_root = as_path(self.save_dr), as_path(self.model_root)
         self.plot, self.video_out = as_path(self.plot), as_path(self.video_out)
+
+
+@dataclass
+class ExportConfig:
+    model: Path                       # task bundle or DR checkpoint: file, run folder, pretrained:NAME
+    out: Path                         # folder: model.onnx + model.json (drkit.export)
+    seed: int = 0                     # of the random crops the export is checked on
+    threads: int | None = None        # onnxruntime threads of the check (default: every core)
+
+    def __post_init__(self):
+        self.model, self.out = as_path(self.model), as_path(self.out)
 
 
 @dataclass
@@ -234,7 +254,7 @@ class SynthConfig:
 @dataclass
 class DemoConfig:
     out: Path = Path("drkit-demo")
-    quick: bool = False
+    quick: bool = True            # the synthetic part's quick setting (--full: the longer one)
     train_dr: bool = False        # train the DR here instead of using the shipped pretrained:T5
     seed: int = 0
 

@@ -252,13 +252,15 @@ class DRStoreParams:
     source_params: dict[str, Any]
     checkpoints: list[DRNetRef] = field(default_factory=list)
     precision: str = "fp32"          # autocast of the DR networks (stores made before 0.2.0: fp32)
+    engine: str = "torch"            # what ran them: torch | onnxruntime (stores made before 0.3.0: torch)
 
     MUST_MATCH = ("size", "channels")
 
     def to_dict(self) -> dict:
         return {"size": self.map_size, "channels": list(self.channels), "image": self.image,
                 "source_store": self.source_store, "source_params": self.source_params,
-                "checkpoints": [c.to_dict() for c in self.checkpoints], "precision": self.precision}
+                "checkpoints": [c.to_dict() for c in self.checkpoints], "precision": self.precision,
+                "engine": self.engine}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "DR store params") -> "DRStoreParams":

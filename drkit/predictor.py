@@ -16,6 +16,10 @@ outputs; bundles made before 0.3.0 record no range and are not clipped).
 
 ``Predictor.from_bundle(run, precision="bf16", channels_last=True, compile=False)`` runs the
 networks under autocast (drkit.precision; fp16 needs CUDA); results come back as float32.
+``engine="onnxruntime"`` runs them with onnxruntime instead (drkit.export: the MDR stack and the
+task part as two ONNX graphs, exported in memory when the predictor is made; fp32 only, outputs
+within ~1e-6 of torch's; ``"auto"``: onnxruntime when it is installed, on a CPU, at fp32, else
+torch); ``engine_threads``: onnxruntime's intra-op threads.
 """
 
 from __future__ import annotations
@@ -73,12 +77,15 @@ class Predictor:
     def __init__(self, bundle: Checkpoint, device: torch.device | str = "cpu",
                  backend: str | None = None, model_root: str | None = None,
                  precision: str = "fp32", channels_last: bool = True, compile: bool = False,
-                 clip: bool = True):
+                 clip: bool = True, engine: str = "torch", engine_threads: int | None = None):
         from . import precision as P
+        from .export import resolve_engine
         c: TaskConfig = bundle.config
         self.bundle, self.config, self.device = bundle, c, torch.device(device)
         self.bundle_name = str(bundle.path or "bundle")   # for titles and messages
-        self.precision = P.check(precision, self.device)   # fp16 off CUDA: a DrkitError here
+        self.precision = P.check(precision, self.device, warn=False)   # fp16 off CUDA: a DrkitError here
+        self.engine = resolve_engine(engine, self.device, self.precision, compile)   # torch | onnxruntime
+        P.warn_if_slow(self.precision, self.device)
         self.mdr = MDR.from_dr_nets(bundle.dr_nets, c.map_size, c.image).to(self.device).eval()
         self.mdr.prepare(channels_last, compile)
         self.net = bundle.build_model().to(self.device)
@@ -96,19 +103,27 @@ class Predictor:
         self.backend_name, self.model_root = backend or c.preprocess.backend, model_root
         self._backend = None
         self.timings = {"dr": 0.0, "task": 0.0, "crops": 0}   # predict_crops adds to these
+        self._graphs = self._task_graph = None
+        if self.engine == "onnxruntime":   # export now (the MDR stack, the task part): a failure shows before any work
+            from .export import OnnxEngine, SizedGraphs, mdr_onnx, task_onnx
+            self._graphs = SizedGraphs(lambda S: mdr_onnx(self.mdr, S), engine_threads)
+            self._graphs.engine(self.crop_size)
+            self._task_graph = OnnxEngine(task_onnx(self.mdr, self.net, c), engine_threads)
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str = "auto", backend: str | None = None,
                     model_root: str | None = None, precision: str = "fp32", channels_last: bool = True,
-                    compile: bool = False, clip: bool = True) -> "Predictor":
+                    compile: bool = False, clip: bool = True, engine: str = "torch",
+                    engine_threads: int | None = None) -> "Predictor":
         """``path``: a train-task run folder, its best.pt, or a shipped bundle (``pretrained:au``).
         ``precision`` fp32 (default), bf16 or fp16 (CUDA only): autocast around the networks,
         outputs returned as float32; ``channels_last`` (default: 1.3-1.6x faster on a CPU, outputs
         within ~1e-6 of the standard layout) / ``compile``: drkit.precision.prepare; ``clip``:
-        clip outputs to the task's label range (default)."""
+        clip outputs to the task's label range (default); ``engine``: torch (default),
+        onnxruntime or auto (drkit.export.resolve_engine)."""
         from .nets import pick_device
         p = cls(load_bundle(path), pick_device(device), backend, model_root, precision, channels_last,
-                compile, clip)
+                compile, clip, engine, engine_threads)
         p.bundle_name = str(path)
         return p
 
@@ -132,6 +147,14 @@ class Predictor:
         resizes; ``task``: the task network; on CUDA the split is of asynchronous launches)."""
         from .precision import autocast
         t0 = time.perf_counter()
+        if self._graphs is not None:   # onnxruntime: the two graphs of drkit.export
+            m = self._graphs(crops)["mdr"]
+            t1 = time.perf_counter()
+            y = self._task_graph(m)["values" if self.clip else "raw_values"]
+            self.timings["dr"] += t1 - t0
+            self.timings["task"] += time.perf_counter() - t1
+            self.timings["crops"] += len(crops)
+            return y, m
         x = images_to_tensor(crops).to(self.device)
         with autocast(self.precision, self.device):
             m = self.mdr(x)                      # float32 (MDR casts each DR back)

@@ -1,12 +1,19 @@
-"""`drkit demo`: the whole pipeline on synthetic faces, on a fresh machine, in minutes.
+"""`drkit demo`: what drkit is for, on a fresh machine, in minutes: a real face analysed with the
+shipped models, then the whole pipeline on synthetic faces whose labels are exact.
 
-synth -> preprocess (train / test people) -> the shipped DR model ``pretrained:T5`` (or, with
-``--train-dr``, DRs trained here) -> rank-eval (with the identity baseline) -> gen-dr (MDR) ->
-train-task (SI and MDR, several seeds, until validation stops improving) -> eval-task on the
-held-out people -> predict on a held-out video (plotted against the true intensities) and on a
-still at an AU apex (every AU predicted beside its true value). Every step is one `drkit`
-command line, printed and then run through the same CLI in this process, so what the demo
-prints is exactly what it runs: copy any printed line into a shell and it does the same.
+1. **A real face.** The short clip that ships with drkit (drkit/data/, a man talking and pulling
+   faces; Apache-2.0, from PaddleGAN: drkit/data/NOTICE.md), analysed with ``pretrained:au``:
+   per-frame AU intensities (CSV), one plot per AU over time, an annotated video (frame,
+   landmarks, DR maps, AU bars) and DR pictures of its most expressive frames.
+2. **Synthetic faces, SI against MDR.** synth -> preprocess (train / test people) -> the shipped
+   DR model ``pretrained:T5`` (or, with ``--train-dr``, DRs trained here) -> rank-eval (with the
+   identity baseline) -> gen-dr (MDR) -> train-task (SI and MDR, several seeds, until validation
+   stops improving) -> eval-task on the held-out people -> predict on a held-out video (SI and
+   MDR against the true intensities) and on a still at an AU apex.
+
+Every step is one `drkit` command line, printed and then run through the same CLI in this
+process (the runner is handed in by drkit.cli, which this module does not import), so what the
+demo prints is exactly what it runs: copy any printed line into a shell and it does the same.
 """
 
 from __future__ import annotations
@@ -25,65 +32,117 @@ from ..configs import DemoConfig
 from ..fsutil import write_json_atomic
 
 
+_RUN_ARGV = None   # drkit.cli.run_argv, handed in by run()
+
+
 def drkit(*args) -> None:
-    """Print one `drkit` command line and run it (drkit.cli.run_argv)."""
-    from ..cli import run_argv
+    """Print one `drkit` command line and run it (through the CLI's run_argv)."""
     argv = [str(a) for a in args]
     if log.VERBOSITY >= 1:   # one line, never wrapped, so it can be copied into a shell
         log.console.print("$ drkit " + shlex.join(argv), style="bold cyan", markup=False, soft_wrap=True)
-    run_argv(argv)
+    _RUN_ARGV(argv)
 
 
-def plot_curves(runs: dict[str, Path], path: Path) -> None:
+def plot_curves(runs: dict[str, list[Path]], metric: str, path: Path) -> None:
+    """Validation ``metric`` per epoch of every run, SI and MDR on one axis (one colour per input,
+    one line per seed), each run's best epoch marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.2))
-    for ax, (name, run) in zip(np.atleast_1d(axes), runs.items()):
-        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        for k in recs[-1]:
-            if k.startswith(("train_acc", "val_acc", "val_icc", "val_pcc")) and "/" not in k:
-                ax.plot([r["epoch"] for r in recs], [r.get(k) for r in recs], marker=".", label=k)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for (kind, dirs), colour in zip(runs.items(), ("tab:blue", "tab:red", "tab:green")):
+        for i, run in enumerate(dirs):
+            recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+            ep, val = [r["epoch"] for r in recs], [r.get(f"val_{metric}") for r in recs]
+            ax.plot(ep, val, color=colour, lw=1, alpha=0.85, label=f"{kind.upper()}" if i == 0 else None)
+            best = max(range(len(val)), key=lambda k: -1e9 if val[k] is None else val[k])
+            ax.plot(ep[best], val[best], "o", color=colour, ms=5)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric.upper()}(3,1)" if metric == "icc" else f"validation {metric}")
+    ax.set_title(f"train-task, validation people, {len(next(iter(runs.values())))} seeds per input (dot: best epoch, "
+                 "the one kept)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_video(pred_csv: Path, label_rows: list[dict], video: str, aus: list[str], path: Path) -> None:
-    """Predicted (from `drkit predict` on the video) against true intensity, one panel per AU."""
+def plot_video(preds: dict[str, Path], label_rows: list[dict], video: str, aus: list[str], path: Path) -> None:
+    """True intensity against each model's prediction (from `drkit predict` on the video), one
+    labelled panel per AU."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    with open(pred_csv) as f:
-        pred = [r for r in csv.DictReader(f) if r["face_found"] == "1"]
     truth = {int(r["frame"]): r for r in label_rows if r["video"] == video}
-    fig, axes = plt.subplots(len(aus), 1, figsize=(7, 1.3 * len(aus) + 0.6), sharex=True)
+    fig, axes = plt.subplots(len(aus), 1, figsize=(7, 1.35 * len(aus) + 0.8), sharex=True)
     for ax, au in zip(np.atleast_1d(axes), aus):
-        fr = [int(r["frame"]) for r in pred]
-        ax.plot(sorted(truth), [float(truth[k][au]) for k in sorted(truth)], color="k", lw=1.2, label="true")
-        ax.plot(fr, [float(r[au]) for r in pred], color="tab:red", lw=1, label="predicted")
-        ax.set_ylabel(au, fontsize=8)
-        ax.set_ylim(-0.5, 5.5)
+        ax.plot(sorted(truth), [float(truth[k][au]) for k in sorted(truth)], color="k", lw=1.4, label="true")
+        for (name, csv_path), colour in zip(preds.items(), ("tab:blue", "tab:red")):
+            with open(csv_path) as f:
+                rows = [r for r in csv.DictReader(f) if r["face_found"] == "1"]
+            ax.plot([int(r["frame"]) for r in rows], [float(r[au]) for r in rows], color=colour, lw=1, label=name)
+        ax.set_ylabel(f"{au}\nintensity", fontsize=8)
+        ax.set_ylim(-0.3, 5.3)
         ax.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].legend(fontsize=7, ncol=2, loc="upper right")
+    np.atleast_1d(axes)[0].legend(fontsize=7, ncol=3, loc="upper right")
     np.atleast_1d(axes)[-1].set_xlabel(f"frame of {video} (a held-out person)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def verdict(si: list[float], mdr: list[float]) -> str:
+    """"mdr" or "si" when one input beats the other by more than the spread of their difference over
+    seeds (the same seed pairs the two runs), else "tie"."""
+    d = np.array(mdr) - np.array(si)
+    if len(d) < 2 or abs(d.mean()) <= d.std(ddof=1):
+        return "tie"
+    return "mdr" if d.mean() > 0 else "si"
+
+
+def real_face(out: Path) -> dict:
+    """Part 1: the shipped real clip through `drkit predict pretrained:au` with every output."""
+    from importlib.resources import files
+
+    from .. import pretrained
+    clip = Path(str(files("drkit") / "data" / "demo_face.mp4"))
+    if "au" not in pretrained.names():
+        log.warn("this install ships no pretrained:au model: the real-face part is skipped")
+        return {}
+    real = out / "real"
+    drkit("predict", "pretrained:au", clip, "-o", real / "au.csv", "--plot", real / "plots",
+          "--video-out", real / "video")
+    with open(real / "au.csv") as f:
+        rows = list(csv.DictReader(f))
+    aus = [k for k in rows[0] if k.startswith("AU")]
+    found = [r for r in rows if r["face_found"] == "1"]
+    peaks = {a: max(found, key=lambda r: float(r[a])) for a in aus}
+    top = sorted(aus, key=lambda a: -float(peaks[a][a]))[:3]   # DR pictures of the most intense moments
+    frames = sorted({int(peaks[a]["frame"]) for a in top})
+    drkit("predict", "pretrained:au", clip, "-o", real / "au_openface.csv", "--format", "openface",
+          "--save-dr", real / "dr_pictures", "--dr-frames", ",".join(map(str, frames)))
+    return {"clip": str(clip), "frames": len(rows), "faces": len(found),
+            "au": {a: {"mean": round(float(np.mean([float(r[a]) for r in found])), 2),
+                       "max": round(float(peaks[a][a]), 2), "frame": int(peaks[a]["frame"]),
+                       "time_s": round(float(peaks[a]["timestamp"]), 2)} for a in aus},
+            "files": {"csv": str(real / "au.csv"), "openface_csv": str(real / "au_openface.csv"),
+                      "plot": str(real / "plots" / "demo_face.png"), "video": str(real / "video" / "demo_face.mp4"),
+                      "dr_pictures": str(real / "dr_pictures")}}
+
+
 def _mean_sd(v: list[float]) -> dict:
     return {"mean": round(float(np.mean(v)), 3), "sd": round(float(np.std(v)), 3), "runs": [round(x, 3) for x in v]}
 
 
-def run(cfg: DemoConfig) -> dict:
+def run(cfg: DemoConfig, run_argv) -> dict:
+    """``run_argv(argv)``: runs one drkit command line (drkit.cli.run_argv)."""
+    global _RUN_ARGV
+    _RUN_ARGV = run_argv
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    real = real_face(out)
     q, seed = cfg.quick, cfg.seed
     # many short videos of many people: a task network needs several identities to generalise
     # to a new one (2 training identities: held-out ICC ~0.1; 6: ~0.6)
@@ -143,8 +202,13 @@ def run(cfg: DemoConfig) -> dict:
     test_names = [Path(v).name for v in vids["test"]]
     activity = {v: sum(float(r[a]) for r in label_rows if r["video"] == v for a in aus) for v in test_names}
     video = max(activity, key=activity.get)
-    drkit("predict", model, out / "synth" / "videos" / video, "-o", out / "predict_video.csv")
-    plot_video(out / "predict_video.csv", label_rows, video, aus, out / "predict_video.png")
+    # each input's showcase model on it: SI and MDR against the truth
+    preds = {}
+    for kind in ("si", "mdr"):
+        s_best = max(seeds, key=lambda s: json.loads((out / f"au_{kind}_s{s}" / "val_metrics.json").read_text())["icc"])
+        drkit("predict", out / f"au_{kind}_s{s_best}", out / "synth" / "videos" / video, "-o", out / f"predict_video_{kind}.csv")
+        preds[f"{kind.upper()} (seed {s_best})"] = out / f"predict_video_{kind}.csv"
+    plot_video(preds, label_rows, video, aus, out / "predict_video.png")
 
     # a still at that video's apex (the frame of most action): every AU predicted and true
     rows = [r for r in label_rows if r["video"] == video]
@@ -160,7 +224,7 @@ def run(cfg: DemoConfig) -> dict:
     with open(out / "predict.csv") as f:
         pred = next(csv.DictReader(f))
     showcase = {a: [round(float(pred[a]), 2) if pred[a] else None, float(apex[a])] for a in aus}
-    plot_curves({f"train-task {kind} (seed {seeds[0]})": out / f"au_{kind}_s{seeds[0]}" for kind in ("si", "mdr")},
+    plot_curves({kind: [out / f"au_{kind}_s{s}" for s in seeds] for kind in ("si", "mdr")}, "icc",
                 out / "training_curves.png")
     summary = {
         "seconds": round(time.time() - t0, 1),
@@ -170,12 +234,15 @@ def run(cfg: DemoConfig) -> dict:
         "au_icc": icc,
         "au_mse": {k: _mean_sd([r["mse"] for r in v]) for k, v in res.items()},
         "au_icc_per_au": {k: {a: round(float(np.mean([r[f"icc/{a}"] for r in v])), 3) for a in aus} for k, v in res.items()},
-        "better_input": best_kind,
+        "better_input": verdict([r["icc"] for r in res["si"]], [r["icc"] for r in res["mdr"]]),
+        "showcase_input": best_kind,
+        "real_face": real,
         "showcase": {"model": str(model), "video": video, "frame": k, "image": str(still),
                      "face_found": pred["face_found"], "au": showcase,
                      "max_abs_error": round(max(abs(p - t) for p, t in showcase.values() if p is not None), 2)
                      if pred["face_found"] == "1" else None},
-        "files": {"predict_video_plot": str(out / "predict_video.png"), "training_curves": str(out / "training_curves.png"),
+        "files": {**{f"real_{k}": v for k, v in real.get("files", {}).items() if k != "dr_pictures"},
+                  "predict_video_plot": str(out / "predict_video.png"), "training_curves": str(out / "training_curves.png"),
                   "dr_picture": str(out / "dr_pictures" / "still.png"), "rank_eval_json": str(out / "rank_eval.json")},
     }
     write_json_atomic(out / "summary.json", summary)

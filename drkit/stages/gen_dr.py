@@ -21,6 +21,10 @@ float32 and stored as float16 as at fp32, and the store's params record the prec
 one precision; stores made before it read as fp32). ``--shard I/N`` takes every N-th video of
 the face store (sorted ids) from the I-th: N jobs fill one store, each video under its claim
 (drkit.store), so jobs may run at once and a killed job's rerun redoes only unfinished videos.
+
+``--engine`` (drkit.export): ``onnxruntime`` runs the stack as one ONNX graph exported in memory
+(fp32; maps within ~1e-5 of torch's, below their float16 storage); ``auto`` (default) picks it
+when onnxruntime is installed and the run is on the CPU at fp32, else torch.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ..batching import images_to_tensor
 from ..configs import GenDRConfig
 from ..contracts import DRStoreParams, dr_arrays
 from ..errors import DrkitError
+from ..export import resolve_engine
 from ..mdr import channel_names, load_mdr
 from ..nets import pick_device
 from ..sources import select_shard
@@ -54,16 +59,19 @@ def run(cfg: GenDRConfig) -> dict:
     if not cfg.dr and not cfg.size:
         raise DrkitError("without --dr checkpoints, give --size (the side of the stored maps)")
     device = pick_device(cfg.device)
-    precision = P.check(cfg.precision, device)   # a bad name or fp16 on a CPU fails here, before any work
+    precision = P.check(cfg.precision, device, warn=False)   # a bad name or fp16 on a CPU fails here, before any work
+    engine = resolve_engine(cfg.engine, device, precision, cfg.compile)   # torch | onnxruntime; so does this
+    P.warn_if_slow(precision, device)
     src = open_store(cfg.store, "faces")
     mdr, refs, nets = load_mdr(cfg.dr, not cfg.no_image, cfg.size)
     mdr.to(device).eval()
     mdr.prepare(cfg.channels_last, cfg.compile)
+    graphs = _graphs(mdr, src.typed_params.crop_size) if engine == "onnxruntime" else None
     names = channel_names([n.config for n in nets], not cfg.no_image)
     C, S = len(names), mdr.map_size
     params = DRStoreParams(map_size=S, channels=names, image=not cfg.no_image,
                            source_store=str(src.path.resolve()), source_params=src.params,
-                           checkpoints=refs, precision=precision)
+                           checkpoints=refs, precision=precision, engine=engine)
     out = create_store(cfg.out, "dr", params)
     if [c.sha256_16 for c in out.typed_params.checkpoints] != [c.sha256_16 for c in refs]:
         raise DrkitError(f"{out.path}: was made with other DR checkpoints; write to a new -o")
@@ -71,6 +79,10 @@ def run(cfg: GenDRConfig) -> dict:
     if made_at != precision:
         raise DrkitError(f"{out.path}: was made with --precision {made_at}; rerun with --precision "
                          f"{made_at} or write to a new -o (one store holds one precision)")
+    made_by = out.typed_params.engine      # stores made before --engine: torch
+    if made_by != engine:
+        raise DrkitError(f"{out.path}: was made with --engine {made_by}; rerun with --engine {made_by} or "
+                         "write to a new -o (one store, one engine: their maps differ in the last float16 digit)")
     n_dr = C - (0 if cfg.no_image else 3)
     spec = dr_arrays(C, S, n_dr if cfg.mirror else 0)
     listed = out.root.attrs.get("videos", {})
@@ -86,7 +98,7 @@ def run(cfg: GenDRConfig) -> dict:
                      f"{arr} ({why}); rerun with --overwrite to add them")
     part = f" (shard {cfg.shard}: {len(mine)})" if cfg.shard else ""
     log.info(f"gen-dr: {len(src.videos)} videos{part}, {len(todo)} to do, {C} channels at {S} px, "
-             f"{precision} -> {out.path}")
+             f"{precision}, {engine} -> {out.path}")
     done = {"frames": 0, "videos": 0}
     with log.progress() as prog, torch.no_grad():
         task = prog.add_task("frames", total=sum(src.video_info(v)["n_frames"] for v in todo))
@@ -102,7 +114,8 @@ def run(cfg: GenDRConfig) -> dict:
                     return True
                 remove_partials(out.path, vid)   # scratch of a dead run: we hold the claim
                 done["frames"] += _write_video(src.video(vid), out.path, vid, mdr, spec, device,
-                                               cfg.batch_size, lambda n: prog.advance(task, n), precision)
+                                               cfg.batch_size, lambda n: prog.advance(task, n), precision,
+                                               graphs)
                 done["videos"] += 1
                 return True
 
@@ -115,21 +128,37 @@ def run(cfg: GenDRConfig) -> dict:
     return {"store": str(out.path), "videos": done["videos"], "frames": frames_done, "channels": names}
 
 
+def _graphs(mdr, crop_size: int):
+    """The MDR stack exported for onnxruntime (drkit.export.SizedGraphs), the store's crop size
+    exported now, so a failure shows before any work."""
+    from ..export import SizedGraphs, mdr_onnx
+    graphs = SizedGraphs(lambda size: mdr_onnx(mdr, size))
+    graphs.engine(crop_size)
+    return graphs
+
+
 def _write_video(g, out_path, vid: str, mdr, spec, device, batch_size: int, advance,
-                 precision: str = "fp32") -> int:
+                 precision: str = "fp32", graphs=None) -> int:
     """Stack every frame of one face-store video (group ``g``) into the DR store; returns frames.
     The networks run under autocast at ``precision``; the MDR comes back as float32 and is
-    stored as float16, as at fp32."""
+    stored as float16, as at fp32. With ``graphs`` (drkit.export.SizedGraphs) onnxruntime runs
+    the stack instead."""
     with VideoWriter(out_path, vid, spec, "dr") as w:
         n, crop_size = g["frames"].shape[0], g["frames"].shape[1]
         scale = spec["mdr"].tail[-1] / crop_size
         for i in range(0, n, batch_size):
-            x = images_to_tensor(np.asarray(g["frames"][i:i + batch_size])).to(device)
-            with P.autocast(precision, device):
-                y = mdr(x).float().cpu().numpy().astype(np.float16)
+            crops = np.asarray(g["frames"][i:i + batch_size])
+            if graphs is not None:
+                y = graphs(crops)["mdr"].astype(np.float16)
+            else:
+                x = images_to_tensor(crops).to(device)
+                with P.autocast(precision, device):
+                    y = mdr(x).float().cpu().numpy().astype(np.float16)
             lm = (np.asarray(g["landmarks"][i:i + len(y)], np.float32) + 0.5) * scale - 0.5
             rows = {"mdr": y, "frame_index": g["frame_index"][i:i + len(y)], "landmarks": lm}
-            if "mdr_mirror" in spec:   # the DRs of the mirrored crop (image channels come first)
+            if "mdr_mirror" in spec and graphs is not None:   # the stack of the mirrored crop, less its image
+                rows["mdr_mirror"] = graphs(crops[:, :, ::-1])["mdr"][:, 3 if mdr.image else 0:].astype(np.float16)
+            elif "mdr_mirror" in spec:   # the DRs of the mirrored crop (image channels come first)
                 with P.autocast(precision, device):
                     rows["mdr_mirror"] = mdr.drs(x.flip(-1)).float().cpu().numpy().astype(np.float16)
             w.append(**rows)

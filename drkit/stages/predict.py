@@ -19,7 +19,9 @@ whose CSV is there (unless ``overwrite``), and ``--shard I/N`` jobs fill one fol
 With the networks on a GPU (or ``run(cfg, pipeline=True)``), frames are decoded and tracked in a
 background thread while the main thread runs the networks on batches of ``batch_size`` faces
 (the same batches and values as the sequential loop, the default on the CPU).
-``benchmarks/predict_speed.py`` measures frames/s and where the time goes.
+``benchmarks/predict_speed.py`` measures frames/s and where the time goes. ``engine``
+(``--engine``, drkit.export): onnxruntime or torch runs the networks (Predictor); the default,
+auto, takes onnxruntime when it is installed and the run is on the CPU at fp32.
 """
 
 from __future__ import annotations
@@ -348,7 +350,8 @@ class PredictResult:
 def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | None = None) -> PredictResult:
     """``pipeline``: decode and track the frames in a background thread while the networks run
     (same rows, batches and values as ``pipeline=False``, the default on the CPU, where on 2 cores
-    the thread only competes with torch's). ``net_threads``: torch's intra-op threads meanwhile."""
+    the thread only competes with torch's). ``net_threads``: torch's intra-op threads meanwhile
+    (onnxruntime's, with ``cfg.engine`` onnxruntime)."""
     t_start = time.perf_counter()
     check_choice(cfg.precision, PrecisionName, "--precision")
     check_choice(cfg.format, OutputFormat, "--format")
@@ -364,8 +367,10 @@ def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | Non
                          f"{cfg.out / 'predictions.csv'} (or add --per-video for one CSV per input)")
     select_shard([], cfg.shard)   # a malformed --shard fails before the model loads
     pred = Predictor(load_bundle(cfg.model), _device(cfg.device), cfg.backend, cfg.model_root,
-                     cfg.precision, cfg.channels_last, cfg.compile, cfg.clip)
+                     cfg.precision, cfg.channels_last, cfg.compile, cfg.clip, cfg.engine, net_threads)
     pred.bundle_name = str(cfg.model)
+    log.debug(f"predict: networks run by {pred.engine}"
+              + (f" ({pred._graphs.engine(pred.crop_size).provider})" if pred._graphs else f" on {pred.device}"))
     pred.backend  # load the face backend now: a missing model fails before any work
     units = units_of(cfg.inputs)
     if not units:
