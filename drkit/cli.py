@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from . import __version__, log
 from . import configs as C
+from .archs import arch_help
 from .contracts import (
     Arch,
     Backend,
@@ -454,7 +455,7 @@ def train_task(
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Run folder to write; best.pt is the model bundle.")] = None,
     task: Annotated[Task, typer.Option(help="au (ICC, MSE, MAE) or affect (PCC, CCC, MSE).")] = C.TrainTaskConfig.task,
     input_kind: Annotated[InputKind, typer.Option("--input", help="si (image), sdr (one DR) or mdr (image + DRs).")] = C.TrainTaskConfig.input_kind,
-    arch: Annotated[Arch, typer.Option(help="small (CPU-friendly CNN), vgg16, hg_hmr (HG-HMR: an hourglass regressing one heatmap per AU at its facial landmarks; --task au, AU targets, a DR store with landmarks), or dr_encoder (the store's first DR network's UNet encoder, initialised from it, with a small head).")] = C.TrainTaskConfig.arch,
+    arch: Annotated[Arch, typer.Option(help=arch_help())] = C.TrainTaskConfig.arch,
     targets: Annotated[Optional[str], typer.Option(help="Comma list of label columns (default: all).")] = None,
     missing: Annotated[Optional[str], typer.Option(help="Comma list of sentinel values meaning 'no label', e.g. 9.")] = None,
     val: Annotated[Optional[List[Path]], typer.Option(help="Validation DR store(s); default: hold out people.")] = None,

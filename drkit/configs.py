@@ -130,8 +130,6 @@ class GenDRConfig:
         self.store, self.out, self.dr = as_path(self.store), as_path(self.out), as_paths(self.dr) or []
 
 
-ARCH_WIDTH = {"small": 16, "vgg16": 16, "hg_hmr": 32}   # TrainTaskConfig.width when not given
-
 
 @dataclass
 class TrainTaskConfig:
@@ -154,7 +152,7 @@ class TrainTaskConfig:
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    width: int | None = None              # network width; None: the arch's (ARCH_WIDTH); vgg16 uses its own
+    width: int | None = None              # network width; None: the arch's (drkit.archs); vgg16 uses its own
     dropout: float | None = None          # head dropout of small / dr_encoder / vgg16; None: the arch's default
     stacks: int = 1                       # hg_hmr: stacked hourglasses
     heatmap_sigma: float = 0.06           # hg_hmr: target Gaussian std, a fraction of the heatmap side
@@ -176,7 +174,8 @@ class TrainTaskConfig:
         self.out, self.labels = as_path(self.out), as_path(self.labels)
         self.init, self.eval_only = as_path(self.init), as_path(self.eval_only)
         if self.width is None:
-            self.width = ARCH_WIDTH.get(self.arch, 16)
+            from .archs import default_width
+            self.width = default_width(self.arch)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import MISSING as _MISSING
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
+from .archs import ArchName
 from .errors import DrkitError, UsageError
 
 # ------------------------------------------------------------------ versions
@@ -40,8 +41,8 @@ Baseline = Literal["identity", "ranksvm", "di"]
 Objective = Literal["rank", "mse", "perceptual", "pix2pix"]
 Target = Literal["di", "bdi"]
 Task = Literal["au", "affect"]
+Arch = ArchName   # the task architectures of train-task --arch (declared in drkit.archs)
 InputKind = Literal["si", "sdr", "mdr"]
-Arch = Literal["small", "vgg16", "hg_hmr", "dr_encoder"]
 LabelLayout = Literal["fera2015", "avec2012"]
 PrecisionName = Literal["fp32", "bf16", "fp16"]   # --precision (drkit.precision)
 OutputFormat = Literal["drkit", "openface"]       # predict --format

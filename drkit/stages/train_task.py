@@ -58,8 +58,6 @@ from ..contracts import (
 from ..errors import DrkitError
 from ..fsutil import jsonable, write_json_atomic
 from ..hourglass import (
-    au_centres,
-    canonical_au,
     heatmap_loss,
     heatmap_side,
     target_heatmaps,
@@ -85,6 +83,7 @@ from ..tasks import (
     select_channels,
     value_range,
 )
+from ..archs import ARCHS, ArchContext, model_spec
 from ..train import LoopConfig, LoopState, fit, run_folder
 
 
@@ -101,40 +100,14 @@ def _same_layout(stores) -> None:
                              f"{first.params['size']}`")
 
 
-HG_FIELDS = ("stacks", "heatmap_sigma")   # TrainTaskConfig fields only hg_hmr uses
+def _model_spec(cfg: TrainTaskConfig, in_ch: int, targets: list[str], dr: DRNet | None = None) -> ModelSpec:
+    """The task network of ``cfg.arch`` (drkit.archs) for these inputs and targets."""
+    return model_spec(cfg.arch, ArchContext(
+        in_ch=in_ch, n_out=len(targets), width=cfg.width, dropout=cfg.dropout, task=cfg.task, targets=targets,
+        stacks=cfg.stacks, heatmap_sigma=cfg.heatmap_sigma, dr_model_kwargs=dr.model.kwargs if dr else None))
 
 
-def _model_spec(arch: str, in_ch: int, n_out: int, width: int, cfg: TrainTaskConfig | None = None,
-                targets: list[str] | None = None, dr: DRNet | None = None) -> ModelSpec:
-    check_choice(arch, Arch, "--arch")
-    drop = {} if cfg is None or cfg.dropout is None else {"dropout": float(cfg.dropout)}
-    if drop and not 0 <= drop["dropout"] < 1:
-        raise DrkitError(f"--dropout {cfg.dropout}: expected a probability in [0, 1)")
-    if drop and arch == "hg_hmr":
-        raise DrkitError("--dropout: hg_hmr has no dropout")
-    if arch == "small":
-        return ModelSpec("small_cnn", {"in_ch": in_ch, "n_out": n_out, "width": width, **drop})
-    if arch == "hg_hmr":
-        if cfg is None or targets is None:
-            raise ValueError("hg_hmr needs the config and the targets")
-        if cfg.task != "au":
-            raise DrkitError(f"--arch hg_hmr regresses AU intensities as heatmaps at facial points; "
-                             f"--task {cfg.task} has no such targets: use --arch small or vgg16")
-        if cfg.stacks < 1 or not 0 < cfg.heatmap_sigma <= 1 or width < 1:
-            raise DrkitError(f"--arch hg_hmr: --stacks must be >= 1, --heatmap-sigma in (0, 1] (a "
-                             f"fraction of the heatmap side) and --width >= 1; found {cfg.stacks}, "
-                             f"{cfg.heatmap_sigma}, {width}")
-        return ModelSpec("hg_hmr", {"in_ch": in_ch, "n_out": n_out, "width": width, "stacks": cfg.stacks,
-                                    "depth": 3, "sigma": float(cfg.heatmap_sigma),
-                                    "aus": [canonical_au(t) for t in targets], "centres": au_centres(targets)})
-    if arch == "dr_encoder":
-        if dr is None:
-            raise DrkitError("--arch dr_encoder starts from a DR network's encoder: train on a DR store "
-                             "made with at least one --dr (e.g. `drkit gen-dr FACES -o S --dr pretrained:T5`)")
-        kw = dr.model.kwargs
-        return ModelSpec("dr_encoder", {"in_ch": in_ch, "n_out": n_out, "base": kw.get("base", 16),
-                                        "depth": kw.get("depth", 3), **drop})
-    return ModelSpec("vgg16", {"in_ch": in_ch, "n_out": n_out, **drop})
+OWN_SETTINGS = {k for a in ARCHS.values() for k in a.own_settings}   # fields only some archs use
 
 
 def _bundled_dr_nets(store) -> list[DRNet]:
@@ -191,7 +164,7 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
     ch = select_channels(names, cfg.input_kind)
     labels = read_labels(cfg.labels, cfg.targets, tuple(cfg.missing))
     if hg:   # fail before anything is read: no AU table for a target, or an affect task
-        _model_spec(cfg.arch, len(ch), len(labels.targets), cfg.width, cfg, labels.targets)
+        _model_spec(cfg, len(ch), labels.targets)
     if val_stores:
         train_s, val_s = labelled_frames(stores, labels), labelled_frames(val_stores, labels)
         shared = {person_of(labels, v) for v in train_s.stores} & {person_of(labels, v) for v in val_s.stores}
@@ -217,8 +190,7 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
     if hg:
         require_landmarks(train_s)
     dr_nets = _bundled_dr_nets(stores[0])
-    spec = _model_spec(cfg.arch, len(ch), len(labels.targets), cfg.width, cfg, labels.targets,
-                       dr_nets[0] if dr_nets else None)
+    spec = _model_spec(cfg, len(ch), labels.targets, dr_nets[0] if dr_nets else None)
     torch.manual_seed(cfg.seed)
     model = create_model(spec.name, **spec.kwargs)
     if cfg.arch == "dr_encoder":
@@ -234,7 +206,7 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
         image=dstore.image, preprocess=dstore.face_params, missing=list(cfg.missing),
         train=jsonable({k: v for k, v in dataclasses.asdict(cfg).items()
                         if k not in ("resume", "overwrite", "device", "eval_only", "epochs", "time_budget", "patience")
-                        and (hg or k not in HG_FIELDS)
+                        and (k not in OWN_SETTINGS or k in ARCHS[cfg.arch].own_settings)
                         and not (k == "dropout" and v is None)   # runs from before --dropout resume
                         and not (k in ("dr_norm", "dr_dropout") and v in ("none", 0.0))}),
         dr_norm=cfg.dr_norm)
