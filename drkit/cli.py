@@ -246,8 +246,7 @@ def models(
 
     from . import pretrained
     from .fsutil import write_json_atomic
-    man = pretrained.manifest()
-    if not man["models"]:
+    if not pretrained.models():
         raise DrkitError("this drkit install ships no pretrained models (drkit/pretrained/MANIFEST.json)")
     con = Console()   # the listing is the command's output: stdout
     tasks = pretrained.models("task")
@@ -279,6 +278,7 @@ def models(
         t.add_row(pretrained.PREFIX + m.name, f"{m.T}, {m.stride}", str(m.net_size), str(m.width or "-"), acc,
                   m.sha256[:12])
     con.print(t)
+    man = pretrained.manifest()
     if man.get("trained_on"):
         con.print(f"DR models trained on: {man['trained_on']}", soft_wrap=True)
     if json_out:
@@ -352,8 +352,8 @@ def train_dr(
         theta=theta, gamma=gamma, flip=flip, jitter=jitter, lr=lr, seed=seed, device=device,
         resume=resume, overwrite=overwrite, precision=precision, channels_last=channels_last,
         compile=compile_))
-    log.info(f"train-dr: {st['epoch']} epoch(s), {st['global_step']} steps, "
-             f"{st['elapsed']:.0f} s; best accuracy {st['best']} (epoch {st['best_epoch']}) -> {out}")
+    log.info(f"train-dr: {st.epoch} epoch(s), {st.global_step} steps, "
+             f"{st.elapsed:.0f} s; best accuracy {st.best} (epoch {st.best_epoch}) -> {out}")
 
 
 @command("rank-eval")
@@ -402,9 +402,9 @@ def rank_eval(
         Console().print(t)
     if log.VERBOSITY >= 2:
         for r in recs:
-            print(f"{r['method']:>9} T={r['T']} S={r['stride']}: {100 * r['accuracy']:.2f}% of {r['pairs']} pairs "
-                  f"(past {100 * r['past']['accuracy']:.1f}%, future {100 * r['future']['accuracy']:.1f}%)")
-            for v, x in r["videos"].items():
+            print(f"{r.method:>9} T={r.T} S={r.stride}: {100 * r.accuracy:.2f}% of {r.pairs} pairs "
+                  f"(past {100 * r.past['accuracy']:.1f}%, future {100 * r.future['accuracy']:.1f}%)")
+            for v, x in r.videos.items():
                 print(f"    {v}: {100 * x['accuracy']:.1f}% of {x['pairs']}")
 
 
@@ -440,7 +440,7 @@ def gen_dr(
                                 mirror=mirror, batch_size=batch_size, device=device, overwrite=overwrite,
                                 precision=precision, channels_last=channels_last, compile=compile_,
                                 shard=shard, engine=engine))
-    log.info(f"gen-dr: {r['frames']} frames of {r['videos']} videos, channels {', '.join(r['channels'])} -> {r['store']}")
+    log.info(f"gen-dr: {r.frames} frames of {r.videos} videos, channels {', '.join(r.channels)} -> {r.store}")
 
 
 def _print_metrics(res: dict) -> None:
@@ -595,7 +595,7 @@ def labels(
     to the drkit label CSV (docs/formats.md)."""
     from .datasets import convert_labels
     r = convert_labels(layout, root, out, video_suffix)
-    log.info(f"{r['out']}: {r['rows']} frames of {r['videos']} videos, targets {', '.join(r['targets'])}")
+    log.info(f"{r.out}: {r.rows} frames of {r.videos} videos, targets {', '.join(r.targets)}")
 
 
 @command()
@@ -642,7 +642,7 @@ def demo(
     from .stages import demo as stage
     s = stage.run(C.DemoConfig(out=out, quick=quick, train_dr=train_dr, seed=seed), run_argv)
     con = Console()
-    real = s.get("real_face") or {}
+    real = s.real_face or {}
     if real:
         t = Table(title=f"1. a real face: {Path(real['clip']).name}, pretrained:au, {real['faces']} of "
                         f"{real['frames']} frames with a face -> {out}/real")
@@ -651,26 +651,26 @@ def demo(
         for a, v in real["au"].items():
             t.add_row(a, f"{v['mean']:.2f}", f"{v['max']:.2f}", f"{v['frame']} ({v['time_s']:.1f} s)")
         con.print(t)
-    t = Table(title=f"2. synthetic faces ({s['seconds']:.0f} s in all, DR {s['dr']}) -> {out}")
+    t = Table(title=f"2. synthetic faces ({s.seconds:.0f} s in all, DR {s.dr}) -> {out}")
     t.add_column("what")
     t.add_column("result", justify="right")
-    for k, v in s["rank_accuracy"].items():
+    for k, v in s.rank_accuracy.items():
         t.add_row(f"rank accuracy {k}, held-out people: DR / identity", f"{v['dr']:.1f}% / {v['identity']:.1f}%")
-    i, m = s["au_icc"], s["au_mse"]
+    i, m = s.au_icc, s.au_mse
     n = len(i["si"]["runs"])
     t.add_row(f"AU ICC(3,1), held-out people, mean ± sd of {n} seeds: SI / MDR",
               f"{i['si']['mean']:.3f} ± {i['si']['sd']:.3f} / {i['mdr']['mean']:.3f} ± {i['mdr']['sd']:.3f}")
     t.add_row("AU MSE: SI / MDR", f"{m['si']['mean']:.3f} / {m['mdr']['mean']:.3f}")
-    t.add_row("better input (beyond the spread over seeds)", s["better_input"].upper())
-    for k, v in s["files"].items():
+    t.add_row("better input (beyond the spread over seeds)", s.better_input.upper())
+    for k, v in s.files.items():
         t.add_row(k, v)
     con.print(t)
     per = Table(title="per AU: held-out ICC (mean over seeds) and the showcase still "
-                      f"({s['showcase']['video']} frame {s['showcase']['frame']}, {s['showcase_input'].upper()} model)")
+                      f"({s.showcase['video']} frame {s.showcase['frame']}, {s.showcase_input.upper()} model)")
     for c in ("AU", "ICC SI", "ICC MDR", "still: predicted", "still: true"):
         per.add_column(c, justify="right")
-    for a, (p, tr) in s["showcase"]["au"].items():
-        per.add_row(a, f"{s['au_icc_per_au']['si'][a]:.3f}", f"{s['au_icc_per_au']['mdr'][a]:.3f}",
+    for a, (p, tr) in s.showcase["au"].items():
+        per.add_row(a, f"{s.au_icc_per_au['si'][a]:.3f}", f"{s.au_icc_per_au['mdr'][a]:.3f}",
                     "-" if p is None else f"{p:.2f}", f"{tr:.2f}")
     con.print(per)
 

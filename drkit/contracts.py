@@ -130,6 +130,26 @@ def video_marker(store_kind: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ typed records
 
+class Result:
+    """Mixin of the typed results stages return (``run(cfg) -> XResult``): fields by attribute,
+    ``to_dict()`` for JSON, and ``r["field"]`` still working for code written against drkit 0.2,
+    whose stages returned dicts."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __getitem__(self, key: str):
+        if key in {f.name for f in fields(self)}:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
 def _from(cls, d: Any, where: str, renames: dict[str, str] | None = None):
     """Build dataclass ``cls`` from dict ``d`` (keys renamed by ``renames``: disk -> field), with
     a DrkitError naming ``where`` and the missing keys; unknown keys are kept in ``extra`` if the

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from .contracts import Result
 from .errors import DrkitError
 from .labels import write_labels
 
@@ -91,7 +93,15 @@ def read_avec2012(root: str | Path, video_suffix: str = "") -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-def convert_labels(layout: str, root: str | Path, out: str | Path, video_suffix: str = "") -> dict:
+@dataclass
+class LabelsResult(Result):
+    out: str
+    rows: int
+    videos: int
+    targets: list[str]
+
+
+def convert_labels(layout: str, root: str | Path, out: str | Path, video_suffix: str = "") -> LabelsResult:
     """Read a dataset's label files (``layout`` one of LAYOUTS) under ``root`` and write them to
     ``out`` as a drkit label CSV. ``video_suffix`` (avec2012 only) is appended to the folder names
     to make video ids. Returns {"out", "rows", "videos", "targets"}."""
@@ -102,4 +112,4 @@ def convert_labels(layout: str, root: str | Path, out: str | Path, video_suffix:
     else:
         raise DrkitError(f"unknown label layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
     write_labels(out, rows, targets)
-    return {"out": str(out), "rows": len(rows), "videos": len({r["video"] for r in rows}), "targets": targets}
+    return LabelsResult(str(out), len(rows), len({r["video"] for r in rows}), targets)

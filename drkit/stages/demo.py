@@ -22,6 +22,7 @@ import csv
 import json
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -29,6 +30,7 @@ import numpy as np
 
 from .. import log
 from ..configs import DemoConfig
+from ..contracts import Result
 from ..fsutil import write_json_atomic
 
 
@@ -135,7 +137,25 @@ def _mean_sd(v: list[float]) -> dict:
     return {"mean": round(float(np.mean(v)), 3), "sd": round(float(np.std(v)), 3), "runs": [round(x, 3) for x in v]}
 
 
-def run(cfg: DemoConfig, run_argv) -> dict:
+@dataclass
+class DemoSummary(Result):
+    """What the demo found (summary.json): the real face's AUs, and the synthetic part's held-out
+    ranking accuracy, SI and MDR ICC / MSE over seeds, the verdict, the showcase still and files."""
+    seconds: float
+    dr: str
+    rank_accuracy: dict
+    test_people: list
+    au_icc: dict
+    au_mse: dict
+    au_icc_per_au: dict
+    better_input: str
+    showcase_input: str
+    real_face: dict
+    showcase: dict
+    files: dict
+
+
+def run(cfg: DemoConfig, run_argv) -> DemoSummary:
     """``run_argv(argv)``: runs one drkit command line (drkit.cli.run_argv)."""
     global _RUN_ARGV
     _RUN_ARGV = run_argv
@@ -246,4 +266,4 @@ def run(cfg: DemoConfig, run_argv) -> dict:
                   "dr_picture": str(out / "dr_pictures" / "still.png"), "rank_eval_json": str(out / "rank_eval.json")},
     }
     write_json_atomic(out / "summary.json", summary)
-    return summary
+    return DemoSummary(**summary)

@@ -6,18 +6,42 @@ and each target (``"icc/AU06"``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from .. import log
 from ..checkpoint import load_checkpoint
 from ..configs import EvalTaskConfig
+from ..contracts import Result
 from ..fsutil import write_json_atomic
 from ..nets import pick_device
 from ..tasks import evaluate_bundle
 
 
-def run(cfg: EvalTaskConfig) -> dict[str, float]:
+@dataclass
+class EvalTaskResult(Result):
+    """``frames`` scored and ``metrics``, the flat dict of val_metrics.json (``icc``, ``icc/AU06``,
+    ...); ``to_dict()`` / ``r["icc"]`` give them as one flat dict, as --json writes it."""
+    frames: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"frames": self.frames, **self.metrics}
+
+    def __getitem__(self, key: str):
+        return self.to_dict()[key]
+
+    def items(self):
+        return self.to_dict().items()
+
+    def __iter__(self):
+        return iter(self.to_dict())
+
+
+def run(cfg: EvalTaskConfig) -> EvalTaskResult:
     bundle = load_checkpoint(cfg.model, "task")
     res = evaluate_bundle(bundle, cfg.stores, cfg.labels, cfg.people, cfg.missing, pick_device(cfg.device))
+    out = EvalTaskResult(res.pop("frames"), res)
     if cfg.json:
-        write_json_atomic(cfg.json, res)
-        log.info(f"eval-task: {res['frames']} frames -> {cfg.json}")
-    return res
+        write_json_atomic(cfg.json, out.to_dict())
+        log.info(f"eval-task: {out.frames} frames -> {cfg.json}")
+    return out

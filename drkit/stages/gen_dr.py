@@ -29,6 +29,8 @@ when onnxruntime is installed and the run is on the CPU at fp32, else torch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -36,7 +38,7 @@ from .. import log
 from .. import precision as P
 from ..batching import images_to_tensor
 from ..configs import GenDRConfig
-from ..contracts import DRStoreParams, dr_arrays
+from ..contracts import DRStoreParams, Result, dr_arrays
 from ..errors import DrkitError
 from ..export import resolve_engine
 from ..mdr import channel_names, load_mdr
@@ -53,7 +55,15 @@ from ..store import (
 )
 
 
-def run(cfg: GenDRConfig) -> dict:
+@dataclass
+class GenDRResult(Result):
+    store: str
+    videos: int                 # videos written by this run
+    frames: int
+    channels: list[str]
+
+
+def run(cfg: GenDRConfig) -> GenDRResult:
     if not cfg.dr and cfg.no_image:
         raise DrkitError("nothing to write: give at least one --dr checkpoint or drop --no-image")
     if not cfg.dr and not cfg.size:
@@ -125,7 +135,7 @@ def run(cfg: GenDRConfig) -> dict:
             attempt(vid, wait=True)
     frames_done = done["frames"]
     log.info(f"gen-dr: wrote {frames_done} frames of {done['videos']} videos")
-    return {"store": str(out.path), "videos": done["videos"], "frames": frames_done, "channels": names}
+    return GenDRResult(str(out.path), done["videos"], frames_done, names)
 
 
 def _graphs(mdr, crop_size: int):

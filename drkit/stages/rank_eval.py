@@ -11,6 +11,7 @@ the same windows; baselines run at ``--size``, else the first checkpoint's net_s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from .. import log
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..configs import RankEvalConfig
-from ..contracts import Baseline, check_choice
+from ..contracts import Baseline, Result, check_choice
 from ..errors import DrkitError, UsageError
 from ..fsutil import atomic_path, write_json_atomic
 from ..nets import pick_device
@@ -51,7 +52,27 @@ def method_names(cks: list[Checkpoint], given: list[Path]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}#{names[:i].count(n) + 1}" for i, n in enumerate(names)]
 
 
-def run(cfg: RankEvalConfig) -> list[dict]:
+@dataclass
+class RankRecord(Result):
+    """One (method, T, stride) of rank-eval (one object of its --json list): ``accuracy`` over
+    ``pairs`` same-side pairs of ``windows`` windows, evaluated at ``size`` px; ``past`` / ``future``
+    ({"accuracy", "pairs"}) per side and ``videos`` per video; ``objective`` and ``target`` for DR
+    methods (None for baselines)."""
+    method: str
+    T: int
+    stride: int
+    size: int | None
+    accuracy: float
+    pairs: int
+    windows: int
+    past: dict
+    future: dict
+    videos: dict
+    objective: str | None = None
+    target: str | None = None
+
+
+def run(cfg: RankEvalConfig) -> list[RankRecord]:
     """One record per (method, T, stride): method, T, stride, size (the side evaluated at),
     objective and target (DR methods), accuracy, pairs, windows, past / future / videos
     breakdowns."""
@@ -110,7 +131,7 @@ def run(cfg: RankEvalConfig) -> list[dict]:
                 if not any(r["pairs"] for r in res.values()):
                     empty.append((T, S))
                     continue
-                records += [{"method": m, "T": T, "stride": S, "size": side[m], **info.get(m, {}), **res[m]}
+                records += [RankRecord(method=m, T=T, stride=S, size=side[m], **info.get(m, {}), **res[m])
                             for m in methods if m in res]
     if not records:
         raise DrkitError("no full window in these stores for the asked T and stride "
@@ -121,7 +142,7 @@ def run(cfg: RankEvalConfig) -> list[dict]:
                  "are shorter than 2T*stride+1 frames at 25 fps (proportionally more at higher fps) "
                  "with a face in each; left out of the results")
     if cfg.json:
-        write_json_atomic(cfg.json, records)
+        write_json_atomic(cfg.json, [r.to_dict() for r in records])
     if cfg.plot:
         plot_grid(records, cfg.plot)
     return records

@@ -27,7 +27,7 @@ offsets and wrinkle depth). Deterministic for a seed.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import __version__, log
 from ..configs import SynthConfig
+from ..contracts import Result
 from ..errors import DrkitError, UsageError
 from ..faces import make_backend
 from ..fsutil import atomic_path, jsonable, write_json_atomic
@@ -74,7 +75,15 @@ def person_params(seed: int, j: int, morphology: float) -> IdentityParams:
     return draw_identity_params(np.random.default_rng([seed, 1, j]), morphology)
 
 
-def run(cfg: SynthConfig) -> dict:
+@dataclass
+class SynthResult(Result):
+    out: str
+    videos: int
+    frames: int
+    labels: str
+
+
+def run(cfg: SynthConfig) -> SynthResult:
     if not 0 <= cfg.morphology <= 5:
         raise UsageError(f"--morphology {cfg.morphology}: expected a resting intensity from 0 to 5")
     out = cfg.out
@@ -116,4 +125,4 @@ def run(cfg: SynthConfig) -> dict:
             "targets": targets, "au_moves": {a: [[list(i), dx, dy] for i, dx, dy in m] for a, m in AU_MOVES.items()}}
     write_json_atomic(out / "synth.json", meta)
     log.info(f"synth: {cfg.n} videos x {n_frames} frames of {min(cfg.n, len(ids))} identities -> {out}")
-    return {"out": str(out), "videos": cfg.n, "frames": cfg.n * n_frames, "labels": str(out / "labels.csv")}
+    return SynthResult(str(out), cfg.n, cfg.n * n_frames, str(out / "labels.csv"))
