@@ -81,6 +81,10 @@ class Predictor:
         from . import precision as P
         from .export import resolve_engine
         c: TaskConfig = bundle.config
+        if c.dr_norm != "none":   # needs every face of a video before the first answer: not streamed yet
+            raise DrkitError(f"{bundle.path or 'this bundle'}: trained with --dr-norm {c.dr_norm}, which predict "
+                             "does not support yet; score it with drkit eval-task on DR stores, or retrain "
+                             "with --dr-norm none")
         self.bundle, self.config, self.device = bundle, c, torch.device(device)
         self.bundle_name = str(bundle.path or "bundle")   # for titles and messages
         self.precision = P.check(precision, self.device, warn=False)   # fp16 off CUDA: a DrkitError here

@@ -149,6 +149,17 @@ def test_a_bundle_trained_on_synthetic_faces_says_so(au_bundle, clip, tmp_path):
     assert r.returncode == 0 and "trained on synthetic faces only" in " ".join(r.stderr.split())
 
 
+def test_a_bundle_trained_with_per_video_dr_norm_is_refused_not_silently_misread(au_bundle, clip, tmp_path):
+    """--dr-norm video subtracts each video's mean DR, which a streamed predict cannot know yet:
+    refusing beats answers from inputs the network never saw."""
+    b = load_checkpoint(au_bundle)
+    b.config.dr_norm = "video"
+    save_checkpoint(b, tmp_path / "norm.pt")
+    r = cli("predict", tmp_path / "norm.pt", clip / "still.png", "-o", tmp_path / "p.csv")
+    assert r.returncode == 1 and "--dr-norm video" in r.stderr and "eval-task" in r.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_training_data_recognises_synth_output(tmp_path):
     from types import SimpleNamespace
 
