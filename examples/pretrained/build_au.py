@@ -110,7 +110,7 @@ def install(work: Path, seeds: list[int], sp: dict) -> None:
         src = work / "au" / f"{inp}_s{seeds[0]}" / "best.pt"
         shutil.copyfile(src, dest / f"{name}.pt")
         h = held_out([work / "au" / f"{inp}_s{s}.test.json" for s in seeds])
-        h.update(people=len(sp["test"]), command=f"drkit eval-task RUN mdr/<test person>.zarr... --labels labels.csv")
+        h.update(people=len(sp["test"]), command="drkit eval-task RUN mdr/<test person>.zarr... --labels labels.csv")
         man["models"][name] = {
             "file": f"{name}.pt", "sha256": sha256_file(dest / f"{name}.pt"), "kind": "task",
             "input": inp, "targets": AUS, "licence": LICENCE, "held_out": h,
