@@ -146,7 +146,7 @@ def stage_train(size, precision, seconds, store, tmp: Path):
     elif precision != "fp32":
         return None
     out = tmp / f"run{size}_{precision}"
-    train_dr.run(train_dr.TrainDRConfig(stores=[str(store)], out=str(out), T=T, stride=2, size=size,
+    train_dr.run(train_dr.TrainDRConfig(stores=[str(store)], out=str(out), T=T, stride=2, net_size=size,
                                         epochs=1000, time_budget=seconds, batch_size=16, **kw))
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps, secs = recs[-1]["step"], recs[-1]["seconds"]

@@ -13,7 +13,9 @@ epoch). Only the architecture matters for speed, not the weights. ``--dr-size 64
 uses the shipped `pretrained:T5` and `pretrained:T9` (net_size 64: each DR net runs at 64 px,
 its output resized to the 112 px map; with ``--dr-base 8`` the slim `pretrained:T5-slim` and
 `pretrained:T9-slim`); ``--dr-size 112`` trains two DR nets at 112 px (width ``--dr-base``) for a
-few seconds each (DR nets at full map size, as issue 11 measured).
+few seconds each (DR nets at full map size, as issue 11 measured); ``--dr-size 0`` builds it with
+every stage at its defaults (preprocess, train-dr, gen-dr, train-task: what a user who sets
+nothing gets, issue 23).
 
 Clip: by default the clip of ../shared/data/faces/manifest.csv closest to 1000 frames (the
 1008-frame KwaiVGI__LivePortrait/assets/examples/driving/d6.mp4, 480x480, 30 fps); it is read in
@@ -96,14 +98,16 @@ def build_bundle(work: Path, dr_size: int, faces: Path, dr_base: int = 16) -> Pa
     from drkit.stages import gen_dr, preprocess, train_dr, train_task
     from drkit.store import open_store
 
-    d = work / (f"dr{dr_size}" if dr_base == 16 else f"dr{dr_size}b{dr_base}")
+    defaults = dr_size == 0   # every stage at its defaults, as a user who sets nothing gets (issue 23)
+    d = work / ("defaults" if defaults else f"dr{dr_size}" if dr_base == 16 else f"dr{dr_size}b{dr_base}")
     best = d / "task" / "best.pt"
     if best.is_file():
         return best
     d.mkdir(parents=True, exist_ok=True)
     store = d / "faces.zarr"
     if not store.exists():
-        preprocess.run(PreprocessConfig(inputs=[str(faces / c) for c in TRAIN_CLIPS], out=str(store), size=112))
+        preprocess.run(PreprocessConfig(inputs=[str(faces / c) for c in TRAIN_CLIPS], out=str(store),
+                                        **({} if defaults else {"crop_size": 112})))
     if dr_size == 64 and dr_base in (16, 8):   # the shipped models (base 8: the slim ones)
         sfx = "" if dr_base == 16 else "-slim"
         drs = [f"pretrained:T5{sfx}", f"pretrained:T9{sfx}"]
@@ -112,12 +116,13 @@ def build_bundle(work: Path, dr_size: int, faces: Path, dr_base: int = 16) -> Pa
         for T in (5, 9):
             out = d / f"dr_T{T}"
             if not (out / "best.pt").is_file() and not (out / "last.pt").is_file():
-                train_dr.run(TrainDRConfig(stores=[store], out=out, T=T, stride=2, size=dr_size, base=dr_base,
+                sized = {} if defaults else {"net_size": dr_size, "base": dr_base}
+                train_dr.run(TrainDRConfig(stores=[store], out=out, T=T, stride=2, **sized,
                                            epochs=1, time_budget=8, device="cpu", overwrite=True))
             drs.append(str(out))
     mdr = d / "mdr.zarr"
     if not mdr.exists():
-        gen_dr.run(GenDRConfig(store=store, out=mdr, dr=drs, size=112, device="cpu"))
+        gen_dr.run(GenDRConfig(store=store, out=mdr, dr=drs, device="cpu", **({} if defaults else {"map_size": 112})))
     st = open_store(store)
     rng = np.random.default_rng(0)
     rows = []
@@ -207,8 +212,9 @@ def run_drkit(bundle: Path, clip: Path, mode: str, out: Path, batch_size: int = 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, help="a task bundle (train-task run folder or best.pt); default: build one")
-    ap.add_argument("--dr-size", type=int, default=64, choices=(64, 112),
-                    help="built bundle: DR nets pretrained:T5/T9 at 64 px, or trained briefly at 112 px")
+    ap.add_argument("--dr-size", type=int, default=64, choices=(0, 64, 112),
+                    help="built bundle: DR nets pretrained:T5/T9 at 64 px, or trained briefly at 112 px; 0: "
+                         "every stage (preprocess, train-dr, gen-dr, train-task) at its defaults")
     ap.add_argument("--dr-base", type=int, default=16,
                     help="built bundle: UNet width of the DR nets (64 px: 16 = pretrained:T5/T9, 8 = "
                     "pretrained:T5-slim/T9-slim; otherwise trained briefly at --dr-size)")

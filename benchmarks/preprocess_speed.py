@@ -1,7 +1,7 @@
 """Preprocess throughput on the real face videos: dlib tracked vs naive detect-every-frame, and
 the insightface backend (tracked) beside them.
 
-    python benchmarks/preprocess_speed.py [--faces ../shared/data/faces] [--limit N] [--size 224]
+    python benchmarks/preprocess_speed.py [--faces ../shared/data/faces] [--limit N] [--crop-size 224]
         [--model-root ../shared/models/insightface] [--backends dlib,insightface]
         [--insightface-naive] [--workers-compare] [--interleave] [--json OUT]
 
@@ -124,7 +124,7 @@ def main() -> None:
             # tracked_inline: as if no core were spare, so the frames are decoded inline
             pp.available_cores = (lambda: 1) if mode == "tracked_inline" else available_cores
             t0 = time.perf_counter()
-            s = run(PreprocessConfig(inputs=[str(v) for v in inputs], out=str(out), size=a.size,
+            s = run(PreprocessConfig(inputs=[str(v) for v in inputs], out=str(out), crop_size=a.size,
                                      naive=naive, backend=backend, workers=workers,
                                      model_root=a.model_root if backend == "insightface" else None))
             pp.available_cores = available_cores

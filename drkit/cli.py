@@ -173,7 +173,7 @@ def preprocess(
     inputs: Annotated[List[Path], typer.Argument(help="Video files, folders of videos (recursive), "
                                                  "or folders of image frames (one sequence each).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Face store to create or add to (Zarr folder).")],
-    size: Annotated[int, typer.Option(help="Crop side in pixels (the store's crop_size).")] = C.PreprocessConfig.size,
+    crop_size: Annotated[int, typer.Option("--crop-size", "--size", help="Side of the face crops in pixels (the store's crop_size; --size: its 0.2 name).")] = C.PreprocessConfig.crop_size,
     backend: Annotated[Backend, typer.Option(help="Face backend.")] = C.PreprocessConfig.backend,
     model_root: Annotated[Optional[Path], typer.Option(help="Model folder: for insightface the root "
                                                        "holding models/buffalo_l/; for dlib a folder with "
@@ -196,7 +196,7 @@ def preprocess(
     """
     from .stages import preprocess as stage
     s = stage.run(C.PreprocessConfig(
-        inputs=inputs, out=out, size=size, backend=backend, model_root=model_root, align=align, fps=fps,
+        inputs=inputs, out=out, crop_size=crop_size, backend=backend, model_root=model_root, align=align, fps=fps,
         workers=workers, shard=shard, redetect_every=redetect_every, naive=naive, overwrite=overwrite))
     fps_s = s.frames / s.seconds if s.seconds else 0.0
     tail = f", {len(s.no_face)} without any face" if s.no_face else ""
@@ -310,7 +310,7 @@ def train_dr(
     l1_weight: Annotated[float, typer.Option(help="pix2pix: weight of the L1 term.")] = C.TrainDRConfig.l1_weight,
     disc_base: Annotated[int, typer.Option(help="pix2pix: PatchGAN discriminator width.")] = C.TrainDRConfig.disc_base,
     val: Annotated[Optional[List[Path]], typer.Option(help="Validation face store(s) (other people!).")] = None,
-    size: Annotated[int, typer.Option(help="Side the network trains at (net_size); frames are resized on the fly.")] = C.TrainDRConfig.size,
+    net_size: Annotated[int, typer.Option("--net-size", "--size", help="Side the network trains at (net_size; frames are resized on the fly; --size: its 0.2 name).")] = C.TrainDRConfig.net_size,
     epochs: Epochs = C.TrainDRConfig.epochs,
     time_budget: TimeBudget = None,
     batch_size: Annotated[int, typer.Option(help="Windows per batch (under torchrun: the global batch, split over the processes).")] = C.TrainDRConfig.batch_size,
@@ -347,7 +347,7 @@ def train_dr(
     st = stage.run(C.TrainDRConfig(
         stores=stores, out=out, T=T, stride=stride, heads=_windows(heads), init=init, objective=objective, target=target,
         perceptual_weights=perceptual_weights, l1_weight=l1_weight, disc_base=disc_base,
-        val=val or None, size=size, epochs=epochs,
+        val=val or None, net_size=net_size, epochs=epochs,
         time_budget=time_budget, batch_size=batch_size, base=base, depth=depth, param=param,
         theta=theta, gamma=gamma, flip=flip, jitter=jitter, lr=lr, seed=seed, device=device,
         resume=resume, overwrite=overwrite, precision=precision, channels_last=channels_last,
@@ -366,8 +366,8 @@ def rank_eval(
     baselines: Annotated[str, typer.Option(help="Comma list of identity, ranksvm, di; '' for none.")] = ",".join(C.DEFAULT_BASELINES),
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write one record per (method, T, stride).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write the accuracy grid as a PNG.")] = None,
-    size: Annotated[Optional[int], typer.Option(help="Side to evaluate at (default: each checkpoint's net_size; "
-                                                "baselines at the first's).")] = None,
+    net_size: Annotated[Optional[int], typer.Option("--net-size", "--size", help="Side to evaluate at (default: each checkpoint's net_size; "
+                                                    "baselines at the first's; --size: its 0.2 name).")] = None,
     every: Annotated[int, typer.Option(help="Use every n-th centre frame.")] = C.RankEvalConfig.every,
     max_windows: Annotated[Optional[int], typer.Option(help="At most this many windows per (T, stride).")] = None,
     device: Device = C.RankEvalConfig.device,
@@ -389,7 +389,7 @@ def rank_eval(
     ckpts, stores = stage.split_paths(paths)
     recs = stage.run(C.RankEvalConfig(
         ckpt=ckpts, stores=stores, T=_ints(T, "--T"), stride=_ints(stride, "--stride"),
-        baselines=[b for b in baselines.split(",") if b], json=json_out, plot=plot, size=size,
+        baselines=[b for b in baselines.split(",") if b], json=json_out, plot=plot, net_size=net_size,
         every=every, max_windows=max_windows, device=device))
     for title, sides in (("ranking accuracy (%) on same-side pairs", False),
                          ("past / future side accuracy (%)", True)):
@@ -420,7 +420,7 @@ def gen_dr(
     out: Annotated[Path, typer.Option("-o", "--out", help="DR store to write (Zarr).")],
     dr: Annotated[Optional[List[Path]], typer.Option("--dr", help="DR checkpoint or run folder; repeat for MDR levels.")] = None,
     no_image: Annotated[bool, typer.Option(help="Leave the image channels out (DRs only).")] = C.GenDRConfig.no_image,
-    size: Annotated[Optional[int], typer.Option(help="Side of the stored maps, map_size (default: the first checkpoint's net_size).")] = None,
+    map_size: Annotated[Optional[int], typer.Option("--map-size", "--size", help="Side of the stored maps, map_size (default: the first checkpoint's net_size; --size: its 0.2 name).")] = None,
     mirror: Annotated[bool, typer.Option(help="Also store the DRs of the mirrored face (what train-task's mirroring uses; DR networks are not mirror-symmetric).")] = C.GenDRConfig.mirror,
     batch_size: Annotated[int, typer.Option(help="Frames per forward pass.")] = C.GenDRConfig.batch_size,
     device: Device = C.GenDRConfig.device,
@@ -436,7 +436,7 @@ def gen_dr(
     Image + DR(T=5) = 6 channels (AU setting of the paper); image + DR(T=3) + DR(T=5) = 9
     channels (affect setting). Keeps video ids and source frame indices; resumable."""
     from .stages import gen_dr as stage
-    r = stage.run(C.GenDRConfig(store=store, out=out, dr=dr or [], no_image=no_image, size=size,
+    r = stage.run(C.GenDRConfig(store=store, out=out, dr=dr or [], no_image=no_image, map_size=map_size,
                                 mirror=mirror, batch_size=batch_size, device=device, overwrite=overwrite,
                                 precision=precision, channels_last=channels_last, compile=compile_,
                                 shard=shard, engine=engine))
@@ -608,7 +608,7 @@ def synth(
                                                         "for more (one person per file, named by its stem; default: "
                                                         "pseudo-identities of scikit-image's astronaut photo).")] = None,
     identities: Annotated[int, typer.Option(help="Pseudo-identities to make when no --faces are given.")] = C.SynthConfig.identities,
-    size: Annotated[int, typer.Option(help="Frame side in pixels.")] = C.SynthConfig.size,
+    frame_size: Annotated[int, typer.Option("--frame-size", "--size", help="Side of the square frames in pixels (--size: its 0.2 name).")] = C.SynthConfig.frame_size,
     seed: Seed = C.SynthConfig.seed,
     appearance: Annotated[bool, typer.Option(help="Draw the AUs' wrinkles, folds, shading, teeth and mouth "
                                              "cavity on the warped face (off: landmark warp only).")] = C.SynthConfig.appearance,
@@ -619,7 +619,7 @@ def synth(
     """Make face videos with exact per-frame AU intensities, valence/arousal and landmarks."""
     from .stages import synth as stage
     stage.run(C.SynthConfig(out=out, n=n, seconds=seconds, fps=fps, faces=faces or [],
-                            identities=identities, size=size, seed=seed, appearance=appearance,
+                            identities=identities, frame_size=frame_size, seed=seed, appearance=appearance,
                             morphology=morphology))
 
 

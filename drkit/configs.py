@@ -6,7 +6,8 @@ Paths may be given as ``str`` or ``Path``; each config turns them into ``Path`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,15 @@ from .contracts import FaceStoreParams
 from .fsutil import as_path, as_paths
 
 DEFAULT_BASELINES = ("identity",)
+
+
+def _renamed(old, new, cls: str, name: str, default):
+    """A side given by its drkit 0.2 name ``size``: used (with a DeprecationWarning) unless the
+    new name was set too. Each level names its side once: crop_size, net_size, map_size."""
+    if old is None:
+        return new
+    warnings.warn(f"{cls}(size=...) is deprecated: use {name}=", DeprecationWarning, stacklevel=4)
+    return old if new == default else new
 # what runs the networks of gen-dr and predict (drkit.export): auto = onnxruntime when it is
 # installed, the device is the CPU, at fp32 without --compile (there it ran 1.1-1.7x torch's
 # crops/s on one core, several times torch's on two busy cores: benchmarks/engine_speed.py), else torch
@@ -24,7 +34,7 @@ Engine = Literal["auto", "torch", "onnxruntime"]
 class PreprocessConfig:
     inputs: list[Path]
     out: Path
-    size: int = 224              # crop side (the store's crop_size)
+    crop_size: int = 224         # crop side (the store's crop_size)
     backend: str = "dlib"
     model_root: Path | None = None
     align: bool = True
@@ -34,12 +44,14 @@ class PreprocessConfig:
     redetect_every: int = 30     # frames between periodic re-detections while tracking
     naive: bool = False          # detect on every frame (slow; for comparison)
     overwrite: bool = False      # redo videos already complete in the store
+    size: InitVar[int | None] = None   # drkit 0.2 name of crop_size (deprecated)
 
-    def __post_init__(self):
+    def __post_init__(self, size):
         self.inputs, self.out, self.model_root = as_paths(self.inputs), as_path(self.out), as_path(self.model_root)
+        self.crop_size = _renamed(size, self.crop_size, "PreprocessConfig", "crop_size", 224)
 
     def store_params(self) -> FaceStoreParams:
-        return FaceStoreParams(crop_size=self.size, align=self.align, backend=self.backend,
+        return FaceStoreParams(crop_size=self.crop_size, align=self.align, backend=self.backend,
                                redetect_every=self.redetect_every, naive=self.naive, image_fps=self.fps)
 
 
@@ -57,8 +69,8 @@ class TrainDRConfig:
     l1_weight: float = 100.0         # pix2pix: weight of the L1 term
     disc_base: int = 64              # pix2pix: PatchGAN width
     val: list[Path] | None = None
-    size: int = 112                  # net_size: the side the network trains at (frames resized on the fly)
-    base: int = 16                   # UNet width (channels at full resolution)
+    net_size: int = 64               # the side the network trains at (frames resized on the fly)
+    base: int = 8                    # UNet width (channels at full resolution)
     depth: int = 3                   # UNet poolings
     param: str = "residual"          # d = (I - mean I) + UNet(I), or "direct": d = UNet(I)
     zero_mean: bool = True
@@ -80,9 +92,11 @@ class TrainDRConfig:
     precision: str = "fp32"          # fp32 | bf16 | fp16 (drkit.precision); losses and metrics stay fp32
     channels_last: bool = False      # run the network in channels_last memory format
     compile: bool = False            # torch.compile the network
+    size: InitVar[int | None] = None   # drkit 0.2 name of net_size (deprecated)
 
-    def __post_init__(self):
+    def __post_init__(self, size):
         self.stores, self.out, self.val = as_paths(self.stores), as_path(self.out), as_paths(self.val)
+        self.net_size = _renamed(size, self.net_size, "TrainDRConfig", "net_size", 64)
         self.perceptual_weights = as_path(self.perceptual_weights)
         self.init = None if self.init is None else (self.init if str(self.init).startswith("pretrained:") else Path(self.init))
 
@@ -96,13 +110,15 @@ class RankEvalConfig:
     baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
     json: Path | None = None
     plot: Path | None = None
-    size: int | None = None             # side to evaluate at; default: each DR at its net_size
+    net_size: int | None = None         # side to evaluate at; default: each DR at its net_size
     batch_size: int = 32
     every: int = 1                      # use every n-th centre frame
     max_windows: int | None = None      # at most this many windows per (T, stride)
     device: str = "auto"
+    size: InitVar[int | None] = None    # drkit 0.2 name of net_size (deprecated)
 
-    def __post_init__(self):
+    def __post_init__(self, size):
+        self.net_size = _renamed(size, self.net_size, "RankEvalConfig", "net_size", None)
         ck = self.ckpt
         self.ckpt = as_paths([] if ck is None else [ck] if isinstance(ck, (str, Path)) else ck)
         self.stores = as_paths(self.stores)
@@ -115,7 +131,7 @@ class GenDRConfig:
     out: Path
     dr: list[Path]
     no_image: bool = False
-    size: int | None = None          # map_size; default: the first checkpoint's net_size
+    map_size: int | None = None      # side of the stored maps; default: the first checkpoint's net_size
     mirror: bool = True              # also store the DRs of the mirrored crop (mdr_mirror)
     batch_size: int = 32
     device: str = "auto"
@@ -125,9 +141,11 @@ class GenDRConfig:
     compile: bool = False            # torch.compile the DR networks
     shard: str | None = None         # "I/N": only the I-th of N deterministic parts of the videos
     engine: str = "auto"             # auto | torch | onnxruntime (Engine; fp32 only)
+    size: InitVar[int | None] = None   # drkit 0.2 name of map_size (deprecated)
 
-    def __post_init__(self):
+    def __post_init__(self, size):
         self.store, self.out, self.dr = as_path(self.store), as_path(self.out), as_paths(self.dr) or []
+        self.map_size = _renamed(size, self.map_size, "GenDRConfig", "map_size", None)
 
 
 
@@ -241,13 +259,15 @@ class SynthConfig:
     fps: float = 25.0
     faces: list[Path] = field(default_factory=list)
     identities: int = 6            # pseudo-identities made from one photo when --faces is empty
-    size: int = 256
+    frame_size: int = 256          # side of the square frames
     seed: int = 0
     appearance: bool = True        # AU wrinkles, folds, shading, teeth drawn on the warped face
     morphology: float = 0.0        # largest resting AU offset of a person (0-5; 0: none)
+    size: InitVar[int | None] = None   # drkit 0.2 name of frame_size (deprecated)
 
-    def __post_init__(self):
+    def __post_init__(self, size):
         self.out, self.faces = as_path(self.out), as_paths(self.faces) or []
+        self.frame_size = _renamed(size, self.frame_size, "SynthConfig", "frame_size", 256)
 
 
 @dataclass

@@ -4,9 +4,9 @@ stores (documented for users in docs/formats.md).
 
 Three sizes, three names (never a bare ``size``):
 
-- ``crop_size``: side of the face crops in a face store (`drkit preprocess --size`);
-- ``net_size``: side a DR network runs at (`drkit train-dr --size`);
-- ``map_size``: side of the stacked maps in a DR store (`drkit gen-dr --size`).
+- ``crop_size``: side of the face crops in a face store (`drkit preprocess --crop-size`);
+- ``net_size``: side a DR network runs at (`drkit train-dr --net-size`);
+- ``map_size``: side of the stacked maps in a DR store (`drkit gen-dr --map-size`).
 
 On disk, store parameters keep the key ``size`` (schema version 1: crop side in a face store, map
 side in a DR store). Checkpoints are format version 2, which names the sizes; version 1

@@ -31,7 +31,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, get_args
+from typing import Any, Callable, Iterator, Literal, get_args
 
 import numpy as np
 import zarr
@@ -597,3 +597,37 @@ def video_state(store_path: str | os.PathLike, vid: str, kind: str) -> str:
     if vid not in listed:   # killed between the rename and the listing: list it now
         list_video(store_path, vid)
     return "done"
+
+
+@dataclass
+class WriteOutcome:
+    """What ``write_claimed`` did with one video: ``busy`` (another live run holds its claim),
+    ``skipped`` (complete and intact), ``written``; ``state`` is what video_state found and
+    ``value`` what the write function returned."""
+    status: Literal["busy", "skipped", "written"]
+    state: str = ""
+    value: Any = None
+
+    @property
+    def repaired(self) -> bool:
+        return self.status == "written" and self.state == "damaged"
+
+
+def write_claimed(store_path: str | os.PathLike, vid: str, kind: str, write: Callable[[], Any], *,
+                  overwrite: bool = False, wait: bool = False,
+                  when_done: Callable[[], None] | None = None) -> WriteOutcome:
+    """The one sequence every store writer follows for a video: claim it (``busy`` if another
+    live run holds it and not ``wait``), bring its listing in line (video_state), skip it when it
+    is complete and intact (``when_done`` runs first and may raise; ``overwrite`` redoes it),
+    remove a dead run's scratch, then ``write()`` (which writes through a VideoWriter)."""
+    with claim(store_path, vid, wait) as mine:
+        if not mine:
+            return WriteOutcome("busy")
+        state = video_state(store_path, vid, kind)
+        if state == "done":
+            if when_done is not None:
+                when_done()
+            if not overwrite:
+                return WriteOutcome("skipped", state)
+        remove_partials(store_path, vid)   # scratch of a dead run: we hold the claim
+        return WriteOutcome("written", state, write())

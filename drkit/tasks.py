@@ -179,7 +179,7 @@ class Batcher:
         self.dr_norm = dr_norm
         self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
-        names = next(iter(s.stores.values())).params["channels"] if s.stores else []
+        names = list(next(iter(s.stores.values())).typed_params.channels) if s.stores else []
         self.n_image = sum(n.startswith("image_") for n in names)
         self.uses_dr = any(c >= self.n_image for c in channels)
         self.mirror = None
@@ -318,8 +318,8 @@ def evaluate_bundle(bundle, stores: list[Path | str], labels: Path | str, people
     device = device or torch.device("cpu")
     opened = [open_store(p, "dr") for p in stores]
     for st in opened:
-        if st.params["channels"] != c.store_channels:
-            raise DrkitError(f"{st.path}: channels {st.params['channels']} differ from the model's "
+        if list(st.typed_params.channels) != list(c.store_channels):
+            raise DrkitError(f"{st.path}: channels {list(st.typed_params.channels)} differ from the model's "
                              f"{c.store_channels}; run gen-dr with the same checkpoints")
     lab = read_labels(labels, c.targets, tuple(c.missing if missing is None else missing))
     s = labelled_frames(opened, lab, set(people) if people else None)

@@ -14,20 +14,20 @@ W=${W:-paper_run}; SIZE=${SIZE:-224}; mkdir -p "$W"
 #    the rank-loss DR, and the fixed-target comparison networks of Sec. 4.3 (the starred rows):
 #    UNet(MSE) and Pix2Pix on forward (DI) and backward (BDI) dynamic images; UNet(P) too when
 #    $VGG16_WEIGHTS names torchvision's ImageNet VGG-16 state dict (vgg16-397923af.pth).
-drkit preprocess "$RECOLA" -o "$W/recola.zarr" --size "$SIZE" --workers 4
+drkit preprocess "$RECOLA" -o "$W/recola.zarr" --crop-size "$SIZE" --workers 4
 FIXED=(mse pix2pix); [ -n "${VGG16_WEIGHTS:-}" ] && FIXED+=(perceptual)
 for T in 3 5; do
-  drkit train-dr "$W/recola.zarr" -o "$W/dr_T$T" --T $T --stride 2 --size "$SIZE" --epochs 20
+  drkit train-dr "$W/recola.zarr" -o "$W/dr_T$T" --T $T --stride 2 --net-size "$SIZE" --epochs 20
   for obj in "${FIXED[@]}"; do for tgt in di bdi; do
     extra=(); if [ $obj = perceptual ]; then extra=(--perceptual-weights "$VGG16_WEIGHTS"); fi
-    drkit train-dr "$W/recola.zarr" -o "$W/${obj}_${tgt}_T$T" --T $T --stride 2 --size "$SIZE" --epochs 20 \
+    drkit train-dr "$W/recola.zarr" -o "$W/${obj}_${tgt}_T$T" --T $T --stride 2 --net-size "$SIZE" --epochs 20 \
       --param direct --objective $obj --target $tgt "${extra[@]}"
   done; done
 done
 
 # 2. Table 1: BP4D AU intensity (FERA 2015), MDR = image + DR(T=5), 6 channels; SI and SDR for comparison
 drkit labels fera2015 "$BP4D/AU-Intensity" -o "$W/bp4d_labels.csv"                # video ids F001__T1
-drkit preprocess "$BP4D/Sequences" -o "$W/bp4d.zarr" --size "$SIZE" --workers 4      # same ids
+drkit preprocess "$BP4D/Sequences" -o "$W/bp4d.zarr" --crop-size "$SIZE" --workers 4      # same ids
 drkit gen-dr "$W/bp4d.zarr" -o "$W/bp4d_mdr.zarr" --dr "$W/dr_T5"
 # Fig. 4: every DR (rank loss and fixed targets) with the baselines, one table / JSON / plot
 drkit rank-eval "$W/dr_T5" "$W"/*_di_T5 "$W"/*_bdi_T5 "$W/bp4d.zarr" --T 3,5,7,9 --stride 1,2,3,4 \
@@ -47,7 +47,7 @@ done
 
 # 3. Table 2: SEMAINE valence/arousal (AVEC 2012), MDR = image + DR(T=3) + DR(T=5), 9 channels
 drkit labels avec2012 "$SEMAINE/labels" --video-suffix .avi -o "$W/semaine_labels.csv"
-drkit preprocess "$SEMAINE/videos" -o "$W/semaine.zarr" --size "$SIZE" --workers 4  # ids: file names (s01.avi)
+drkit preprocess "$SEMAINE/videos" -o "$W/semaine.zarr" --crop-size "$SIZE" --workers 4  # ids: file names (s01.avi)
 drkit gen-dr "$W/semaine.zarr" -o "$W/semaine_mdr.zarr" --dr "$W/dr_T3" --dr "$W/dr_T5"
 for input in si sdr mdr; do
   drkit train-task "$W/semaine_mdr.zarr" --labels "$W/semaine_labels.csv" --task affect --input $input --arch vgg16 \

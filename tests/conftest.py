@@ -60,7 +60,7 @@ def videos(tmp_path_factory) -> Path:
 def face_store(videos, tmp_path_factory) -> Path:
     from drkit.stages.preprocess import PreprocessConfig, run
     out = tmp_path_factory.mktemp("stores") / "faces.zarr"
-    run(PreprocessConfig(inputs=[str(videos)], out=str(out), size=96))
+    run(PreprocessConfig(inputs=[str(videos)], out=str(out), crop_size=96))
     return out
 
 
@@ -155,7 +155,7 @@ def task_data(tmp_path_factory):
     drs = []
     for T in (1, 2):
         out = d / f"dr{T}"
-        train_dr.run(train_dr.TrainDRConfig(stores=[str(store)], out=str(out), T=T, stride=1, size=32,
+        train_dr.run(train_dr.TrainDRConfig(stores=[str(store)], out=str(out), T=T, stride=1, net_size=32,
                                             base=4, depth=2, epochs=1))
         drs.append(out)
     mdr = d / "mdr.zarr"

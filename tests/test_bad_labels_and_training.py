@@ -290,7 +290,7 @@ def test_train_task_refuses_dr_stores_of_different_map_sizes(task_data, tmp_path
     from drkit.configs import GenDRConfig, TrainTaskConfig
     from drkit.stages import gen_dr, train_task
     small = tmp_path / "small.zarr"
-    gen_dr.run(GenDRConfig(store=task_data["faces"], out=small, dr=task_data["drs"], size=16))
-    with pytest.raises(DrkitError, match=r"maps of 16 px.*gen-dr --size 32"):
+    gen_dr.run(GenDRConfig(store=task_data["faces"], out=small, dr=task_data["drs"], map_size=16))
+    with pytest.raises(DrkitError, match=r"maps of 16 px.*gen-dr --map-size 32"):
         train_task.run(TrainTaskConfig(input=[task_data["mdr"]], val=[small], out=tmp_path / "r",
                                        labels=task_data["labels"], epochs=1))

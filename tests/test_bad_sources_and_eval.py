@@ -155,7 +155,7 @@ def test_train_dr_and_rank_eval_on_mixed_crop_sizes(mixed_stores, tmp_path):
     # mixed evaluation gives each video what it gets evaluated alone at the same size
     for st in (small, big):
         alone = rank_eval.run(rank_eval.RankEvalConfig(ckpt=None, stores=[st], T=[2], stride=[1],
-                                                       baselines=["identity"], size=32))[0]
+                                                       baselines=["identity"], net_size=32))[0]
         for v, a in alone["videos"].items():
             assert recs["identity"]["videos"][v] == pytest.approx(a)
 
@@ -163,10 +163,10 @@ def test_train_dr_and_rank_eval_on_mixed_crop_sizes(mixed_stores, tmp_path):
 def test_rank_eval_baselines_without_size_refuses_mixed_crop_sizes(mixed_stores):
     small, big = mixed_stores
     cfg = {"ckpt": None, "stores": [small, big], "T": [2], "stride": [1], "baselines": ["identity"]}
-    with pytest.raises(UsageError, match=r"stores have crop sizes 64 and 96 .*give --size") as e:
+    with pytest.raises(UsageError, match=r"stores have crop sizes 64 and 96 .*give --net-size") as e:
         rank_eval.run(rank_eval.RankEvalConfig(**cfg))
     assert e.value.exit_code == 2 and str(small) in str(e.value) and str(big) in str(e.value)
-    recs = rank_eval.run(rank_eval.RankEvalConfig(**cfg, size=48))
+    recs = rank_eval.run(rank_eval.RankEvalConfig(**cfg, net_size=48))
     assert recs[0]["pairs"] == 4 * 16 * 6 and recs[0]["accuracy"] > 0.7
     # one crop size: no --size needed (frames are used as stored)
     assert rank_eval.run(rank_eval.RankEvalConfig(**{**cfg, "stores": [big]}))[0]["pairs"] == 2 * 16 * 6

@@ -68,7 +68,7 @@ def test_bad_values_checked_by_the_library_exit_2(tmp_path, face_store):
     r = cli("preprocess", tmp_path, "-o", tmp_path / "s.zarr", "--shard", "3/2")
     assert r.returncode == 2 and "--shard" in r.stderr
     r = cli("preprocess", tmp_path, "-o", tmp_path / "s.zarr", "--size", "63")
-    assert r.returncode == 2 and "--size 63" in r.stderr
+    assert r.returncode == 2 and "--crop-size 63" in r.stderr   # the new name, given --size
     r = cli("rank-eval", tmp_path / "none", face_store, "--T", "3,x")
     assert r.returncode == 2 and "--T" in r.stderr
     from drkit.errors import UsageError
@@ -168,3 +168,25 @@ def test_a_code_executing_pickle_is_refused_in_one_line(tmp_path):
     assert r.returncode == 1 and "evil.pt: not a drkit checkpoint" in r.stderr
     assert "weights_only" not in r.stderr and r.stderr.strip().count("\n") == 0
     assert not (tmp_path / "pwned").exists()
+
+
+def test_each_size_has_one_name_and_the_old_size_option_still_works():
+    """Issue 22: crop_size (preprocess), net_size (train-dr, rank-eval), map_size (gen-dr),
+    frame_size (synth); `--size` and ``Config(size=...)`` of drkit 0.2 keep working."""
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from drkit import configs as C
+    from drkit.cli import app
+    for cmd, name in (("preprocess", "--crop-size"), ("train-dr", "--net-size"), ("rank-eval", "--net-size"),
+                      ("gen-dr", "--map-size"), ("synth", "--frame-size")):
+        out = " ".join(CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "200"}).output.split())
+        assert name in out and "--size" in out, cmd
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert C.TrainDRConfig(stores=[], out="o", size=32).net_size == 32
+        assert C.PreprocessConfig(inputs=[], out="o", size=96).crop_size == 96
+        assert C.GenDRConfig(store="s", out="o", dr=[], size=16).map_size == 16
+    assert sum(issubclass(x.category, DeprecationWarning) for x in w) == 3
+    assert C.TrainDRConfig(stores=[], out="o").net_size == 64 and C.TrainDRConfig.base == 8

@@ -34,7 +34,7 @@ def clips(tmp_path_factory):
     for i in range(5):
         write_video(src / f"v{i}.avi", face_frames(48, size=160, seed=20 + i))
     ref = d / "ref.zarr"
-    preprocess.run(PreprocessConfig(inputs=[src], out=ref, size=64))
+    preprocess.run(PreprocessConfig(inputs=[src], out=ref, crop_size=64))
     return src, ref
 
 
@@ -131,7 +131,7 @@ def test_damaged_video_is_refused_then_repaired(clips, task_data, tmp_path):
     assert r.returncode == 1 and "v2.avi: damaged" in r.stderr
     r = cli("inspect", out, "--video", "v2.avi", "--frame", "3", "-o", tmp_path / "f.png")
     assert r.returncode == 1 and "damaged" in r.stderr and "preprocess" in r.stderr
-    s = preprocess.run(PreprocessConfig(inputs=[src], out=out, size=64))
+    s = preprocess.run(PreprocessConfig(inputs=[src], out=out, crop_size=64))
     assert s.repaired == ["v2.avi"] and s.ok == ["v2.avi"] and len(s.skipped) == 4
     assert_same_store(ref, out)
     # an array shorter than the video is damage too
@@ -139,7 +139,7 @@ def test_damaged_video_is_refused_then_repaired(clips, task_data, tmp_path):
     arr.resize((arr.shape[0] - 1, 68, 2))
     with pytest.raises(StoreError, match=r"v3\.avi: damaged \(array 'landmarks' has"):
         open_store(out).video("v3.avi")
-    assert preprocess.run(PreprocessConfig(inputs=[src], out=out, size=64)).repaired == ["v3.avi"]
+    assert preprocess.run(PreprocessConfig(inputs=[src], out=out, crop_size=64)).repaired == ["v3.avi"]
     assert_same_store(ref, out)
 
 

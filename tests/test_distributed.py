@@ -65,7 +65,7 @@ def test_two_processes_train_resume_and_match_one_process(store, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)         # as each of the 2 processes (OMP_NUM_THREADS=1)
     try:
-        train_dr.run(train_dr.TrainDRConfig(stores=[store], out=one, T=2, stride=1, size=32, base=4, depth=2,
+        train_dr.run(train_dr.TrainDRConfig(stores=[store], out=one, T=2, stride=1, net_size=32, base=4, depth=2,
                                             batch_size=8, device="cpu", jitter=0.2, epochs=2))
     finally:
         torch.set_num_threads(threads)

@@ -146,7 +146,7 @@ def test_training_learns_a_ranking_the_baseline_misses(blob_stores, tmp_path):
     poorly, a DR trained for 20 s ranks held-out sequences far better."""
     train, test = blob_stores
     out = tmp_path / "run"
-    train_dr.run(train_dr.TrainDRConfig(stores=[str(train)], out=str(out), T=3, stride=1, size=32,
+    train_dr.run(train_dr.TrainDRConfig(stores=[str(train)], out=str(out), T=3, stride=1, net_size=32,
                                         base=8, depth=2, epochs=100, time_budget=20, batch_size=16,
                                         val=[str(test)], flip=False, jitter=0))
     recs = rank_eval.run(rank_eval.RankEvalConfig(ckpt=str(out), stores=[str(test)],
@@ -163,7 +163,7 @@ def test_training_learns_a_ranking_the_baseline_misses(blob_stores, tmp_path):
 
 def test_resume_continues_exactly(blob_stores, tmp_path):
     train, _ = blob_stores
-    kw = dict(stores=[str(train)], T=2, stride=1, size=32, base=4, depth=2, batch_size=32)
+    kw = dict(stores=[str(train)], T=2, stride=1, net_size=32, base=4, depth=2, batch_size=32)
     train_dr.run(train_dr.TrainDRConfig(out=str(tmp_path / "full"), epochs=2, **kw))
     train_dr.run(train_dr.TrainDRConfig(out=str(tmp_path / "part"), epochs=1, **kw))
     with pytest.raises(DrkitError, match="--resume"):
@@ -225,7 +225,7 @@ def test_multi_scale_network_learns_every_window_and_stacks_in_one_pass(blob_sto
     identity at its own window; gen-dr stacks all heads from one network, channels named per head."""
     train, test = blob_stores
     out = tmp_path / "ms"
-    train_dr.run(train_dr.TrainDRConfig(stores=[str(train)], out=str(out), heads=[(1, 1), (3, 1)], size=32,
+    train_dr.run(train_dr.TrainDRConfig(stores=[str(train)], out=str(out), heads=[(1, 1), (3, 1)], net_size=32,
                                         base=8, depth=2, epochs=100, time_budget=25, batch_size=16,
                                         val=[str(test)], flip=False, jitter=0))
     ck = load_checkpoint(out / "best.pt", "dr")
@@ -277,7 +277,7 @@ def test_init_from_a_trained_network(blob_stores, tmp_path):
     """--init: a T=3 network that starts from a trained T=1 network's weights starts where it ended
     (the curriculum over T); a multi-scale network takes them for every head."""
     train, test = blob_stores
-    kw = dict(stores=[str(train)], stride=1, size=32, base=4, depth=2, batch_size=16, flip=False, jitter=0)
+    kw = dict(stores=[str(train)], stride=1, net_size=32, base=4, depth=2, batch_size=16, flip=False, jitter=0)
     train_dr.run(train_dr.TrainDRConfig(out=str(tmp_path / "t1"), T=1, epochs=1, **kw))
     src = load_checkpoint(tmp_path / "t1" / "best.pt").build_model()
     from drkit.nets import DRNet

@@ -18,7 +18,7 @@ from drkit.objectives import dynamic_image_target, load_vgg16_features
 from drkit.stages import gen_dr, rank_eval, train_dr
 from drkit.store import open_store
 
-TINY = {"T": 1, "stride": 1, "size": 16, "base": 4, "depth": 2, "batch_size": 6, "flip": False, "jitter": 0}
+TINY = {"T": 1, "stride": 1, "net_size": 16, "base": 4, "depth": 2, "batch_size": 6, "flip": False, "jitter": 0}
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_each_objective_lowers_its_loss(data, vgg_weights, objective, key, tmp_p
     """One batch of 6 windows, 25 steps; pix2pix's generator loss is adversarial, its L1 term
     to the target must fall."""
     store = make_face_store(tmp_path / "s.zarr", {"a": moving_blob_frames(8, 32, noise=0.05, seed=1)})
-    extra = {"perceptual": {"perceptual_weights": vgg_weights}, "pix2pix": {"disc_base": 8, "size": 32}}
+    extra = {"perceptual": {"perceptual_weights": vgg_weights}, "pix2pix": {"disc_base": 8, "net_size": 32}}
     train(store, tmp_path / "run", objective=objective, target="bdi", epochs=25, lr=3e-3,
           **extra.get(objective, {}))
     m = [x[key] for x in metrics(tmp_path / "run")]
@@ -117,7 +117,7 @@ def test_each_objective_lowers_its_loss(data, vgg_weights, objective, key, tmp_p
 
 def test_pix2pix_resumes_exactly(data, tmp_path):
     _, store, _ = data
-    kw = {"objective": "pix2pix", "target": "di", "disc_base": 8, "size": 32}
+    kw = {"objective": "pix2pix", "target": "di", "disc_base": 8, "net_size": 32}
     train(store, tmp_path / "full", epochs=2, **kw)
     train(store, tmp_path / "part", epochs=1, **kw)
     ck = torch.load(tmp_path / "part" / "last.pt", weights_only=True)      # "killed" after epoch 1
@@ -175,7 +175,7 @@ def test_objective_options_are_checked(data, vgg_weights, tmp_path):
 @pytest.fixture(scope="module")
 def runs(data):
     d, store, _ = data
-    train(store, d / "rank", size=32, epochs=1)
+    train(store, d / "rank", net_size=32, epochs=1)
     train(store, d / "mse", objective="mse", target="di", epochs=1)
     return {"dr": d / "rank", "unet_mse_di": d / "mse"}
 

@@ -156,7 +156,7 @@ def test_video_writer_writes_each_chunk_once(tmp_path, monkeypatch):
     from drkit.configs import PreprocessConfig
     from drkit.contracts import face_arrays
     from drkit.store import VideoWriter, create_store, open_store
-    cfg = PreprocessConfig(inputs=["x"], out=str(tmp_path / "s.zarr"), size=64)
+    cfg = PreprocessConfig(inputs=["x"], out=str(tmp_path / "s.zarr"), crop_size=64)
     create_store(cfg.out, "faces", cfg.store_params())
     specs = face_arrays(64)
     writes: list[tuple[str, int, int]] = []

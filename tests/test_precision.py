@@ -25,7 +25,7 @@ def blobs(tmp_path_factory):
 
 
 def _dr(train, out, **kw):
-    args = dict(stores=[train], out=out, T=3, stride=1, size=32, base=8, depth=2, epochs=2, batch_size=16,
+    args = dict(stores=[train], out=out, T=3, stride=1, net_size=32, base=8, depth=2, epochs=2, batch_size=16,
                 flip=False, jitter=0, lr=3e-3)
     return train_dr.TrainDRConfig(**{**args, **kw})
 

@@ -86,7 +86,7 @@ def test_bad_inputs_are_skipped_and_reported(tmp_path, videos):
     out = tmp_path / "s.zarr"
     s = run(PreprocessConfig(inputs=[str(tmp_path / "corrupt.mp4"), str(tmp_path / "empty.avi"),
                                      str(tmp_path / "notes.txt"), str(videos / "a.avi")],
-                             out=str(out), size=64))
+                             out=str(out), crop_size=64))
     assert s.ok == ["a.avi"]
     assert set(map(lambda p: Path(p).name, s.failed)) == {"corrupt.mp4", "empty.avi", "notes.txt"}
     assert "not a video" in s.failed[str(tmp_path / "notes.txt")]
@@ -109,7 +109,7 @@ def test_image_folder_sequence(tmp_path):
     seq.mkdir()
     for i, f in enumerate(face_frames(12, seed=4)):
         cv2.imwrite(str(seq / f"img_{i + 1}.png"), f)   # natural order: img_2 before img_10
-    s = run(PreprocessConfig(inputs=[str(seq)], out=str(tmp_path / "s.zarr"), size=64, fps=30))
+    s = run(PreprocessConfig(inputs=[str(seq)], out=str(tmp_path / "s.zarr"), crop_size=64, fps=30))
     g = open_store(tmp_path / "s.zarr").video("seq01")
     assert s.ok == ["seq01"] and g.attrs["fps"] == 30 and g.attrs["source_kind"] == "images"
     assert g["frame_index"][:].tolist() == list(range(1, 13))   # numbers from the file names
@@ -117,12 +117,12 @@ def test_image_folder_sequence(tmp_path):
 
 def test_rerun_skips_complete_and_settings_must_match(tmp_path, videos):
     out = tmp_path / "s.zarr"
-    cfg = PreprocessConfig(inputs=[str(videos / "a.avi")], out=str(out), size=64)
+    cfg = PreprocessConfig(inputs=[str(videos / "a.avi")], out=str(out), crop_size=64)
     assert run(cfg).ok == ["a.avi"]
     again = run(cfg)
     assert again.ok == [] and again.skipped == ["a.avi"]
     with pytest.raises(StoreError, match="size=64"):
-        run(PreprocessConfig(inputs=[str(videos / "a.avi")], out=str(out), size=128))
+        run(PreprocessConfig(inputs=[str(videos / "a.avi")], out=str(out), crop_size=128))
 
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
@@ -131,7 +131,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     for i in range(4):
         write_video(src / f"v{i}.avi", face_frames(120, size=240, seed=10 + i))
     ref = tmp_path / "ref.zarr"
-    run(PreprocessConfig(inputs=[str(src)], out=str(ref), size=64))
+    run(PreprocessConfig(inputs=[str(src)], out=str(ref), crop_size=64))
 
     out = tmp_path / "killed.zarr"
     p = subprocess.Popen([*DRKIT, "-q", "preprocess", str(src), "-o", str(out), "--size", "64"])
@@ -157,11 +157,11 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 
 def test_shards_fill_one_store(tmp_path, videos):
     out = tmp_path / "s.zarr"
-    a = run(PreprocessConfig(inputs=[str(videos)], out=str(out), size=64, shard="0/2"))
-    b = run(PreprocessConfig(inputs=[str(videos)], out=str(out), size=64, shard="1/2"))
+    a = run(PreprocessConfig(inputs=[str(videos)], out=str(out), crop_size=64, shard="0/2"))
+    b = run(PreprocessConfig(inputs=[str(videos)], out=str(out), crop_size=64, shard="1/2"))
     assert sorted(a.ok + b.ok) == ["a.avi", "c.mp4", "sub__b.avi"] and not set(a.ok) & set(b.ok)
     ref = tmp_path / "ref.zarr"
-    run(PreprocessConfig(inputs=[str(videos)], out=str(ref), size=64, workers=2))
+    run(PreprocessConfig(inputs=[str(videos)], out=str(ref), crop_size=64, workers=2))
     assert_same_store(ref, out)
     with pytest.raises(DrkitError, match="--shard"):
         run(PreprocessConfig(inputs=[str(videos)], out=str(out), shard="2/2"))
@@ -215,7 +215,7 @@ def test_insightface_backend_names_missing_models(tmp_path):
 @pytest.mark.realdata
 def test_real_videos(tmp_path):
     vids = [v for v in real_videos() if v.suffix == ".mp4"][::12][:3]
-    s = run(PreprocessConfig(inputs=[str(v) for v in vids], out=str(tmp_path / "r.zarr"), size=112))
+    s = run(PreprocessConfig(inputs=[str(v) for v in vids], out=str(tmp_path / "r.zarr"), crop_size=112))
     st = open_store(tmp_path / "r.zarr")
     assert len(s.ok) == len(vids) and not s.failed
     for v in st.videos:
@@ -239,10 +239,10 @@ def test_read_ahead_decoding_gives_the_same_store(tmp_path, videos, monkeypatch)
 
     monkeypatch.setattr(pp, "read_ahead", spy)
     monkeypatch.setattr(pp, "available_cores", lambda: 1)
-    run(PreprocessConfig(inputs=[str(videos)], out=str(tmp_path / "inline.zarr"), size=64))
+    run(PreprocessConfig(inputs=[str(videos)], out=str(tmp_path / "inline.zarr"), crop_size=64))
     assert used == [False] * 3
     monkeypatch.setattr(pp, "available_cores", lambda: 4)
-    run(PreprocessConfig(inputs=[str(videos)], out=str(tmp_path / "ahead.zarr"), size=64))
+    run(PreprocessConfig(inputs=[str(videos)], out=str(tmp_path / "ahead.zarr"), crop_size=64))
     assert used == [False] * 3 + [True] * 3
     assert_same_store(tmp_path / "inline.zarr", tmp_path / "ahead.zarr")
 

@@ -27,7 +27,7 @@ FERA = ["AU06", "AU10", "AU12", "AU14", "AU17"]
 def synth_set(tmp_path_factory):
     d = tmp_path_factory.mktemp("synth")
     synth.run(synth.SynthConfig(out=str(d / "s"), n=8, seconds=4, identities=4, seed=3))
-    preprocess.run(preprocess.PreprocessConfig(inputs=[str(d / "s" / "videos")], out=str(d / "faces.zarr"), size=64))
+    preprocess.run(preprocess.PreprocessConfig(inputs=[str(d / "s" / "videos")], out=str(d / "faces.zarr"), crop_size=64))
     return d
 
 
@@ -127,7 +127,7 @@ def test_morphology_shapes_faces_not_labels(astronaut128, tmp_path):
 
     runs = {}
     for name, m in (("m0", 0.0), ("m2", 2.0), ("m2_again", 2.0)):
-        synth.run(synth.SynthConfig(out=tmp_path / name, n=2, seconds=1, identities=2, size=128, seed=3, morphology=m))
+        synth.run(synth.SynthConfig(out=tmp_path / name, n=2, seconds=1, identities=2, frame_size=128, seed=3, morphology=m))
         runs[name] = tmp_path / name
     labels = {k: (d / "labels.csv").read_bytes() for k, d in runs.items()}
     assert labels["m0"] == labels["m2"] == labels["m2_again"]

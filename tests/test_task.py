@@ -317,7 +317,7 @@ def test_dr_encoder_starts_from_the_dr_networks_encoder(task_data, tmp_path):
     ck = load_checkpoint(out / "best.pt", "task")
     assert ck.model.name == "dr_encoder" and ck.model.kwargs["in_ch"] == 9 and np.isfinite(r["val"]["mse"])
     si_store = tmp_path / "si.zarr"
-    gen_dr.run(gen_dr.GenDRConfig(store=task_data["faces"], out=si_store, dr=[], size=32))
+    gen_dr.run(gen_dr.GenDRConfig(store=task_data["faces"], out=si_store, dr=[], map_size=32))
     with pytest.raises(DrkitError, match="dr_encoder starts from a DR network"):
         train_task.run(train_task.TrainTaskConfig(input=[si_store], out=tmp_path / "x", labels=task_data["labels"],
                                                   input_kind="si", arch="dr_encoder", epochs=1))

@@ -186,11 +186,11 @@ def run(cfg: DemoConfig, run_argv) -> DemoSummary:
             for k in ("train", "test")}
     stores = {k: out / f"{k}.zarr" for k in ("train", "test")}
     for k in ("train", "test"):
-        drkit("preprocess", *vids[k], "-o", stores[k], "--size", size)
+        drkit("preprocess", *vids[k], "-o", stores[k], "--crop-size", size)
 
     if cfg.train_dr:   # DRs trained here, on the training people's videos only
         dr = out / "dr_T5"
-        drkit("train-dr", stores["train"], "-o", dr, "--T", 5, "--stride", 2, "--size", 64,
+        drkit("train-dr", stores["train"], "-o", dr, "--T", 5, "--stride", 2, "--net-size", 64,
               "--time-budget", 15 if q else 120, "--epochs", 50, "--seed", seed, "--overwrite")
     else:              # the DR model that ships with drkit (trained on real faces)
         dr = "pretrained:T5"

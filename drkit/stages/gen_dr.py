@@ -46,12 +46,10 @@ from ..nets import pick_device
 from ..sources import select_shard
 from ..store import (
     VideoWriter,
-    claim,
     create_store,
     is_done,
     open_store,
-    remove_partials,
-    video_state,
+    write_claimed,
 )
 
 
@@ -66,14 +64,14 @@ class GenDRResult(Result):
 def run(cfg: GenDRConfig) -> GenDRResult:
     if not cfg.dr and cfg.no_image:
         raise DrkitError("nothing to write: give at least one --dr checkpoint or drop --no-image")
-    if not cfg.dr and not cfg.size:
-        raise DrkitError("without --dr checkpoints, give --size (the side of the stored maps)")
+    if not cfg.dr and not cfg.map_size:
+        raise DrkitError("without --dr checkpoints, give --map-size (the side of the stored maps)")
     device = pick_device(cfg.device)
     precision = P.check(cfg.precision, device, warn=False)   # a bad name or fp16 on a CPU fails here, before any work
     engine = resolve_engine(cfg.engine, device, precision, cfg.compile)   # torch | onnxruntime; so does this
     P.warn_if_slow(precision, device)
     src = open_store(cfg.store, "faces")
-    mdr, refs, nets = load_mdr(cfg.dr, not cfg.no_image, cfg.size)
+    mdr, refs, nets = load_mdr(cfg.dr, not cfg.no_image, cfg.map_size)
     mdr.to(device).eval()
     mdr.prepare(cfg.channels_last, cfg.compile)
     graphs = _graphs(mdr, src.typed_params.crop_size) if engine == "onnxruntime" else None
@@ -115,19 +113,15 @@ def run(cfg: GenDRConfig) -> GenDRResult:
 
         def attempt(vid: str, wait: bool) -> bool:
             """Write one video under its claim; False if another live run holds it."""
-            with claim(out.path, vid, wait) as mine:
-                if not mine:
-                    return False
-                state = video_state(out.path, vid, "dr")
-                if state == "done" and not cfg.overwrite:   # finished by another run meanwhile
-                    prog.advance(task, src.video_info(vid)["n_frames"])
-                    return True
-                remove_partials(out.path, vid)   # scratch of a dead run: we hold the claim
-                done["frames"] += _write_video(src.video(vid), out.path, vid, mdr, spec, device,
-                                               cfg.batch_size, lambda n: prog.advance(task, n), precision,
-                                               graphs)
+            r = write_claimed(out.path, vid, "dr", lambda: _write_video(
+                src.video(vid), out.path, vid, mdr, spec, device, cfg.batch_size,
+                lambda n: prog.advance(task, n), precision, graphs), overwrite=cfg.overwrite, wait=wait)
+            if r.status == "skipped":   # finished by another run meanwhile
+                prog.advance(task, src.video_info(vid)["n_frames"])
+            elif r.status == "written":
+                done["frames"] += r.value
                 done["videos"] += 1
-                return True
+            return r.status != "busy"
 
         busy = [v for v in todo if not attempt(v, wait=False)]
         for vid in busy:   # videos another live run was writing: wait for it, finish what it left

@@ -36,13 +36,11 @@ from ..sources import (
 )
 from ..store import (
     VideoWriter,
-    claim,
     create_store,
     is_done,
     now,
-    remove_partials,
     update_root,
-    video_state,
+    write_claimed,
 )
 
 
@@ -75,19 +73,16 @@ def process_video(src: Source, cfg: PreprocessConfig,
     already complete and intact). Raises DrkitError if unreadable."""
     if src.kind == "unknown":
         raise DrkitError(f"not a video file (extension {src.path.suffix or 'none'})")
-    with claim(cfg.out, src.id, wait) as mine:
-        if not mine:
-            return {"id": src.id, "busy": True}
-        state = video_state(cfg.out, src.id, "faces")
-        if state == "done":
-            other = _other_source(cfg.out, src)
-            if other:
-                raise DrkitError(other)
-            if not cfg.overwrite:
-                return {"id": src.id, "skipped": True}
-        remove_partials(cfg.out, src.id)   # scratch of a dead run: we hold the claim
-        res = _write_video(src, cfg, on_frames)
-        return {**res, "repaired": state == "damaged"}
+    def not_another_file() -> None:
+        other = _other_source(cfg.out, src)
+        if other:
+            raise DrkitError(other)
+
+    r = write_claimed(cfg.out, src.id, "faces", lambda: _write_video(src, cfg, on_frames),
+                      overwrite=cfg.overwrite, wait=wait, when_done=not_another_file)
+    if r.status != "written":
+        return {"id": src.id, r.status: True}
+    return {**r.value, "repaired": r.repaired}
 
 
 def _other_source(store_path: Path, src: Source) -> str | None:
@@ -111,7 +106,7 @@ def _write_video(src: Source, cfg: PreprocessConfig, on_frames: Callable[[int], 
     reader = FrameReader(src, cfg.fps)
     tracker = FaceTracker(backend, redetect_every=cfg.redetect_every, naive=cfg.naive)
     n_read = n_det = 0
-    with opencv_threads(1), VideoWriter(cfg.out, src.id, face_arrays(cfg.size), "faces") as writer, \
+    with opencv_threads(1), VideoWriter(cfg.out, src.id, face_arrays(cfg.crop_size), "faces") as writer, \
             read_ahead(iter(reader), 16, enabled=available_cores() > max(1, cfg.workers)) as frames:
         # frames decoded a few ahead in a thread when a core is spare (the tracker is
         # single-threaded, so decoding then costs it nothing); inline when every core runs a worker
@@ -120,7 +115,7 @@ def _write_video(src: Source, cfg: PreprocessConfig, on_frames: Callable[[int], 
             n_read += 1
             res = tracker(frame)
             if res is not None:
-                crop, lm_c, M = crop_face(frame, res.landmarks, cfg.size, cfg.align)
+                crop, lm_c, M = crop_face(frame, res.landmarks, cfg.crop_size, cfg.align)
                 n_det += res.detected
                 for k, v in (("frames", crop), ("landmarks", lm_c), ("frame_index", i),
                              ("confidence", res.score), ("detected", res.detected),
@@ -144,7 +139,7 @@ def _write_video(src: Source, cfg: PreprocessConfig, on_frames: Callable[[int], 
             "source_size": [meta.width, meta.height], "n_source_frames": n_read,
             "backend": backend.name, "backend_version": backend.version,
             "backend_models": backend.models,
-            "crop_size": cfg.size, "align": cfg.align,
+            "crop_size": cfg.crop_size, "align": cfg.align,
             "tracking": {"naive": cfg.naive, "redetect_every": cfg.redetect_every,
                          "detections": n_det},
             "warnings": warnings,
@@ -165,8 +160,8 @@ def _safe_process(src: Source, cfg: PreprocessConfig, on_frames, wait: bool = Fa
 
 def run(cfg: PreprocessConfig) -> PreprocessSummary:
     t0 = time.time()
-    if cfg.size < 32 or cfg.size % 2:
-        raise UsageError(f"--size {cfg.size}: expected an even number of pixels >= 32")
+    if cfg.crop_size < 32 or cfg.crop_size % 2:
+        raise UsageError(f"--crop-size {cfg.crop_size}: expected an even number of pixels >= 32")
     check_choice(cfg.backend, Backend, "--backend")
     sources = select_shard(discover(cfg.inputs), cfg.shard)
     if not sources:

@@ -5,8 +5,8 @@ table, JSON and plot.
 
 Several DR checkpoints make one comparison: each is a method named after its objective
 (``method_name``: ``dr`` for the rank loss, ``unet_mse_di``, ``unet_p_bdi``, ``pix2pix_di``, ...;
-``@<run folder>`` is added where names repeat), evaluated at its own net_size (or ``--size``) on
-the same windows; baselines run at ``--size``, else the first checkpoint's net_size.
+``@<run folder>`` is added where names repeat), evaluated at its own net_size (or ``--net-size``) on
+the same windows; baselines run at ``--net-size``, else the first checkpoint's net_size.
 """
 
 from __future__ import annotations
@@ -104,10 +104,10 @@ def run(cfg: RankEvalConfig) -> list[RankRecord]:
     windows = {n: ck.config.windows for n, ck in zip(names, cks)}   # a multi-scale network: one head per window
     info = {n: {"objective": ck.config.objective, "target": ck.config.target} for n, ck in zip(names, cks)}
     # side -> methods evaluated there: each DR at its net_size, the baselines at the first's
-    base_size = cfg.size or (cks[0].config.net_size if cks else None)
+    base_size = cfg.net_size or (cks[0].config.net_size if cks else None)
     groups: dict[int | None, list[str]] = {}
     for n, ck in zip(names, cks):
-        groups.setdefault(cfg.size or ck.config.net_size, []).append(n)
+        groups.setdefault(cfg.net_size or ck.config.net_size, []).append(n)
     if cfg.baselines:
         groups.setdefault(base_size, []).extend(cfg.baselines)
     if None in groups:
@@ -115,7 +115,7 @@ def run(cfg: RankEvalConfig) -> list[RankRecord]:
         if len(sides) > 1:
             which = "; ".join(f"{k} in {', '.join(str(st.path) for st in v)}" for k, v in sorted(sides.items()))
             raise UsageError(f"stores have crop sizes {' and '.join(map(str, sorted(sides)))} ({which}): "
-                             "give --size to evaluate them at one size")
+                             "give --net-size to evaluate them at one size")
     methods = names + cfg.baselines
     records, empty = [], []
     with log.progress() as prog:

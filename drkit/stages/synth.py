@@ -92,13 +92,13 @@ def run(cfg: SynthConfig) -> SynthResult:
     rng = np.random.default_rng(cfg.seed)
     backend = make_backend("dlib")
     if cfg.faces:
-        ids = load_identities(cfg.faces, cfg.size, backend)
+        ids = load_identities(cfg.faces, cfg.frame_size, backend)
         if not ids:
             raise DrkitError("--faces: no face found in any of the given files")
     else:
         import skimage.data
         img = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
-        base = identity_from_image(img, "astronaut", cfg.size, backend)
+        base = identity_from_image(img, "astronaut", cfg.frame_size, backend)
         ids = pseudo_identities(base, cfg.identities, rng)
     params = [person_params(cfg.seed, j, cfg.morphology) for j in range(len(ids))]
     n_frames = int(round(cfg.seconds * cfg.fps))
@@ -111,7 +111,7 @@ def run(cfg: SynthConfig) -> SynthResult:
             vid = f"synth_{k:03d}.avi"
             frames, lms, au = render_sequence(ident, n_frames, cfg.fps, rng, params[k % len(ids)], cfg.appearance)
             val, aro = affect(au, rng)
-            _write_video(out / "videos" / vid, frames, cfg.fps, cfg.size)
+            _write_video(out / "videos" / vid, frames, cfg.fps, cfg.frame_size)
             with atomic_path(out / "landmarks" / f"synth_{k:03d}.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, lms)
             for i in range(n_frames):

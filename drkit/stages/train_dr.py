@@ -69,8 +69,8 @@ def check_objective(cfg: TrainDRConfig) -> None:
                          "state dict (ImageNet weights are not downloaded)")
     if cfg.perceptual_weights and cfg.objective != "perceptual":
         raise UsageError("--perceptual-weights is only used with --objective perceptual")
-    if cfg.objective == "pix2pix" and cfg.size < 32:
-        raise UsageError(f"--objective pix2pix needs --size >= 32 (the PatchGAN's 4 convolutions), not {cfg.size}")
+    if cfg.objective == "pix2pix" and cfg.net_size < 32:
+        raise UsageError(f"--objective pix2pix needs --net-size >= 32 (the PatchGAN's 4 convolutions), not {cfg.net_size}")
 
 
 def heads_of(cfg: TrainDRConfig) -> list[tuple[int, int]]:
@@ -92,8 +92,8 @@ def run(cfg: TrainDRConfig) -> dict:
     cfg.T, cfg.stride = heads[0]
     check_choice(cfg.param, Param, "--param")
     check_objective(cfg)
-    if cfg.size % 2 ** cfg.depth:
-        raise UsageError(f"--size {cfg.size} must be divisible by 2**depth = {2 ** cfg.depth}")
+    if cfg.net_size % 2 ** cfg.depth:
+        raise UsageError(f"--net-size {cfg.net_size} must be divisible by 2**depth = {2 ** cfg.depth}")
     stores = [open_store(p, "faces") for p in cfg.stores]
     ws = collect_multi_windows(stores, heads) if multi else collect_windows(stores, cfg.T, cfg.stride)
     if len(ws) == 0:
@@ -118,14 +118,14 @@ def run(cfg: TrainDRConfig) -> dict:
     others = {k for o, keys in OWN_SETTINGS.items() if o != cfg.objective for k in keys}
     train = {k: v for k, v in asdict(cfg).items()
              if k not in ("stores", "out", "val", "resume", "overwrite", "device", "cache_mb", "epochs",
-                          "time_budget", "T", "stride", "size", "objective", "target", "heads", *others)
+                          "time_budget", "T", "stride", "net_size", "objective", "target", "heads", *others)
              and not (k == "init" and v is None)}
     train["lr"] = lr
     if cfg.perceptual_weights:
         train["perceptual_weights_sha256_16"] = sha256_16(cfg.perceptual_weights)
     if cfg.init:
         train["init_sha256_16"] = sha256_16(load_checkpoint(cfg.init, "dr").path)
-    config = DRConfig(T=cfg.T, stride=cfg.stride, net_size=cfg.size, objective=cfg.objective,
+    config = DRConfig(T=cfg.T, stride=cfg.stride, net_size=cfg.net_size, objective=cfg.objective,
                       target=cfg.target, train=jsonable({**train, "train_stores": [s.path for s in stores]}),
                       heads=[list(h) for h in heads] if multi else [])
     cache = FrameCache(ws.stores, max_bytes=cfg.cache_mb << 20)
@@ -137,7 +137,7 @@ def run(cfg: TrainDRConfig) -> dict:
         order, aug = epoch_order(len(ws), cfg.seed, epoch), augmenter(cfg, epoch)
         for b, idx in batches(order, cfg.batch_size, start):
             sl, w = part(len(idx), rank, world)
-            xs = [aug(window_tensor([cache.get(ws.videos[i], pos[i]) for i in idx[sl]], cfg.size), b, len(idx), sl)
+            xs = [aug(window_tensor([cache.get(ws.videos[i], pos[i]) for i in idx[sl]], cfg.net_size), b, len(idx), sl)
                   for pos in positions]
             yield (xs if multi else xs[0]), w
 
@@ -161,7 +161,7 @@ def run(cfg: TrainDRConfig) -> dict:
             out = {}
             for k, (T, S) in enumerate(heads):
                 r = evaluate_windows(val_stores, T, S, ["dr", "identity"], HeadOf(model, k) if multi else model,
-                                     cfg.size, device, max_windows=cfg.val_windows)
+                                     cfg.net_size, device, max_windows=cfg.val_windows)
                 sfx = f"_T{T}S{S}" if multi else ""
                 out.update({f"acc{sfx}": r["dr"]["accuracy"], f"identity_acc{sfx}": r["identity"]["accuracy"]})
             if multi:

@@ -89,15 +89,15 @@ from ..train import LoopConfig, LoopState, fit, run_folder
 
 def _same_layout(stores) -> None:
     """All DR stores of a run must have the same channels and map size (frames are stacked)."""
-    first = stores[0]
+    first = stores[0].typed_params
     for st in stores[1:]:
-        if st.params["channels"] != first.params["channels"]:
-            raise DrkitError(f"{st.path}: channels {st.params['channels']} differ from {first.path}'s "
-                             f"{first.params['channels']}; make both with gen-dr and the same --dr checkpoints")
-        if st.params["size"] != first.params["size"]:
-            raise DrkitError(f"{st.path}: maps of {st.params['size']} px, {first.path} has "
-                             f"{first.params['size']} px; remake one with `drkit gen-dr --size "
-                             f"{first.params['size']}`")
+        p = st.typed_params
+        if p.channels != first.channels:
+            raise DrkitError(f"{st.path}: channels {p.channels} differ from {stores[0].path}'s "
+                             f"{first.channels}; make both with gen-dr and the same --dr checkpoints")
+        if p.map_size != first.map_size:
+            raise DrkitError(f"{st.path}: maps of {p.map_size} px, {stores[0].path} has {first.map_size} px; "
+                             f"remake one with `drkit gen-dr --map-size {first.map_size}`")
 
 
 def _model_spec(cfg: TrainTaskConfig, in_ch: int, targets: list[str], dr: DRNet | None = None) -> ModelSpec:
@@ -158,7 +158,7 @@ def run(cfg: TrainTaskConfig) -> TrainTaskResult | dict:
 def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
     hg = cfg.arch == "hg_hmr"
     stores = [open_store(p, "dr") for p in cfg.input]
-    names = stores[0].params["channels"]
+    names = list(stores[0].typed_params.channels)
     val_stores = [open_store(p, "dr") for p in cfg.val or []]
     _same_layout(stores + val_stores)
     ch = select_channels(names, cfg.input_kind)

@@ -22,7 +22,7 @@ mkdir -p "$W"
 # (a) real faces, OpenFace labels
 if [ ! -d "$REAL/train112.zarr" ]; then
   python "$HERE/../real_faces/person_split.py" "$SHARED/data/faces" -o "$REAL"
-  for s in train test; do drkit -q preprocess $(cat "$REAL/$s.txt") -o "$REAL/${s}112.zarr" --size 112 --workers 2; done
+  for s in train test; do drkit -q preprocess $(cat "$REAL/$s.txt") -o "$REAL/${s}112.zarr" --crop-size 112 --workers 2; done
 fi
 for s in train test; do
   python "$SHARED/tools/openface/openface_labels.py" "$REAL/${s}112.zarr" "$W/openface_$s.csv"
@@ -65,7 +65,7 @@ for r in rows[1:]:
     r[0] = r[0].replace("synth_", s + "_")
 csv.writer(open(d / "labels.csv", "w", newline="")).writerows(rows)
 PY
-  drkit -q preprocess "$W/synth_$s/videos" -o "$W/synth_$s.zarr" --size 112 --workers 2
+  drkit -q preprocess "$W/synth_$s/videos" -o "$W/synth_$s.zarr" --frame-size 112 --workers 2
   drkit -q gen-dr "$W/synth_$s.zarr" -o "$W/synth_${s}_mdr.zarr" --dr pretrained:T5
 done
 cat "$W/synth_train/labels.csv" > "$W/synth_labels.csv"; tail -n +2 "$W/synth_test/labels.csv" >> "$W/synth_labels.csv"

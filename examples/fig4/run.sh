@@ -12,9 +12,9 @@ W=${2:-fig4_run}
 BUDGET=${3:-120}
 mkdir -p "$W"
 python "$HERE/../real_faces/person_split.py" "$FACES" -o "$W"          # 26 people train / 15 test
-drkit -q preprocess $(cat "$W/train.txt") -o "$W/train112.zarr" --size 112 --workers 2
-drkit -q preprocess $(cat "$W/test.txt") -o "$W/test112.zarr" --size 112 --workers 2
-COMMON=(--size 64 --time-budget "$BUDGET" --epochs 1000 --seed 0)
+drkit -q preprocess $(cat "$W/train.txt") -o "$W/train112.zarr" --crop-size 112 --workers 2
+drkit -q preprocess $(cat "$W/test.txt") -o "$W/test112.zarr" --crop-size 112 --workers 2
+COMMON=(--net-size 64 --time-budget "$BUDGET" --epochs 1000 --seed 0)
 for ts in "5 2" "9 4"; do
   set -- $ts
   R="$W/T$1S$2"

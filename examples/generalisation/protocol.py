@@ -6,7 +6,7 @@
         --folds all --seeds 0,1,2
     python examples/generalisation/protocol.py report WORK > RESULTS_PART.md
 
-Data: one face store per person (``STORES_DIR/<person>.zarr``, `drkit preprocess --size 112` of
+Data: one face store per person (``STORES_DIR/<person>.zarr``, `drkit preprocess --crop-size 112` of
 that person's clips of ../shared/data/faces), OpenFace 2.2's AU intensities as labels
 (../shared/tools/openface/openface_labels.py).
 
@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 HEADS = [(3, 2), (5, 2), (9, 4)]
-DR_ARGS = "--heads T5S2,T3S2,T9S4 --size 64 --base 8 --epochs 3"
+DR_ARGS = "--heads T5S2,T3S2,T9S4 --net-size 64 --base 8 --epochs 3"
 AUS5 = ["AU06", "AU10", "AU12", "AU14", "AU17"]
 
 
@@ -126,8 +126,8 @@ def run(a) -> None:
             if (fold, -1, f"baselines_T{T}S{S}") in done:
                 continue
             js = fd / f"baselines_T{T}S{S}.json"
-            _cmd("rank-eval", *stores(test), "--T", T, "--stride", S, "--size", 64, "--baselines", "identity,ranksvm", "--json", js)
-            recs = rank_eval.run(RankEvalConfig(ckpt=None, stores=stores(test), T=[T], stride=[S], size=64,
+            _cmd("rank-eval", *stores(test), "--T", T, "--stride", S, "--net-size", 64, "--baselines", "identity,ranksvm", "--json", js)
+            recs = rank_eval.run(RankEvalConfig(ckpt=None, stores=stores(test), T=[T], stride=[S], net_size=64,
                                                 baselines=["identity", "ranksvm"], json=js))
             _record(res, {"fold": fold, "seed": -1, "what": f"baselines_T{T}S{S}", "T": T, "stride": S,
                           **{r["method"]: r["accuracy"] for r in recs}, "test_people": len(test)})

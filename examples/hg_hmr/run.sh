@@ -28,18 +28,18 @@ for name, keep in (("train", lambda p: p not in test), ("test", lambda p: p in t
     (w / f"synth_{name}.txt").write_text("\n".join(str(w / "synth/videos" / v) for v in vids) + "\n")
 PY
 for s in train test; do
-  drkit -q preprocess $(cat "$W/synth_$s.txt") -o "$W/synth_$s.zarr" --size 112
-  drkit -q gen-dr "$W/synth_$s.zarr" -o "$W/synth_${s}_si.zarr" --size 64
+  drkit -q preprocess $(cat "$W/synth_$s.txt") -o "$W/synth_$s.zarr" --frame-size 112
+  drkit -q gen-dr "$W/synth_$s.zarr" -o "$W/synth_${s}_si.zarr" --frame-size 64
 done
 
 # (b) real faces with OpenFace labels (same person split as examples/fig4)
 if [ ! -d "$REAL/train112.zarr" ]; then
   python "$HERE/../real_faces/person_split.py" "$SHARED/data/faces" -o "$REAL"
-  for s in train test; do drkit -q preprocess $(cat "$REAL/$s.txt") -o "$REAL/${s}112.zarr" --size 112 --workers 2; done
+  for s in train test; do drkit -q preprocess $(cat "$REAL/$s.txt") -o "$REAL/${s}112.zarr" --crop-size 112 --workers 2; done
 fi
 for s in train test; do
   python "$SHARED/tools/openface/openface_labels.py" "$REAL/${s}112.zarr" "$W/openface_$s.csv"
-  drkit -q gen-dr "$REAL/${s}112.zarr" -o "$W/real_${s}_si.zarr" --size 64
+  drkit -q gen-dr "$REAL/${s}112.zarr" -o "$W/real_${s}_si.zarr" --map-size 64
 done
 cat "$W/openface_train.csv" > "$W/openface.csv"; tail -n +2 "$W/openface_test.csv" >> "$W/openface.csv"
 

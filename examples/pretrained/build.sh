@@ -18,12 +18,12 @@ SUFFIX=$([ "$BASE" = 16 ] && echo "" || echo "-slim")
 mkdir -p "$W"
 if [ ! -d "$W/train112.zarr" ]; then
   python "$REPO/examples/real_faces/person_split.py" "$FACES" -o "$W"
-  drkit -q preprocess $(cat "$W/train.txt") -o "$W/train112.zarr" --size 112 --workers 2
-  drkit -q preprocess $(cat "$W/test.txt") -o "$W/test112.zarr" --size 112 --workers 2
+  drkit -q preprocess $(cat "$W/train.txt") -o "$W/train112.zarr" --crop-size 112 --workers 2
+  drkit -q preprocess $(cat "$W/test.txt") -o "$W/test112.zarr" --crop-size 112 --workers 2
 fi
 for ts in "3 2" "5 2" "9 4"; do
   set -- $ts
-  drkit train-dr "$W/train112.zarr" -o "$W/T$1$SUFFIX" --T "$1" --stride "$2" --size 64 --base "$BASE" \
+  drkit train-dr "$W/train112.zarr" -o "$W/T$1$SUFFIX" --T "$1" --stride "$2" --net-size 64 --base "$BASE" \
       --epochs "$EPOCHS" --seed 0 --overwrite
   drkit rank-eval "$W/T$1$SUFFIX" "$W/test112.zarr" --T "$1" --stride "$2" --baselines identity,ranksvm \
       --json "$W/T$1$SUFFIX.json"

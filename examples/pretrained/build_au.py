@@ -47,7 +47,7 @@ SHARED = REPO.parent / "shared"
 AUS = "AU01 AU02 AU04 AU05 AU06 AU07 AU09 AU10 AU12 AU14 AU15 AU17 AU20 AU23 AU25 AU26 AU45".split()
 AUS5 = ["AU06", "AU10", "AU12", "AU14", "AU17"]
 DEMO_PERSON = "paddlegan_fomdv"
-DR_ARGS = "--heads T5S2,T3S2,T9S4 --size 64 --base 8 --epochs 3 --seed 0"
+DR_ARGS = "--heads T5S2,T3S2,T9S4 --net-size 64 --base 8 --epochs 3 --seed 0"
 TASK_ARGS = "--task au --arch small --epochs 40 --patience 6 --val-frames 1500"
 LICENCE = "non-commercial research use (distilled from OpenFace 2.2's AU estimates; OpenFace's academic licence)"
 
@@ -143,7 +143,7 @@ def main() -> None:
     P = people(a.faces)
     for p, v in sorted(P.items()):                                          # 2
         if not (w / "persons" / f"{p}.done").exists():
-            sh(f"drkit -q preprocess {' '.join(map(repr, v['clips']))} -o {w}/persons/{p}.zarr --size 112")
+            sh(f"drkit -q preprocess {' '.join(map(repr, v['clips']))} -o {w}/persons/{p}.zarr --crop-size 112")
             (w / "persons" / f"{p}.done").touch()
     if not (w / "labels.csv").exists():                                      # 3
         rows = []
@@ -162,7 +162,7 @@ def main() -> None:
         sh(f"drkit -q train-dr {stores(sp['dr_train'], 'persons')} -o {w}/dr {DR_ARGS} --overwrite")
     for p in sorted(P):                                                      # 5
         if not (w / "mdr" / f"{p}.done").exists():
-            sh(f"drkit -q gen-dr {w}/persons/{p}.zarr -o {w}/mdr/{p}.zarr --dr {w}/dr --size 64")
+            sh(f"drkit -q gen-dr {w}/persons/{p}.zarr -o {w}/mdr/{p}.zarr --dr {w}/dr --map-size 64")
             (w / "mdr" / f"{p}.done").touch()
     for s in seeds:                                                          # 6
         for inp in ("mdr", "si"):

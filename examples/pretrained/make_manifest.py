@@ -56,7 +56,7 @@ for T, S in ((3, 2), (5, 2), (9, 4)):
         "file": dest.name, "sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),
         "T": T, "stride": S, "net_size": ck["config"]["net_size"], "model": ck["model"],
         "train_steps": ck["train_state"].get("global_step"),
-        "command": (f"drkit train-dr train112.zarr -o {name} --T {T} --stride {S} --size 64"
+        "command": (f"drkit train-dr train112.zarr -o {name} --T {T} --stride {S} --net-size 64"
                     + (f" --base {a.base}" if a.base != 16 else "") + f" --epochs {a.epochs} --seed 0"),
         "held_out": {**acc, "people": len(test_people), "windows": next((r["windows"] for r in res), None),
                      "command": f"drkit rank-eval {name} test112.zarr --T {T} --stride {S} --baselines identity,ranksvm"},
@@ -65,7 +65,7 @@ manifest = {
     "format": "drkit-pretrained", "format_version": 1,
     "trained_on": (f"{len(train_rows)} clips of {len({r['person'] for r in train_rows})} people of "
                    "../shared/data/faces (person split of examples/real_faces/person_split.py, seed 0), "
-                   "preprocessed with `drkit preprocess --size 112` (dlib); licences "
+                   "preprocessed with `drkit preprocess --crop-size 112` (dlib); licences "
                    + ", ".join(f"{k} x{v}" for k, v in sorted(Counter(r["licence"] for r in train_rows).items()))),
     "train_clips": sorted(r["path"] for r in train_rows),
     "held_out_people": test_people,
