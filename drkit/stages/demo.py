@@ -155,6 +155,46 @@ class DemoSummary(Result):
     files: dict
 
 
+def _best_seed(out: Path, kind: str, seeds: list[int]) -> int:
+    """The seed whose run scored best on its validation people (no test peeking)."""
+    return max(seeds, key=lambda s: json.loads((out / f"au_{kind}_s{s}" / "val_metrics.json").read_text())["icc"])
+
+
+def _predict_video(out: Path, test_videos: list[str], label_rows: list[dict], aus: list[str],
+                   seeds: list[int]) -> str:
+    """The held-out video with the most facial action, predicted frame by frame by each input's
+    best model, SI and MDR against the truth in predict_video.png; returns its name."""
+    names = [Path(v).name for v in test_videos]
+    activity = {v: sum(float(r[a]) for r in label_rows if r["video"] == v for a in aus) for v in names}
+    video = max(activity, key=activity.get)
+    preds = {}
+    for kind in ("si", "mdr"):
+        s_best = _best_seed(out, kind, seeds)
+        drkit("predict", out / f"au_{kind}_s{s_best}", out / "synth" / "videos" / video, "-o",
+              out / f"predict_video_{kind}.csv")
+        preds[f"{kind.upper()} (seed {s_best})"] = out / f"predict_video_{kind}.csv"
+    plot_video(preds, label_rows, video, aus, out / "predict_video.png")
+    return video
+
+
+def _showcase_still(out: Path, model: Path, video: str, label_rows: list[dict], aus: list[str]):
+    """A still at the video's apex (its frame of most action) through ``model``: every AU
+    predicted beside its true value, and the DR pictures. Returns frame, still, CSV row, AUs."""
+    rows = [r for r in label_rows if r["video"] == video]
+    apex = max(rows, key=lambda r: sum(float(r[a]) for a in aus))
+    k = int(apex["frame"])
+    cap = cv2.VideoCapture(str(out / "synth" / "videos" / video))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, k)
+    ok, frame = cap.read()
+    cap.release()
+    still = out / "still.png"
+    cv2.imwrite(str(still), frame)
+    drkit("predict", model, still, "-o", out / "predict.csv", "--save-dr", out / "dr_pictures")
+    with open(out / "predict.csv") as f:
+        pred = next(csv.DictReader(f))
+    return k, still, pred, {a: [round(float(pred[a]), 2) if pred[a] else None, float(apex[a])] for a in aus}
+
+
 def run(cfg: DemoConfig, run_argv) -> DemoSummary:
     """``run_argv(argv)``: runs one drkit command line (drkit.cli.run_argv)."""
     global _RUN_ARGV
@@ -215,35 +255,10 @@ def run(cfg: DemoConfig, run_argv) -> DemoSummary:
     icc = {k: _mean_sd([r["icc"] for r in v]) for k, v in res.items()}
     best_kind = max(icc, key=lambda k: icc[k]["mean"])
     # the showcase model: the better input's run with the best validation score (no test peeking)
-    best_seed = max(seeds, key=lambda s: json.loads((out / f"au_{best_kind}_s{s}" / "val_metrics.json").read_text())["icc"])
-    model = out / f"au_{best_kind}_s{best_seed}"
+    model = out / f"au_{best_kind}_s{_best_seed(out, best_kind, seeds)}"
 
-    # a held-out video: the one with the most facial action, predicted frame by frame
-    test_names = [Path(v).name for v in vids["test"]]
-    activity = {v: sum(float(r[a]) for r in label_rows if r["video"] == v for a in aus) for v in test_names}
-    video = max(activity, key=activity.get)
-    # each input's showcase model on it: SI and MDR against the truth
-    preds = {}
-    for kind in ("si", "mdr"):
-        s_best = max(seeds, key=lambda s: json.loads((out / f"au_{kind}_s{s}" / "val_metrics.json").read_text())["icc"])
-        drkit("predict", out / f"au_{kind}_s{s_best}", out / "synth" / "videos" / video, "-o", out / f"predict_video_{kind}.csv")
-        preds[f"{kind.upper()} (seed {s_best})"] = out / f"predict_video_{kind}.csv"
-    plot_video(preds, label_rows, video, aus, out / "predict_video.png")
-
-    # a still at that video's apex (the frame of most action): every AU predicted and true
-    rows = [r for r in label_rows if r["video"] == video]
-    apex = max(rows, key=lambda r: sum(float(r[a]) for a in aus))
-    k = int(apex["frame"])
-    cap = cv2.VideoCapture(str(out / "synth" / "videos" / video))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, k)
-    ok, frame = cap.read()
-    cap.release()
-    still = out / "still.png"
-    cv2.imwrite(str(still), frame)
-    drkit("predict", model, still, "-o", out / "predict.csv", "--save-dr", out / "dr_pictures")
-    with open(out / "predict.csv") as f:
-        pred = next(csv.DictReader(f))
-    showcase = {a: [round(float(pred[a]), 2) if pred[a] else None, float(apex[a])] for a in aus}
+    video = _predict_video(out, vids["test"], label_rows, aus, seeds)
+    k, still, pred, showcase = _showcase_still(out, model, video, label_rows, aus)
     plot_curves({kind: [out / f"au_{kind}_s{s}" for s in seeds] for kind in ("si", "mdr")}, "icc",
                 out / "training_curves.png")
     summary = {

@@ -158,6 +158,45 @@ def _safe_process(src: Source, cfg: PreprocessConfig, on_frames, wait: bool = Fa
                 "traceback": traceback.format_exc()}
 
 
+def _process_all(todo: list[Source], cfg: PreprocessConfig, prog, record: Callable[[dict], None],
+                 busy: list[Source]) -> None:
+    """Each video of ``todo`` in this process or over ``cfg.workers`` worker processes (largest
+    first), results handed to ``record`` as they come; then the videos ``record`` found busy
+    (another live run writing them), waiting for their claims."""
+    with prog:
+        vt = prog.add_task("videos", total=len(todo))
+        ft = prog.add_task("frames", total=None)
+        if cfg.workers <= 1 or len(todo) <= 1:
+            for s in todo:
+                prog.update(vt, description=f"videos ({s.id[:40]})")
+                record(_safe_process(s, cfg, lambda n: prog.advance(ft, n)))
+                prog.advance(vt)
+        else:
+            ctx = mp.get_context("spawn")
+            q = ctx.Queue()
+            # largest first, so no worker is left with a long video while the others idle
+            by_size = sorted(todo, key=source_bytes, reverse=True)
+            with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(q, os.getpid())) as ex:
+                try:
+                    pending = {ex.submit(_worker, s, cfg) for s in by_size}
+                    while pending:
+                        done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                        while not q.empty():
+                            prog.advance(ft, q.get())
+                        for f in done:
+                            record(f.result())
+                            prog.advance(vt)
+                except BaseException:   # Ctrl-C, SIGTERM, an error: the workers remove their scratch and stop
+                    _stop_workers(ex)
+                    raise
+        # videos another live run was writing: wait for its claim, then finish whatever it left
+        for s in list(busy):
+            busy.remove(s)
+            log.info(f"{s.id}: being written by another run; waiting for it")
+            record(_safe_process(s, cfg, lambda n: prog.advance(ft, n), wait=True))
+
+
 def run(cfg: PreprocessConfig) -> PreprocessSummary:
     t0 = time.time()
     if cfg.crop_size < 32 or cfg.crop_size % 2:
@@ -215,39 +254,7 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
         for w in res["warnings"]:
             log.warn(f"{src.path}: {w}")
 
-    with prog:
-        vt = prog.add_task("videos", total=len(todo))
-        ft = prog.add_task("frames", total=None)
-        if cfg.workers <= 1 or len(todo) <= 1:
-            for s in todo:
-                prog.update(vt, description=f"videos ({s.id[:40]})")
-                record(_safe_process(s, cfg, lambda n: prog.advance(ft, n)))
-                prog.advance(vt)
-        else:
-            ctx = mp.get_context("spawn")
-            q = ctx.Queue()
-            # largest first, so no worker is left with a long video while the others idle
-            by_size = sorted(todo, key=source_bytes, reverse=True)
-            with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(q, os.getpid())) as ex:
-                try:
-                    pending = {ex.submit(_worker, s, cfg) for s in by_size}
-                    while pending:
-                        done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                        while not q.empty():
-                            prog.advance(ft, q.get())
-                        for f in done:
-                            record(f.result())
-                            prog.advance(vt)
-                except BaseException:   # Ctrl-C, SIGTERM, an error: the workers remove their scratch and stop
-                    _stop_workers(ex)
-                    raise
-        # videos another live run was writing: wait for its claim, then finish whatever it left
-        for s in list(busy):
-            busy.remove(s)
-            log.info(f"{s.id}: being written by another run; waiting for it")
-            record(_safe_process(s, cfg, lambda n: prog.advance(ft, n), wait=True))
-
+    _process_all(todo, cfg, prog, record, busy)
     summary.seconds = time.time() - t0
 
     def add_run(a: dict) -> None:

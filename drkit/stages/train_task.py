@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -155,16 +156,9 @@ def run(cfg: TrainTaskConfig) -> TrainTaskResult | dict:
         return _train(cfg)
 
 
-def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
-    hg = cfg.arch == "hg_hmr"
-    stores = [open_store(p, "dr") for p in cfg.input]
-    names = list(stores[0].typed_params.channels)
-    val_stores = [open_store(p, "dr") for p in cfg.val or []]
-    _same_layout(stores + val_stores)
-    ch = select_channels(names, cfg.input_kind)
-    labels = read_labels(cfg.labels, cfg.targets, tuple(cfg.missing))
-    if hg:   # fail before anything is read: no AU table for a target, or an affect task
-        _model_spec(cfg, len(ch), labels.targets)
+def _train_val(cfg: TrainTaskConfig, stores, val_stores, labels):
+    """The labelled frames to train and validate on: --val stores, else a person split (--val-people
+    or --val-share of the people), --train-people kept, at most --val-frames validation frames."""
     if val_stores:
         train_s, val_s = labelled_frames(stores, labels), labelled_frames(val_stores, labels)
         shared = {person_of(labels, v) for v in train_s.stores} & {person_of(labels, v) for v in val_s.stores}
@@ -184,6 +178,95 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
     if cfg.val_frames and len(val_s) > cfg.val_frames:
         val_s = val_s.subset(evenly_spread(len(val_s), cfg.val_frames))
         log.info(f"--val-frames: validating on {len(val_s)} frames spread evenly over the validation people")
+    return train_s, val_s
+
+
+def _task_config(cfg: TrainTaskConfig, labels, ch, names, mean, std, dstore, train_s) -> TaskConfig:
+    """What the bundle records: inputs, normalisation, the DR store's layout, the settings that
+    made it (those a resume must match), its training data and label range."""
+    config = TaskConfig(
+        task=cfg.task, input_kind=cfg.input_kind, targets=labels.targets, channels=ch,
+        store_channels=names, norm_mean=mean.tolist(), norm_std=std.tolist(), map_size=dstore.map_size,
+        image=dstore.image, preprocess=dstore.face_params, missing=list(cfg.missing),
+        train=jsonable({k: v for k, v in dataclasses.asdict(cfg).items()
+                        if k not in ("resume", "overwrite", "device", "eval_only", "epochs", "time_budget", "patience")
+                        and (k not in OWN_SETTINGS or k in ARCHS[cfg.arch].own_settings)
+                        and not (k == "dropout" and v is None)   # runs from before --dropout resume
+                        and not (k in ("dr_norm", "dr_dropout") and v in ("none", 0.0))}),
+        dr_norm=cfg.dr_norm)
+    config.train["data"] = training_data(train_s, labels)
+    config.value_range = value_range(cfg.task, train_s.y)
+    return config
+
+
+def _can_flip(cfg: TrainTaskConfig, tb, train_s) -> bool:
+    """--flip, where the stores hold the mirrored face's DRs (mirroring a DR map is not the DR of
+    the mirrored face)."""
+    if cfg.flip and not tb.can_flip:
+        log.warn(f"{', '.join(sorted({str(st.path) for st in train_s.stores.values()}))}: no mirrored DRs "
+                 "(mdr_mirror; made by an older or --no-mirror gen-dr), and mirroring the stored DR maps is "
+                 "not the DR of the mirrored face: training without mirroring. Rerun gen-dr --overwrite to "
+                 "mirror DR inputs")
+    return cfg.flip and tb.can_flip
+
+
+@dataclass
+class _EpochBatches:
+    """train-task's batches for drkit.train.fit: ``(epoch, start, rank, world)`` -> this rank's part
+    of each global batch (the whole batch in one process) and its weight, its share of the batch's
+    labelled entries (the losses are means over them, so the ranks' weighted losses add up to the
+    one-process loss). The mirror mask and DR dropout are drawn for the whole global batch, so a
+    frame is treated alike whatever the number of ranks. ``heatmaps`` (hg_hmr): centres, map size,
+    heatmap side, sigma of the targets."""
+    cfg: TrainTaskConfig
+    samples: Any
+    batcher: Any
+    flip: bool
+    dr_ch: list[int]
+    heatmaps: tuple | None = None
+
+    def __call__(self, epoch: int, start: int, rank: int = 0, world: int = 1):
+        cfg, flip = self.cfg, self.flip
+        order = epoch_order(len(self.samples), cfg.seed, epoch)
+        for b, idx in batches(order, cfg.batch_size, start):
+            # mirrored samples: image channels flipped, DR channels of the mirrored face
+            f = flip_mask(len(idx), batch_generator(cfg.seed, epoch, b)).numpy() if flip else None
+            sl, w = part(len(idx), rank, world)
+            idx = np.sort(idx)
+            if world > 1:   # the losses are means over labelled entries: weight by this rank's share of them
+                lab = ~np.isnan(np.asarray(self.samples.y[idx], np.float64))
+                w = float(lab[sl].sum() / lab.sum()) if lab.any() else w
+            idx = idx[sl]
+            f = f[sl] if flip else None
+            if self.heatmaps is None:
+                x, y = self.batcher.get(idx, f)
+                if cfg.dr_dropout:   # whole DR channels of a sample set to their mean (0 after normalising)
+                    g = batch_generator(cfg.seed + 7919, epoch, b)
+                    drop = (torch.rand(len(order[b * cfg.batch_size:(b + 1) * cfg.batch_size]), generator=g)
+                            < cfg.dr_dropout)[sl]
+                    x[drop.nonzero()[:, 0][:, None], torch.tensor(self.dr_ch)[None, :]] = 0
+                yield (x, y), w
+                continue
+            # hg_hmr: targets from the unflipped landmarks, mirrored with their samples
+            x, y, lm = self.batcher.get(idx, f)
+            centres, map_size, side, sigma = self.heatmaps
+            t = target_heatmaps(lm, y, centres, map_size, side, sigma)
+            if flip:
+                t[torch.from_numpy(f)] = t[torch.from_numpy(f)].flip(-1)
+            yield (x, y, t), w
+
+
+def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
+    hg = cfg.arch == "hg_hmr"
+    stores = [open_store(p, "dr") for p in cfg.input]
+    names = list(stores[0].typed_params.channels)
+    val_stores = [open_store(p, "dr") for p in cfg.val or []]
+    _same_layout(stores + val_stores)
+    ch = select_channels(names, cfg.input_kind)
+    labels = read_labels(cfg.labels, cfg.targets, tuple(cfg.missing))
+    if hg:   # fail before anything is read: no AU table for a target, or an affect task
+        _model_spec(cfg, len(ch), labels.targets)
+    train_s, val_s = _train_val(cfg, stores, val_stores, labels)
     _warn_range(cfg, labels.targets, np.concatenate([train_s.y, val_s.y]))
     check_choice(cfg.dr_norm, DRNorm, "--dr-norm")
     mean, std = channel_stats(train_s, ch, seed=cfg.seed, dr_norm=cfg.dr_norm)
@@ -200,70 +283,21 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
     if cfg.init:
         _load_init(model, cfg.init)
     dstore = stores[0].typed_params
-    config = TaskConfig(
-        task=cfg.task, input_kind=cfg.input_kind, targets=labels.targets, channels=ch,
-        store_channels=names, norm_mean=mean.tolist(), norm_std=std.tolist(), map_size=dstore.map_size,
-        image=dstore.image, preprocess=dstore.face_params, missing=list(cfg.missing),
-        train=jsonable({k: v for k, v in dataclasses.asdict(cfg).items()
-                        if k not in ("resume", "overwrite", "device", "eval_only", "epochs", "time_budget", "patience")
-                        and (k not in OWN_SETTINGS or k in ARCHS[cfg.arch].own_settings)
-                        and not (k == "dropout" and v is None)   # runs from before --dropout resume
-                        and not (k in ("dr_norm", "dr_dropout") and v in ("none", 0.0))}),
-        dr_norm=cfg.dr_norm)
-    config.train["data"] = training_data(train_s, labels)
-    config.value_range = value_range(cfg.task, train_s.y)
+    config = _task_config(cfg, labels, ch, names, mean, std, dstore, train_s)
     template = Checkpoint(kind="task", model=spec, config=config, state_dict={}, dr_nets=dr_nets)
     log.info(f"train-task: {len(train_s)} train / {len(val_s)} validation frames, input {cfg.input_kind} "
              f"({len(ch)} channels), targets {', '.join(labels.targets)}, {cfg.arch}")
     tb = Batcher(train_s, ch, mean, std, landmarks=hg, dr_norm=cfg.dr_norm)
     vb = Batcher(val_s, ch, mean, std, dr_norm=cfg.dr_norm)
     nb = n_batches(len(train_s), cfg.batch_size)
-    if hg:
-        side, kw = heatmap_side(dstore.map_size), spec.kwargs
-
     dr_ch = [k for k, c in enumerate(ch) if c >= tb.n_image]   # positions of the DR channels in x
     if cfg.dr_dropout and not (0 < cfg.dr_dropout < 1 and dr_ch):
         raise DrkitError(f"--dr-dropout {cfg.dr_dropout}: needs a probability in (0, 1) and an input with DR "
                          "channels (--input mdr or sdr)")
-    flip = cfg.flip and tb.can_flip
-    config.train["flip"] = flip
-    if cfg.flip and not flip:
-        log.warn(f"{', '.join(sorted({str(st.path) for st in train_s.stores.values()}))}: no mirrored DRs "
-                 "(mdr_mirror; made by an older or --no-mirror gen-dr), and mirroring the stored DR maps is "
-                 "not the DR of the mirrored face: training without mirroring. Rerun gen-dr --overwrite to "
-                 "mirror DR inputs")
+    flip = config.train["flip"] = _can_flip(cfg, tb, train_s)
 
-    def epoch_batches(epoch: int, start: int, rank: int = 0, world: int = 1):
-        """This rank's part of each global batch (the whole batch in one process) and its weight,
-        its share of the batch's labelled entries (the losses are means over them, so the ranks'
-        weighted losses add up to the one-process loss); the mirror mask is drawn for the whole
-        global batch, so a frame is mirrored or not whatever the number of ranks."""
-        order = epoch_order(len(train_s), cfg.seed, epoch)
-        for b, idx in batches(order, cfg.batch_size, start):
-            # mirrored samples: image channels flipped, DR channels of the mirrored face
-            f = flip_mask(len(idx), batch_generator(cfg.seed, epoch, b)).numpy() if flip else None
-            sl, w = part(len(idx), rank, world)
-            idx = np.sort(idx)
-            if world > 1:   # the losses are means over labelled entries: weight by this rank's share of them
-                lab = ~np.isnan(np.asarray(train_s.y[idx], np.float64))
-                w = float(lab[sl].sum() / lab.sum()) if lab.any() else w
-            idx = idx[sl]
-            f = f[sl] if flip else None
-            if not hg:
-                x, y = tb.get(idx, f)
-                if cfg.dr_dropout:   # whole DR channels of a sample set to their mean (0 after normalising)
-                    g = batch_generator(cfg.seed + 7919, epoch, b)
-                    drop = (torch.rand(len(order[b * cfg.batch_size:(b + 1) * cfg.batch_size]), generator=g)
-                            < cfg.dr_dropout)[sl]
-                    x[drop.nonzero()[:, 0][:, None], torch.tensor(dr_ch)[None, :]] = 0
-                yield (x, y), w
-                continue
-            # hg_hmr: targets from the unflipped landmarks, mirrored with their samples
-            x, y, lm = tb.get(idx, f)
-            t = target_heatmaps(lm, y, kw["centres"], dstore.map_size, side, kw["sigma"])
-            if flip:
-                t[torch.from_numpy(f)] = t[torch.from_numpy(f)].flip(-1)
-            yield (x, y, t), w
+    hm = (spec.kwargs["centres"], dstore.map_size, heatmap_side(dstore.map_size), spec.kwargs["sigma"]) if hg else None
+    epoch_batches = _EpochBatches(cfg, train_s, tb, flip, dr_ch, hm)
 
     def step(net, batch, device):
         # net: drkit.precision.Forward (under autocast with --precision, fp32 outputs): losses in fp32
