@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .contracts import Result
 from .errors import DrkitError, UsageError
 
 OPSET = 17
@@ -484,7 +485,7 @@ def dr_onnx(net: nn.Module, net_size: int) -> bytes:
 # ------------------------------------------------------------------ drkit export
 
 @dataclass
-class ExportResult:
+class ExportResult(Result):
     onnx: Path
     json: Path
     kind: str                                      # "task" or "dr"

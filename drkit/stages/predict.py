@@ -41,7 +41,7 @@ import torch
 from .. import log
 from ..background import opencv_threads, read_ahead
 from ..configs import PredictConfig
-from ..contracts import OutputFormat, PrecisionName, check_choice
+from ..contracts import OutputFormat, PrecisionName, Result, check_choice
 from ..errors import DrkitError, NothingProcessed, UsageError
 from ..fsutil import atomic_path
 from ..predictor import Face, Predictor, load_bundle
@@ -334,7 +334,7 @@ def _timings(pred: Predictor, tm: dict, t_start: float, t_loop: float, pipeline:
 
 
 @dataclass
-class PredictResult:
+class PredictResult(Result):
     rows: int
     faces: int
     failed: dict[str, str]
@@ -342,9 +342,6 @@ class PredictResult:
     written: list[str] = field(default_factory=list)   # --per-video: CSVs written this run
     skipped: int = 0                                    # --per-video: inputs whose CSV was there
     timings: dict = field(default_factory=dict)
-
-    def __getitem__(self, key):   # 0.2.0 returned a dict: r["rows"] keeps working
-        return getattr(self, key)
 
 
 def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | None = None) -> PredictResult:

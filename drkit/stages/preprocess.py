@@ -24,7 +24,7 @@ import numpy as np
 from .. import log
 from ..background import available_cores, opencv_threads, read_ahead
 from ..configs import PreprocessConfig
-from ..contracts import Backend, check_choice, face_arrays
+from ..contracts import Backend, Result, check_choice, face_arrays
 from ..errors import DrkitError, NothingProcessed, UsageError
 from ..faces import FaceTracker, crop_face, make_backend
 from ..sources import (
@@ -45,7 +45,7 @@ from ..store import (
 
 
 @dataclass
-class PreprocessSummary:
+class PreprocessSummary(Result):
     store: str
     ok: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)   # damaged videos redone (also in ok)

@@ -26,7 +26,7 @@ from ..nets import create_model
 from ..objectives import ADAM, ADAM_DEFAULT, build_objective
 from ..ranking import HeadOf, evaluate_windows
 from ..store import open_store
-from ..train import LoopConfig, fit
+from ..train import LoopConfig, LoopState, fit
 from ..windows import FrameCache, collect_multi_windows, collect_windows, no_window_reason, window_tensor
 
 
@@ -85,7 +85,7 @@ def heads_of(cfg: TrainDRConfig) -> list[tuple[int, int]]:
     return heads
 
 
-def run(cfg: TrainDRConfig) -> dict:
+def run(cfg: TrainDRConfig) -> LoopState:
     distributed.context(cfg.device)   # under torchrun: join the run; ranks > 0 log nothing
     heads = heads_of(cfg)
     multi = len(heads) > 1

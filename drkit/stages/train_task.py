@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .. import distributed, log
+from ..archs import ARCHS, ArchContext, model_spec
 from ..batching import (
     batch_generator,
     batches,
@@ -50,9 +51,10 @@ from ..contracts import (
     TASK_MONITOR,
     Arch,
     DRNet,
-    ModelSpec,
-    Task,
     DRNorm,
+    ModelSpec,
+    Result,
+    Task,
     TaskConfig,
     check_choice,
 )
@@ -84,7 +86,6 @@ from ..tasks import (
     select_channels,
     value_range,
 )
-from ..archs import ARCHS, ArchContext, model_spec
 from ..train import LoopConfig, LoopState, fit, run_folder
 
 
@@ -129,7 +130,7 @@ def _bundled_dr_nets(store) -> list[DRNet]:
 
 
 @dataclass
-class TrainTaskResult:
+class TrainTaskResult(Result):
     """The loop's final state, the run folder, and the best checkpoint's validation metrics (the
     flat dict of OUT/val_metrics.json; None on torchrun ranks other than 0)."""
     state: LoopState
