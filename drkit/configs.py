@@ -6,15 +6,59 @@ Paths may be given as ``str`` or ``Path``; each config turns them into ``Path`` 
 
 from __future__ import annotations
 
+import types
 import warnings
 from dataclasses import InitVar, dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Union, get_args, get_origin, get_type_hints
 
-from .contracts import FaceStoreParams
+from .contracts import (
+    Arch,
+    Backend,
+    Baseline,
+    DRNorm,
+    FaceStoreParams,
+    InputKind,
+    Objective,
+    OutputFormat,
+    Param,
+    PrecisionName,
+    Target,
+    Task,
+    check_choice,
+)
 from .fsutil import as_path, as_paths
 
 DEFAULT_BASELINES = ("identity",)
+
+
+_OPTION = {"input_kind": "--input"}   # fields whose CLI option is not --<field-name>
+
+
+@lru_cache(maxsize=None)
+def _choice_fields(cls) -> tuple[tuple[str, object, bool], ...]:
+    """(field, Literal type, is a list) for each field of ``cls`` typed with a Literal."""
+    out = []
+    for name, t in get_type_hints(cls).items():
+        is_list = get_origin(t) is list
+        if is_list:
+            t = get_args(t)[0]
+        if get_origin(t) in (Union, types.UnionType):
+            t = next((a for a in get_args(t) if get_origin(a) is Literal), None)
+        if t is not None and get_origin(t) is Literal:
+            out.append((name, t, is_list))
+    return tuple(out)
+
+
+def check_choices(cfg) -> None:
+    """The one check of a config's choice fields (those typed with the Literals of
+    drkit.contracts): a value outside the choices is a UsageError (exit 2) naming the option and
+    the allowed values. Every config runs it when it is made."""
+    for name, lit, is_list in _choice_fields(type(cfg)):
+        v = getattr(cfg, name)
+        for x in (v or []) if is_list else ([] if v is None else [v]):
+            check_choice(x, lit, _OPTION.get(name, "--" + name.replace("_", "-")))
 
 
 def _renamed(old, new, cls: str, name: str, default):
@@ -35,7 +79,7 @@ class PreprocessConfig:
     inputs: list[Path]
     out: Path
     crop_size: int = 224         # crop side (the store's crop_size)
-    backend: str = "dlib"
+    backend: Backend = "dlib"
     model_root: Path | None = None
     align: bool = True
     fps: float = 25.0            # frame rate of image-folder sequences
@@ -47,6 +91,7 @@ class PreprocessConfig:
     size: InitVar[int | None] = None   # drkit 0.2 name of crop_size (deprecated)
 
     def __post_init__(self, size):
+        check_choices(self)
         self.inputs, self.out, self.model_root = as_paths(self.inputs), as_path(self.out), as_path(self.model_root)
         self.crop_size = _renamed(size, self.crop_size, "PreprocessConfig", "crop_size", 224)
 
@@ -63,8 +108,8 @@ class TrainDRConfig:
     stride: int = 2
     heads: list[tuple[int, int]] | None = None   # a multi-scale network: one DR per (T, stride), trained at once
     init: Path | None = None         # start from this DR checkpoint's weights (a curriculum over T)
-    objective: str = "rank"          # rank (Eq. 3), or fixed-target: mse, perceptual, pix2pix (drkit.objectives)
-    target: str | None = None        # fixed-target objectives: di | bdi (dynamic image forward / backward)
+    objective: Objective = "rank"          # rank (Eq. 3), or fixed-target: mse, perceptual, pix2pix (drkit.objectives)
+    target: Target | None = None        # fixed-target objectives: di | bdi (dynamic image forward / backward)
     perceptual_weights: Path | None = None   # perceptual: torchvision VGG-16 state dict file
     l1_weight: float = 100.0         # pix2pix: weight of the L1 term
     disc_base: int = 64              # pix2pix: PatchGAN width
@@ -72,7 +117,7 @@ class TrainDRConfig:
     net_size: int = 64               # the side the network trains at (frames resized on the fly)
     base: int = 8                    # UNet width (channels at full resolution)
     depth: int = 3                   # UNet poolings
-    param: str = "residual"          # d = (I - mean I) + UNet(I), or "direct": d = UNet(I)
+    param: Param = "residual"          # d = (I - mean I) + UNet(I), or "direct": d = UNet(I)
     zero_mean: bool = True
     theta: float = 1e-3
     gamma: float = 1e-4
@@ -89,12 +134,13 @@ class TrainDRConfig:
     overwrite: bool = False
     val_windows: int = 2000          # validation windows per epoch (evenly spread)
     cache_mb: int = 2048
-    precision: str = "fp32"          # fp32 | bf16 | fp16 (drkit.precision); losses and metrics stay fp32
+    precision: PrecisionName = "fp32"          # fp32 | bf16 | fp16 (drkit.precision); losses and metrics stay fp32
     channels_last: bool = False      # run the network in channels_last memory format
     compile: bool = False            # torch.compile the network
     size: InitVar[int | None] = None   # drkit 0.2 name of net_size (deprecated)
 
     def __post_init__(self, size):
+        check_choices(self)
         self.stores, self.out, self.val = as_paths(self.stores), as_path(self.out), as_paths(self.val)
         self.net_size = _renamed(size, self.net_size, "TrainDRConfig", "net_size", 64)
         self.perceptual_weights = as_path(self.perceptual_weights)
@@ -107,7 +153,7 @@ class RankEvalConfig:
     stores: list[Path]
     T: list[int] | None = None          # default: the (first) checkpoint's
     stride: list[int] | None = None     # default: the (first) checkpoint's
-    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
+    baselines: list[Baseline] = field(default_factory=lambda: list(DEFAULT_BASELINES))
     json: Path | None = None
     plot: Path | None = None
     net_size: int | None = None         # side to evaluate at; default: each DR at its net_size
@@ -118,6 +164,7 @@ class RankEvalConfig:
     size: InitVar[int | None] = None    # drkit 0.2 name of net_size (deprecated)
 
     def __post_init__(self, size):
+        check_choices(self)
         self.net_size = _renamed(size, self.net_size, "RankEvalConfig", "net_size", None)
         ck = self.ckpt
         self.ckpt = as_paths([] if ck is None else [ck] if isinstance(ck, (str, Path)) else ck)
@@ -136,14 +183,15 @@ class GenDRConfig:
     batch_size: int = 32
     device: str = "auto"
     overwrite: bool = False
-    precision: str = "fp32"          # fp32 | bf16 | fp16 (CUDA): autocast of the DR networks (drkit.precision)
+    precision: PrecisionName = "fp32"          # fp32 | bf16 | fp16 (CUDA): autocast of the DR networks (drkit.precision)
     channels_last: bool = True       # DR networks in channels_last layout (1.3-1.6x on CPU; maps differ by ~1e-6)
     compile: bool = False            # torch.compile the DR networks
     shard: str | None = None         # "I/N": only the I-th of N deterministic parts of the videos
-    engine: str = "auto"             # auto | torch | onnxruntime (Engine; fp32 only)
+    engine: Engine = "auto"             # auto | torch | onnxruntime (Engine; fp32 only)
     size: InitVar[int | None] = None   # drkit 0.2 name of map_size (deprecated)
 
     def __post_init__(self, size):
+        check_choices(self)
         self.store, self.out, self.dr = as_path(self.store), as_path(self.out), as_paths(self.dr) or []
         self.map_size = _renamed(size, self.map_size, "GenDRConfig", "map_size", None)
 
@@ -154,9 +202,9 @@ class TrainTaskConfig:
     input: list[Path]
     out: Path | None
     labels: Path
-    task: str = "au"                      # au | affect
-    input_kind: str = "mdr"               # si | sdr | mdr
-    arch: str = "small"                   # small | vgg16 | hg_hmr
+    task: Task = "au"                      # au | affect
+    input_kind: InputKind = "mdr"               # si | sdr | mdr
+    arch: Arch = "small"                   # small | vgg16 | hg_hmr
     targets: list[str] | None = None
     missing: list[float] = field(default_factory=list)   # sentinel values, e.g. [9]
     val: list[Path] | None = None
@@ -175,19 +223,20 @@ class TrainTaskConfig:
     stacks: int = 1                       # hg_hmr: stacked hourglasses
     heatmap_sigma: float = 0.06           # hg_hmr: target Gaussian std, a fraction of the heatmap side
     init: Path | None = None              # pretrained weights for the network (state dict .pt)
-    dr_norm: str = "none"                 # "video": each DR channel minus its mean over the video
+    dr_norm: DRNorm = "none"                 # "video": each DR channel minus its mean over the video
     dr_dropout: float = 0.0               # probability of dropping a sample's DR channels (set to their mean)
     flip: bool = True
     seed: int = 0
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
-    precision: str = "fp32"               # fp32 | bf16 | fp16 (drkit.precision); losses and metrics stay fp32
+    precision: PrecisionName = "fp32"               # fp32 | bf16 | fp16 (drkit.precision); losses and metrics stay fp32
     channels_last: bool = False           # run the network in channels_last memory format
     compile: bool = False                 # torch.compile the network
     eval_only: Path | None = None         # deprecated (0.2): use `drkit eval-task`
 
     def __post_init__(self):
+        check_choices(self)
         self.input, self.val = as_paths(self.input), as_paths(self.val)
         self.out, self.labels = as_path(self.out), as_path(self.labels)
         self.init, self.eval_only = as_path(self.init), as_path(self.eval_only)
@@ -207,6 +256,7 @@ class EvalTaskConfig:
     device: str = "auto"
 
     def __post_init__(self):
+        check_choices(self)
         self.model, self.stores = as_path(self.model), as_paths(self.stores)
         self.labels, self.json = as_path(self.labels), as_path(self.json)
 
@@ -217,24 +267,25 @@ class PredictConfig:
     inputs: list[Path]
     out: Path
     save_dr: Path | None = None
-    backend: str | None = None        # default: the bundle's
+    backend: Backend | None = None        # default: the bundle's
     model_root: Path | None = None
     batch_size: int = 32
     device: str = "auto"
-    precision: str = "fp32"           # fp32 | bf16 | fp16 (CUDA): autocast of the DR and task networks
+    precision: PrecisionName = "fp32"           # fp32 | bf16 | fp16 (CUDA): autocast of the DR and task networks
     channels_last: bool = True        # networks in channels_last layout (1.3-1.6x on CPU; outputs differ by ~1e-6)
     compile: bool = False
     per_video: bool = False           # -o is a folder: one CSV per input file, resumable
     shard: str | None = None          # "I/N" (with per_video): only the I-th of N parts of the inputs
     overwrite: bool = False           # per_video: redo inputs whose CSV is already there
-    format: str = "drkit"             # drkit | openface (OpenFace 2.2's CSV layout)
+    format: OutputFormat = "drkit"             # drkit | openface (OpenFace 2.2's CSV layout)
     plot: Path | None = None          # folder: one PNG per video, each target over time
     video_out: Path | None = None     # folder: one annotated MP4 per video
     dr_frames: str | None = None      # --save-dr only these source frames ("0,100,200-210")
     clip: bool = True                 # clip outputs to the task's label range
-    engine: str = "auto"              # auto | torch | onnxruntime (Engine; fp32 only)
+    engine: Engine = "auto"              # auto | torch | onnxruntime (Engine; fp32 only)
 
     def __post_init__(self):
+        check_choices(self)
         self.model, self.inputs, self.out = as_path(self.model), as_paths(self.inputs), as_path(self.out)
         self.save_dr, self.model_root = as_path(self.save_dr), as_path(self.model_root)
         self.plot, self.video_out = as_path(self.plot), as_path(self.video_out)
@@ -248,6 +299,7 @@ class ExportConfig:
     threads: int | None = None        # onnxruntime threads of the check (default: every core)
 
     def __post_init__(self):
+        check_choices(self)
         self.model, self.out = as_path(self.model), as_path(self.out)
 
 
@@ -266,6 +318,7 @@ class SynthConfig:
     size: InitVar[int | None] = None   # drkit 0.2 name of frame_size (deprecated)
 
     def __post_init__(self, size):
+        check_choices(self)
         self.out, self.faces = as_path(self.out), as_paths(self.faces) or []
         self.frame_size = _renamed(size, self.frame_size, "SynthConfig", "frame_size", 256)
 
@@ -278,4 +331,5 @@ class DemoConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_choices(self)
         self.out = as_path(self.out)

@@ -21,7 +21,6 @@ from .store import Store, open_store
 from .windows import FrameCache, FrameRefs
 
 
-
 def out_of_range(task: str, targets: list[str], y: np.ndarray) -> dict[str, int]:
     """Per target, how many labels (non-missing entries of ``y`` (n, k)) fall outside the task's
     range (TASK_RANGE); only targets with some."""

@@ -190,3 +190,20 @@ def test_each_size_has_one_name_and_the_old_size_option_still_works():
         assert C.GenDRConfig(store="s", out="o", dr=[], size=16).map_size == 16
     assert sum(issubclass(x.category, DeprecationWarning) for x in w) == 3
     assert C.TrainDRConfig(stores=[], out="o").net_size == 64 and C.TrainDRConfig.base == 8
+
+
+def test_choice_fields_are_typed_and_checked_in_one_place():
+    """Issue 22: the configs' choice fields carry the contracts' Literal types, and one function
+    (configs.check_choices) validates them when a config is made, for Python users as for the CLI."""
+    from drkit import configs as C
+    from drkit.errors import UsageError
+    for cls, kw, option in ((C.TrainTaskConfig, {"input": [], "out": "o", "labels": "l", "input_kind": "x"}, "--input"),
+                            (C.TrainTaskConfig, {"input": [], "out": "o", "labels": "l", "arch": "resnet"}, "--arch"),
+                            (C.TrainDRConfig, {"stores": [], "out": "o", "objective": "l2"}, "--objective"),
+                            (C.RankEvalConfig, {"ckpt": None, "stores": [], "baselines": ["identity", "x"]}, "--baselines"),
+                            (C.PredictConfig, {"model": "m", "inputs": [], "out": "o", "format": "csv"}, "--format"),
+                            (C.GenDRConfig, {"store": "s", "out": "o", "dr": [], "engine": "tensorrt"}, "--engine")):
+        with pytest.raises(UsageError, match=option):
+            cls(**kw)
+    names = {n for n, _, _ in C._choice_fields(C.TrainTaskConfig)}
+    assert {"task", "input_kind", "arch", "dr_norm", "precision"} <= names

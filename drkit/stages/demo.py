@@ -33,7 +33,6 @@ from ..configs import DemoConfig
 from ..contracts import Result
 from ..fsutil import write_json_atomic
 
-
 _RUN_ARGV = None   # drkit.cli.run_argv, handed in by run()
 
 

@@ -40,8 +40,8 @@ import torch
 
 from .. import log
 from ..background import opencv_threads, read_ahead
-from ..configs import PredictConfig
-from ..contracts import OutputFormat, PrecisionName, Result, check_choice
+from ..configs import PredictConfig, check_choices
+from ..contracts import Result
 from ..errors import DrkitError, NothingProcessed, UsageError
 from ..fsutil import atomic_path
 from ..predictor import Face, Predictor, load_bundle
@@ -350,8 +350,7 @@ def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | Non
     the thread only competes with torch's). ``net_threads``: torch's intra-op threads meanwhile
     (onnxruntime's, with ``cfg.engine`` onnxruntime)."""
     t_start = time.perf_counter()
-    check_choice(cfg.precision, PrecisionName, "--precision")
-    check_choice(cfg.format, OutputFormat, "--format")
+    check_choices(cfg)   # precision, format, backend, engine
     parse_frames(cfg.dr_frames)
     if cfg.shard and not cfg.per_video:
         raise UsageError("--shard splits the inputs into one CSV per input: add --per-video and give "

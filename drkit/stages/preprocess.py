@@ -23,8 +23,8 @@ import numpy as np
 
 from .. import log
 from ..background import available_cores, opencv_threads, read_ahead
-from ..configs import PreprocessConfig
-from ..contracts import Backend, Result, check_choice, face_arrays
+from ..configs import PreprocessConfig, check_choices
+from ..contracts import Result, face_arrays
 from ..errors import DrkitError, NothingProcessed, UsageError
 from ..faces import FaceTracker, crop_face, make_backend
 from ..sources import (
@@ -201,7 +201,7 @@ def run(cfg: PreprocessConfig) -> PreprocessSummary:
     t0 = time.time()
     if cfg.crop_size < 32 or cfg.crop_size % 2:
         raise UsageError(f"--crop-size {cfg.crop_size}: expected an even number of pixels >= 32")
-    check_choice(cfg.backend, Backend, "--backend")
+    check_choices(cfg)
     sources = select_shard(discover(cfg.inputs), cfg.shard)
     if not sources:
         raise DrkitError(f"no video files or image folders found in {', '.join(map(str, cfg.inputs))}")

@@ -18,8 +18,8 @@ import numpy as np
 
 from .. import log
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..configs import RankEvalConfig
-from ..contracts import Baseline, Result, check_choice
+from ..configs import RankEvalConfig, check_choices
+from ..contracts import Result
 from ..errors import DrkitError, UsageError
 from ..fsutil import atomic_path, write_json_atomic
 from ..nets import pick_device
@@ -76,8 +76,7 @@ def run(cfg: RankEvalConfig) -> list[RankRecord]:
     """One record per (method, T, stride): method, T, stride, size (the side evaluated at),
     objective and target (DR methods), accuracy, pairs, windows, past / future / videos
     breakdowns."""
-    for b in cfg.baselines:
-        check_choice(b, Baseline, "--baselines")
+    check_choices(cfg)
     if not cfg.ckpt and not cfg.baselines:
         raise UsageError("nothing to evaluate: give a DR checkpoint or --baselines")
     device = pick_device(cfg.device)

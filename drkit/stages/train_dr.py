@@ -18,8 +18,8 @@ import torch
 from .. import distributed, log
 from ..batching import batch_generator, batches, epoch_order, flip_mask, n_batches, part
 from ..checkpoint import Checkpoint, load_checkpoint, sha256_16
-from ..configs import TrainDRConfig
-from ..contracts import DRConfig, ModelSpec, Objective, Param, Target, check_choice
+from ..configs import TrainDRConfig, check_choices
+from ..contracts import DRConfig, ModelSpec
 from ..errors import DrkitError, UsageError
 from ..fsutil import jsonable
 from ..nets import create_model
@@ -27,7 +27,13 @@ from ..objectives import ADAM, ADAM_DEFAULT, build_objective
 from ..ranking import HeadOf, evaluate_windows
 from ..store import open_store
 from ..train import LoopConfig, LoopState, fit
-from ..windows import FrameCache, collect_multi_windows, collect_windows, no_window_reason, window_tensor
+from ..windows import (
+    FrameCache,
+    collect_multi_windows,
+    collect_windows,
+    no_window_reason,
+    window_tensor,
+)
 
 
 def augmenter(cfg: TrainDRConfig, epoch: int):
@@ -55,7 +61,7 @@ OWN_SETTINGS = {"rank": ("theta", "gamma", "eps"), "perceptual": ("perceptual_we
 
 
 def check_objective(cfg: TrainDRConfig) -> None:
-    check_choice(cfg.objective, Objective, "--objective")
+    check_choices(cfg)   # objective, target, param, precision
     if cfg.objective == "rank" and cfg.target:
         raise UsageError("--objective rank learns its own DR and takes no --target; --target is for "
                          "mse, perceptual and pix2pix")
@@ -63,7 +69,6 @@ def check_objective(cfg: TrainDRConfig) -> None:
         if not cfg.target:
             raise UsageError(f"--objective {cfg.objective} needs --target di or bdi (the dynamic image "
                              "of the window forward or backward in time)")
-        check_choice(cfg.target, Target, "--target")
     if cfg.objective == "perceptual" and not cfg.perceptual_weights:
         raise UsageError("--objective perceptual needs --perceptual-weights PATH: a torchvision VGG-16 "
                          "state dict (ImageNet weights are not downloaded)")
@@ -90,7 +95,6 @@ def run(cfg: TrainDRConfig) -> LoopState:
     heads = heads_of(cfg)
     multi = len(heads) > 1
     cfg.T, cfg.stride = heads[0]
-    check_choice(cfg.param, Param, "--param")
     check_objective(cfg)
     if cfg.net_size % 2 ** cfg.depth:
         raise UsageError(f"--net-size {cfg.net_size} must be divisible by 2**depth = {2 ** cfg.depth}")

@@ -46,17 +46,13 @@ from ..batching import (
     part,
 )
 from ..checkpoint import Checkpoint, load_checkpoint, sha256_16
-from ..configs import TrainTaskConfig
+from ..configs import TrainTaskConfig, check_choices
 from ..contracts import (
     TASK_MONITOR,
-    Arch,
     DRNet,
-    DRNorm,
     ModelSpec,
     Result,
-    Task,
     TaskConfig,
-    check_choice,
 )
 from ..errors import DrkitError
 from ..fsutil import jsonable, write_json_atomic
@@ -148,8 +144,7 @@ def run(cfg: TrainTaskConfig) -> TrainTaskResult | dict:
         log.warn("train-task --eval-only is deprecated; use `drkit eval-task RUN STORE... --labels CSV`")
         return evaluate_bundle(load_checkpoint(cfg.eval_only, "task"), cfg.input, cfg.labels,
                                cfg.val_people, cfg.missing or None, pick_device(cfg.device))
-    check_choice(cfg.task, Task, "--task")
-    check_choice(cfg.arch, Arch, "--arch")
+    check_choices(cfg)   # task, input, arch, dr_norm, precision
     distributed.context(cfg.device)   # under torchrun: join the run; ranks > 0 log nothing
     if not cfg.out:
         raise DrkitError("-o RUN is required")
@@ -269,7 +264,6 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
         _model_spec(cfg, len(ch), labels.targets)
     train_s, val_s = _train_val(cfg, stores, val_stores, labels)
     _warn_range(cfg, labels.targets, np.concatenate([train_s.y, val_s.y]))
-    check_choice(cfg.dr_norm, DRNorm, "--dr-norm")
     mean, std = channel_stats(train_s, ch, seed=cfg.seed, dr_norm=cfg.dr_norm)
     if hg:
         require_landmarks(train_s)
