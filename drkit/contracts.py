@@ -98,11 +98,11 @@ def face_arrays(crop_size: int) -> dict[str, ArraySpec]:
 
 def dr_arrays(n_channels: int, map_size: int, n_mirror: int = 0) -> dict[str, ArraySpec]:
     """The arrays of one video of a DR store (`drkit gen-dr`). ``landmarks`` (the face store's
-    68 landmarks in map pixels, for `train-task --arch hg_hmr`) is written by gen-dr since 0.2.0.
+    68 landmarks in map pixels, for `train-task --arch hg_hmr`) is written by gen-dr (optional: older stores lack it).
     ``mdr_mirror`` (``n_mirror`` > 0: the number of DR channels) holds the DR channels of the
     *mirrored* face crop, in the mirrored crop's coordinates: a DR network is not mirror-symmetric
     (the DR of a mirrored face is not the mirrored DR), so `train-task` builds a mirrored training
-    sample from the flipped image channels and these, never by flipping DR maps (since 0.2.0). DR
+    sample from the flipped image channels and these, never by flipping DR maps. DR
     stores without these arrays still read (DR_OPTIONAL_ARRAYS)."""
     s = map_size
     out = {
@@ -199,7 +199,7 @@ class DRConfig:
     score: str = "<d, V> / (C*H*W)"
     input: str = "rgb in [0, 1], masked face crop"
     train: dict[str, Any] = field(default_factory=dict)
-    # a multi-scale network (`train-dr --heads`, since 0.3.0): one 3-channel DR per [T, stride],
+    # a multi-scale network (`train-dr --heads`): one 3-channel DR per [T, stride],
     # in output order; T and stride above are the first head's. Empty: one DR at (T, stride).
     heads: list[list[int]] = field(default_factory=list)
 
@@ -314,11 +314,11 @@ class TaskConfig:
     missing: list[float] = field(default_factory=list)
     train: dict[str, Any] = field(default_factory=dict)
     # per target [lo, hi] its predictions are clipped to: the task's label range (TASK_RANGE) when
-    # every training label lies in it, else the training labels' own min and max (since 0.3.0;
-    # bundles without it are not clipped)
+    # every training label lies in it, else the training labels' own min and max (empty in
+    # bundles that record none: not clipped)
     value_range: list[list[float]] = field(default_factory=list)
     # "video": each DR channel minus its mean over the video (the DR's deviation from that
-    # person's own average: train-task --dr-norm video, since 0.3.0); "none": as stored
+    # person's own average: train-task --dr-norm video); "none": as stored
     dr_norm: str = "none"
 
     def to_dict(self) -> dict:
