@@ -520,6 +520,69 @@ def _verify(graph: bytes, inputs: list[np.ndarray], reference: Callable[[np.ndar
     return worst
 
 
+def _task_export(ck, rng):
+    """A task bundle's graph (crops -> values, raw values, MDR), its torch reference, check
+    inputs and model.json fields."""
+    from .predictor import Predictor
+    from .tasks import clip_values
+    ref = Predictor(ck, "cpu", channels_last=False, clip=False)   # the torch path, standard layout
+    c = ref.config
+    S, M, k = c.preprocess.crop_size, c.map_size, len(c.targets)
+    graph = bundle_onnx(ref.mdr, ref.net, c, S)
+    ranges = ref.ranges
+
+    def reference(x):
+        y, m = ref.predict_crops(x)
+        return {"values": clip_values(y, ranges), "raw_values": y, "mdr": m}
+
+    inputs = [rng.integers(0, 256, (n, S, S, 3), dtype=np.uint8) for n in (1, 3)]
+    vr = [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None
+    meta = {
+        "task": c.task, "input_kind": c.input_kind, "targets": list(c.targets), "value_range": ranges,
+        "crop_size": S, "map_size": M, "preprocess": c.preprocess.to_dict(),
+        "inputs": [_spec("crops", ["n", S, S, 3], "uint8", [0, 255],
+                         "RGB masked face crops as drkit preprocess makes them (the bundle's crop size, "
+                         "alignment and face backend: see preprocess)")],
+        "outputs": [
+            _spec("values", ["n", k], "float32", vr, "one value per target (targets), each clipped to "
+                  "its value_range [lo, hi] as drkit predict does" if ranges else
+                  "one value per target (targets); this bundle records no label range: not clipped"),
+            _spec("raw_values", ["n", k], "float32", None, "the task network's outputs, not clipped "
+                  "(drkit predict --no-clip)"),
+            _spec("mdr", ["n", len(c.store_channels), M, M], "float32", None,
+                  "the image and DR channels the task network's input is taken from (before its "
+                  "channel selection and normalisation, which are in the graph)",
+                  channels=list(c.store_channels))],
+        "dr_nets": [{"T": n.config.T, "stride": n.config.stride, "windows": n.config.windows,
+                     "net_size": n.config.net_size, "model": n.model.to_dict()} for n in ck.dr_nets],
+    }
+    return graph, reference, inputs, meta
+
+
+def _dr_export(ck, rng):
+    """A DR checkpoint's graph (images -> DR maps), its torch reference, check inputs and
+    model.json fields."""
+    net = ck.build_model()
+    s = ck.config.net_size
+    graph = dr_onnx(net, s)
+    C = _dr_channels(net)
+
+    @torch.inference_mode()
+    def reference(x):
+        return {"dr": net(torch.from_numpy(x)).float().numpy()}
+
+    inputs = [rng.random((n, 3, s, s), dtype=np.float32) for n in (1, 3)]
+    meta = {
+        "T": ck.config.T, "stride": ck.config.stride, "windows": ck.config.windows, "net_size": s,
+        "model": ck.model.to_dict(),
+        "inputs": [_spec("images", ["n", 3, s, s], "float32", [0.0, 1.0],
+                         "RGB masked face crops resized to net_size (antialiased bilinear), in [0, 1]")],
+        "outputs": [_spec("dr", ["n", C, s, s], "float32", None,
+                          "one 3-channel dynamic representation per window (windows), in that order")],
+    }
+    return graph, reference, inputs, meta
+
+
 def run(cfg) -> ExportResult:
     """`drkit export` (ExportConfig): the checkpoint ``cfg.model`` -> ``cfg.out``/model.onnx +
     model.json, checked first against torch on random crops (seed ``cfg.seed``) when onnxruntime
@@ -537,59 +600,8 @@ def run(cfg) -> ExportResult:
     meta: dict = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": ck.kind,
                   "drkit_version": __version__, "torch_version": torch.__version__, "opset": OPSET,
                   "source": {"checkpoint": str(cfg.model), "file": str(src.resolve()), "sha256": sha256_file(src)}}
-    if ck.kind == "task":
-        from .predictor import Predictor
-        from .tasks import clip_values
-        ref = Predictor(ck, "cpu", channels_last=False, clip=False)   # the torch path, standard layout
-        c = ref.config
-        S, M, k = c.preprocess.crop_size, c.map_size, len(c.targets)
-        graph = bundle_onnx(ref.mdr, ref.net, c, S)
-        ranges = ref.ranges
-
-        def reference(x):
-            y, m = ref.predict_crops(x)
-            return {"values": clip_values(y, ranges), "raw_values": y, "mdr": m}
-
-        inputs = [rng.integers(0, 256, (n, S, S, 3), dtype=np.uint8) for n in (1, 3)]
-        vr = [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None
-        meta.update({
-            "task": c.task, "input_kind": c.input_kind, "targets": list(c.targets), "value_range": ranges,
-            "crop_size": S, "map_size": M, "preprocess": c.preprocess.to_dict(),
-            "inputs": [_spec("crops", ["n", S, S, 3], "uint8", [0, 255],
-                             "RGB masked face crops as drkit preprocess makes them (the bundle's crop size, "
-                             "alignment and face backend: see preprocess)")],
-            "outputs": [
-                _spec("values", ["n", k], "float32", vr, "one value per target (targets), each clipped to "
-                      "its value_range [lo, hi] as drkit predict does" if ranges else
-                      "one value per target (targets); this bundle records no label range: not clipped"),
-                _spec("raw_values", ["n", k], "float32", None, "the task network's outputs, not clipped "
-                      "(drkit predict --no-clip)"),
-                _spec("mdr", ["n", len(c.store_channels), M, M], "float32", None,
-                      "the image and DR channels the task network's input is taken from (before its "
-                      "channel selection and normalisation, which are in the graph)",
-                      channels=list(c.store_channels))],
-            "dr_nets": [{"T": n.config.T, "stride": n.config.stride, "windows": n.config.windows,
-                         "net_size": n.config.net_size, "model": n.model.to_dict()} for n in ck.dr_nets],
-        })
-    else:
-        net = ck.build_model()
-        s = ck.config.net_size
-        graph = dr_onnx(net, s)
-        C = _dr_channels(net)
-
-        @torch.inference_mode()
-        def reference(x):
-            return {"dr": net(torch.from_numpy(x)).float().numpy()}
-
-        inputs = [rng.random((n, 3, s, s), dtype=np.float32) for n in (1, 3)]
-        meta.update({
-            "T": ck.config.T, "stride": ck.config.stride, "windows": ck.config.windows, "net_size": s,
-            "model": ck.model.to_dict(),
-            "inputs": [_spec("images", ["n", 3, s, s], "float32", [0.0, 1.0],
-                             "RGB masked face crops resized to net_size (antialiased bilinear), in [0, 1]")],
-            "outputs": [_spec("dr", ["n", C, s, s], "float32", None,
-                              "one 3-channel dynamic representation per window (windows), in that order")],
-        })
+    graph, reference, inputs, extra = (_task_export if ck.kind == "task" else _dr_export)(ck, rng)
+    meta.update(extra)
     if have_onnxruntime():
         diffs = _verify(graph, inputs, reference, cfg.threads)
         meta["verified"] = {"crops": sum(len(x) for x in inputs), "batch_sizes": [len(x) for x in inputs],

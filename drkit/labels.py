@@ -67,12 +67,8 @@ def _read_text(path: Path) -> str:
         raise DrkitError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as UTF-8 CSV") from None
 
 
-def read_labels(path: str | Path, targets: list[str] | None = None,
-                missing: tuple[float, ...] = ()) -> Labels:
-    """Read a label CSV (module docstring). Rejects what would train on garbage: non-finite
-    values, fractional frame numbers, non-UTF-8 text; warns about duplicate (video, frame) rows
-    (the last one is kept)."""
-    path = Path(path)
+def _open_csv(path: Path):
+    """A csv reader over the label file and its header; one clear line for what is not a file."""
     if not path.exists():
         raise DrkitError(f"{path}: no such label file")
     if path.is_dir():
@@ -81,9 +77,54 @@ def read_labels(path: str | Path, targets: list[str] | None = None,
         raise DrkitError(f"{path}: is not a regular file (a device?); --labels takes a label CSV file")
     rd = csv.reader(io.StringIO(_read_text(path), newline=""))
     try:
-        header = [h.strip() for h in next(rd)]
+        return rd, [h.strip() for h in next(rd)]
     except StopIteration:
         raise DrkitError(f"{path}: empty label file") from None
+
+
+def _frame(text: str, where: str) -> int:
+    """A frame cell: a 0-based source frame index."""
+    try:
+        f = float(text.strip())
+    except ValueError:
+        f = math.nan
+    if not f.is_integer():      # also NaN and inf
+        raise DrkitError(f"{where}: frame {text!r} is not an integer; frame numbers are "
+                         "source frame indices (0, 1, 2, ...)")
+    if not 0 <= f <= MAX_FRAME:
+        raise DrkitError(f"{where}: frame {text!r} is {'negative' if f < 0 else 'beyond any video'}; "
+                         "frame numbers are 0-based source frame indices (0, 1, 2, ...; OpenFace's "
+                         "1-based frames minus one)")
+    return int(f)
+
+
+def _values(row: list[str], ti: list[int], header: list[str], missing, where: str) -> np.ndarray:
+    """The target cells of a row as float32, NaN where missing (empty, NaN, NA, a sentinel)."""
+    vals = np.full(len(ti), np.nan, np.float32)
+    for j, c in enumerate(ti):
+        cell = row[c].strip()
+        if cell and cell.lower() not in ("nan", "na"):
+            try:
+                v = float(cell)
+            except ValueError:
+                raise DrkitError(f"{where}: {header[c]}={cell!r} is not a number") from None
+            if math.isnan(v) or any(math.isclose(v, m) for m in missing):
+                continue
+            if not abs(v) <= _F32_MAX:
+                what = "is not a finite number" if math.isinf(v) else "is too large (float32)"
+                raise DrkitError(f"{where}: column {header[c]}: {cell!r} {what}; "
+                                 "leave the cell empty (or NaN) for a missing label")
+            vals[j] = v
+    return vals
+
+
+def read_labels(path: str | Path, targets: list[str] | None = None,
+                missing: tuple[float, ...] = ()) -> Labels:
+    """Read a label CSV (module docstring). Rejects what would train on garbage: non-finite
+    values, fractional frame numbers, non-UTF-8 text; warns about duplicate (video, frame) rows
+    (the last one is kept)."""
+    path = Path(path)
+    rd, header = _open_csv(path)
     if header[:2] != ["video", "frame"]:
         raise DrkitError(f"{path}: the header must start with 'video,frame' (got {','.join(header[:3])}); "
                          "see docs/formats.md 'Label CSV'")
@@ -112,34 +153,8 @@ def read_labels(path: str | Path, targets: list[str] | None = None,
                 continue
             if len(row) != len(header):
                 raise DrkitError(f"{path}:{n}: {len(row)} fields, header has {len(header)}")
-            cell = row[1].strip()
-            try:
-                f = float(cell)
-            except ValueError:
-                f = math.nan
-            if not f.is_integer():      # also NaN and inf
-                raise DrkitError(f"{path}:{n}: frame {row[1]!r} is not an integer; frame numbers are "
-                                 "source frame indices (0, 1, 2, ...)")
-            if not 0 <= f <= MAX_FRAME:
-                raise DrkitError(f"{path}:{n}: frame {row[1]!r} is {'negative' if f < 0 else 'beyond any video'}; "
-                                 "frame numbers are 0-based source frame indices (0, 1, 2, ...; OpenFace's "
-                                 "1-based frames minus one)")
-            fr = int(f)
-            vals = np.full(len(ti), np.nan, np.float32)
-            for j, c in enumerate(ti):
-                cell = row[c].strip()
-                if cell and cell.lower() not in ("nan", "na"):
-                    try:
-                        v = float(cell)
-                    except ValueError:
-                        raise DrkitError(f"{path}:{n}: {header[c]}={cell!r} is not a number") from None
-                    if math.isnan(v) or any(math.isclose(v, m) for m in missing):
-                        continue
-                    if not abs(v) <= _F32_MAX:
-                        what = "is not a finite number" if math.isinf(v) else "is too large (float32)"
-                        raise DrkitError(f"{path}:{n}: column {header[c]}: {cell!r} {what}; "
-                                         "leave the cell empty (or NaN) for a missing label")
-                    vals[j] = v
+            fr = _frame(row[1], f"{path}:{n}")
+            vals = _values(row, ti, header, missing, f"{path}:{n}")
             video = row[0].strip()
             line = seen.get((video, fr))
             if line is not None:

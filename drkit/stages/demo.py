@@ -194,6 +194,24 @@ def _showcase_still(out: Path, model: Path, video: str, label_rows: list[dict], 
     return k, still, pred, {a: [round(float(pred[a]), 2) if pred[a] else None, float(apex[a])] for a in aus}
 
 
+def _synthetic_people(out: Path, n: int, secs: float, ids: int, n_test: int, seed: int, size: int):
+    """synth, then preprocess of the training and the held-out people's videos into one store
+    each. Returns the label CSV, its rows, the test people, videos and stores per split."""
+    drkit("synth", "-o", out / "synth", "--n", n, "--seconds", secs, "--identities", ids, "--seed", seed)
+    labels = out / "synth" / "labels.csv"
+    with open(labels) as f:
+        label_rows = list(csv.DictReader(f))
+    person = {r["video"]: r["person"] for r in label_rows}
+    people = sorted(set(person.values()))
+    test_people = set(people[-n_test:])
+    vids = {k: sorted(str(out / "synth" / "videos" / v) for v, p in person.items() if (p in test_people) == (k == "test"))
+            for k in ("train", "test")}
+    stores = {k: out / f"{k}.zarr" for k in ("train", "test")}
+    for k in ("train", "test"):
+        drkit("preprocess", *vids[k], "-o", stores[k], "--crop-size", size)
+    return labels, label_rows, test_people, vids, stores
+
+
 def run(cfg: DemoConfig, run_argv) -> DemoSummary:
     """``run_argv(argv)``: runs one drkit command line (drkit.cli.run_argv)."""
     global _RUN_ARGV
@@ -214,18 +232,7 @@ def run(cfg: DemoConfig, run_argv) -> DemoSummary:
     size = 112
     aus = ["AU06", "AU10", "AU12", "AU14", "AU17"]
 
-    drkit("synth", "-o", out / "synth", "--n", n, "--seconds", secs, "--identities", ids, "--seed", seed)
-    labels = out / "synth" / "labels.csv"
-    with open(labels) as f:
-        label_rows = list(csv.DictReader(f))
-    person = {r["video"]: r["person"] for r in label_rows}
-    people = sorted(set(person.values()))
-    test_people = set(people[-n_test:])
-    vids = {k: sorted(str(out / "synth" / "videos" / v) for v, p in person.items() if (p in test_people) == (k == "test"))
-            for k in ("train", "test")}
-    stores = {k: out / f"{k}.zarr" for k in ("train", "test")}
-    for k in ("train", "test"):
-        drkit("preprocess", *vids[k], "-o", stores[k], "--crop-size", size)
+    labels, label_rows, test_people, vids, stores = _synthetic_people(out, n, secs, ids, n_test, seed, size)
 
     if cfg.train_dr:   # DRs trained here, on the training people's videos only
         dr = out / "dr_T5"

@@ -344,12 +344,8 @@ class PredictResult(Result):
     timings: dict = field(default_factory=dict)
 
 
-def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | None = None) -> PredictResult:
-    """``pipeline``: decode and track the frames in a background thread while the networks run
-    (same rows, batches and values as ``pipeline=False``, the default on the CPU, where on 2 cores
-    the thread only competes with torch's). ``net_threads``: torch's intra-op threads meanwhile
-    (onnxruntime's, with ``cfg.engine`` onnxruntime)."""
-    t_start = time.perf_counter()
+def _check(cfg: PredictConfig) -> None:
+    """Settings that cannot work, refused before the model loads."""
     check_choices(cfg)   # precision, format, backend, engine
     parse_frames(cfg.dr_frames)
     if cfg.shard and not cfg.per_video:
@@ -362,15 +358,11 @@ def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | Non
         raise DrkitError(f"{cfg.out}: is a folder; -o takes the CSV file to write, e.g. "
                          f"{cfg.out / 'predictions.csv'} (or add --per-video for one CSV per input)")
     select_shard([], cfg.shard)   # a malformed --shard fails before the model loads
-    pred = Predictor(load_bundle(cfg.model), _device(cfg.device), cfg.backend, cfg.model_root,
-                     cfg.precision, cfg.channels_last, cfg.compile, cfg.clip, cfg.engine, net_threads)
-    pred.bundle_name = str(cfg.model)
-    log.debug(f"predict: networks run by {pred.engine}"
-              + (f" ({pred._graphs.engine(pred.crop_size).provider})" if pred._graphs else f" on {pred.device}"))
-    pred.backend  # load the face backend now: a missing model fails before any work
-    units = units_of(cfg.inputs)
-    if not units:
-        raise DrkitError("no images or videos in the inputs")
+
+
+def _say_what(cfg: PredictConfig, pred: Predictor) -> None:
+    """What the model predicts and whether its values are clipped; a warning for a model trained
+    on synthetic faces only."""
     if pred.synthetic:
         log.warn(f"{cfg.model}: this model was trained on synthetic faces only (`drkit synth`); on real "
                  "faces its values are not to be trusted: use pretrained:au, or train on real labelled video")
@@ -382,6 +374,25 @@ def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | Non
     elif cfg.clip:
         log.info(f"predict: {what}; this bundle records no label range (made before drkit 0.3.0): values "
                  "are the network's, not clipped")
+
+
+def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | None = None) -> PredictResult:
+    """``pipeline``: decode and track the frames in a background thread while the networks run
+    (same rows, batches and values as ``pipeline=False``, the default on the CPU, where on 2 cores
+    the thread only competes with torch's). ``net_threads``: torch's intra-op threads meanwhile
+    (onnxruntime's, with ``cfg.engine`` onnxruntime)."""
+    t_start = time.perf_counter()
+    _check(cfg)
+    pred = Predictor(load_bundle(cfg.model), _device(cfg.device), cfg.backend, cfg.model_root,
+                     cfg.precision, cfg.channels_last, cfg.compile, cfg.clip, cfg.engine, net_threads)
+    pred.bundle_name = str(cfg.model)
+    log.debug(f"predict: networks run by {pred.engine}"
+              + (f" ({pred._graphs.engine(pred.crop_size).provider})" if pred._graphs else f" on {pred.device}"))
+    pred.backend  # load the face backend now: a missing model fails before any work
+    units = units_of(cfg.inputs)
+    if not units:
+        raise DrkitError("no images or videos in the inputs")
+    _say_what(cfg, pred)
     extras = Extras(cfg, pred)
     tm = {"decode": 0.0, "track": 0.0}
     if pipeline is None:

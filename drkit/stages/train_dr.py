@@ -90,6 +90,24 @@ def heads_of(cfg: TrainDRConfig) -> list[tuple[int, int]]:
     return heads
 
 
+def _dr_config(cfg: TrainDRConfig, heads: list[tuple[int, int]], lr: float, stores) -> DRConfig:
+    """What the checkpoint records: the windows, net size, objective, and the settings that made
+    it (those of other objectives left out; hashes of the files it read)."""
+    others = {k for o, keys in OWN_SETTINGS.items() if o != cfg.objective for k in keys}
+    train = {k: v for k, v in asdict(cfg).items()
+             if k not in ("stores", "out", "val", "resume", "overwrite", "device", "cache_mb", "epochs",
+                          "time_budget", "T", "stride", "net_size", "objective", "target", "heads", *others)
+             and not (k == "init" and v is None)}
+    train["lr"] = lr
+    if cfg.perceptual_weights:
+        train["perceptual_weights_sha256_16"] = sha256_16(cfg.perceptual_weights)
+    if cfg.init:
+        train["init_sha256_16"] = sha256_16(load_checkpoint(cfg.init, "dr").path)
+    return DRConfig(T=cfg.T, stride=cfg.stride, net_size=cfg.net_size, objective=cfg.objective,
+                    target=cfg.target, train=jsonable({**train, "train_stores": [s.path for s in stores]}),
+                    heads=[list(h) for h in heads] if len(heads) > 1 else [])
+
+
 def run(cfg: TrainDRConfig) -> LoopState:
     distributed.context(cfg.device)   # under torchrun: join the run; ranks > 0 log nothing
     heads = heads_of(cfg)
@@ -119,19 +137,7 @@ def run(cfg: TrainDRConfig) -> LoopState:
     if cfg.init:
         _init_from(model, cfg.init)
     objective, aux = build_objective(cfg, lr, betas)   # reads and checks --perceptual-weights
-    others = {k for o, keys in OWN_SETTINGS.items() if o != cfg.objective for k in keys}
-    train = {k: v for k, v in asdict(cfg).items()
-             if k not in ("stores", "out", "val", "resume", "overwrite", "device", "cache_mb", "epochs",
-                          "time_budget", "T", "stride", "net_size", "objective", "target", "heads", *others)
-             and not (k == "init" and v is None)}
-    train["lr"] = lr
-    if cfg.perceptual_weights:
-        train["perceptual_weights_sha256_16"] = sha256_16(cfg.perceptual_weights)
-    if cfg.init:
-        train["init_sha256_16"] = sha256_16(load_checkpoint(cfg.init, "dr").path)
-    config = DRConfig(T=cfg.T, stride=cfg.stride, net_size=cfg.net_size, objective=cfg.objective,
-                      target=cfg.target, train=jsonable({**train, "train_stores": [s.path for s in stores]}),
-                      heads=[list(h) for h in heads] if multi else [])
+    config = _dr_config(cfg, heads, lr, stores)
     cache = FrameCache(ws.stores, max_bytes=cfg.cache_mb << 20)
     positions = ws.positions if multi else [ws.positions]
 
