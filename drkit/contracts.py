@@ -27,7 +27,8 @@ from .errors import DrkitError, UsageError
 
 # ------------------------------------------------------------------ versions
 
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2             # 1: drkit 0.1-0.2 (sizes under the key 'size'; read as they are)
+READABLE_STORE_VERSIONS = (1, 2)
 CHECKPOINT_FORMAT = "drkit.checkpoint"
 CHECKPOINT_FORMAT_VERSION = 2        # 1: drkit 0.1.0 (read and converted)
 READABLE_CHECKPOINT_VERSIONS = (1, 2)
@@ -232,10 +233,10 @@ class FaceStoreParams:
     image_fps: float = 25.0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    MUST_MATCH = ("size", "align")
+    MUST_MATCH = ("crop_size", "align")
 
     def to_dict(self) -> dict:
-        return {"size": self.crop_size, "align": self.align, "backend": self.backend,
+        return {"crop_size": self.crop_size, "align": self.align, "backend": self.backend,
                 "redetect_every": self.redetect_every, "naive": self.naive,
                 "image_fps": self.image_fps, **self.extra}
 
@@ -256,7 +257,7 @@ class DRNetRef:
 
     def to_dict(self) -> dict:
         return {"path": self.path, "sha256_16": self.sha256_16, "T": self.T, "stride": self.stride,
-                "size": self.net_size, "model": self.model}
+                "net_size": self.net_size, "model": self.model}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "checkpoint reference") -> "DRNetRef":
@@ -275,10 +276,10 @@ class DRStoreParams:
     precision: str = "fp32"          # autocast of the DR networks (stores made before 0.2.0: fp32)
     engine: str = "torch"            # what ran them: torch | onnxruntime (stores made before 0.3.0: torch)
 
-    MUST_MATCH = ("size", "channels")
+    MUST_MATCH = ("map_size", "channels")
 
     def to_dict(self) -> dict:
-        return {"size": self.map_size, "channels": list(self.channels), "image": self.image,
+        return {"map_size": self.map_size, "channels": list(self.channels), "image": self.image,
                 "source_store": self.source_store, "source_params": self.source_params,
                 "checkpoints": [c.to_dict() for c in self.checkpoints], "precision": self.precision,
                 "engine": self.engine}

@@ -39,6 +39,7 @@ import zarr
 from . import __version__, log
 from .contracts import (
     DR_OPTIONAL_ARRAYS,
+    READABLE_STORE_VERSIONS,
     STORE_SCHEMA_VERSION,
     ArraySpec,
     DRStoreParams,
@@ -234,9 +235,9 @@ def _check_meta(path: Path, meta: Any, kind: str | None) -> dict[str, Any]:
         raise StoreError(f"{path}: this is a '{meta['kind']}' store, expected a '{kind}' store "
                          f"(made by `{made_by[kind]}`).")
     v = meta.get("schema_version")
-    if v != STORE_SCHEMA_VERSION:
-        raise StoreError(f"{path}: store schema version {v}, this drkit ({__version__}) reads "
-                         f"version {STORE_SCHEMA_VERSION}. Re-create the store with this drkit version.")
+    if v not in READABLE_STORE_VERSIONS:
+        raise StoreError(f"{path}: store schema version {v}, this drkit ({__version__}) reads versions "
+                         f"{', '.join(map(str, READABLE_STORE_VERSIONS))}. Re-create the store with this drkit version.")
     return meta
 
 
@@ -267,7 +268,8 @@ def create_store(path: str | os.PathLike, kind: str,
     path = Path(path)
     if must_match is None:
         must_match = getattr(params, "MUST_MATCH", ())
-    if not isinstance(params, dict):
+    typed = None if isinstance(params, dict) else type(params)   # compared as typed records: old keys read
+    if typed is not None:
         params = params.to_dict()
     if path.is_file():
         raise StoreError(f"{path}: is a file, not a store folder; choose another -o path.")
@@ -275,7 +277,7 @@ def create_store(path: str | os.PathLike, kind: str,
     with _lock(path):   # several jobs may create the same new store at once: check and create here
         if (path / "zarr.json").exists():
             store = open_store(path, kind)
-            old = store.params
+            old = store.params if typed is None else typed.from_dict(store.params, f"{path}: drkit.params").to_dict()
             diff = [f"{k}={old.get(k)!r} (asked {params.get(k)!r})" for k in must_match
                     if old.get(k) != params.get(k)]
             if diff:

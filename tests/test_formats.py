@@ -125,7 +125,7 @@ def test_checkpoint_round_trip_and_refusals(task_data, bundle, tmp_path):
 def test_store_params_typed_views(task_data):
     faces, mdr = open_store(task_data["faces"]), open_store(task_data["mdr"])
     fp = faces.typed_params
-    assert isinstance(fp, FaceStoreParams) and fp.crop_size == 32 and fp.to_dict()["size"] == 32
+    assert isinstance(fp, FaceStoreParams) and fp.crop_size == 32 and fp.to_dict()["crop_size"] == 32
     dp = mdr.typed_params
     assert isinstance(dp, DRStoreParams) and dp.map_size == 32 and len(dp.channels) == 9
     assert [c.T for c in dp.checkpoints] == [1, 2] and dp.face_params.crop_size == 32
@@ -138,6 +138,28 @@ def test_store_params_typed_views(task_data):
     assert DRStoreParams.from_dict(old).checkpoints == dp.checkpoints
     with pytest.raises(DrkitError, match="missing channels"):
         DRStoreParams.from_dict({k: v for k, v in old.items() if k != "channels"}, "x.zarr")
+
+
+def test_a_schema_1_store_with_size_keys_still_opens_and_grows(tmp_path):
+    """Stores of drkit 0.1-0.2 (schema 1) name their sides 'size'; they open, read as typed
+    records, and a later run adds to them with the same crop size or is refused naming it."""
+    import json
+
+    from drkit.configs import PreprocessConfig
+    from drkit.store import StoreError, create_store
+    cfg = PreprocessConfig(inputs=["x"], out=str(tmp_path / "old.zarr"), crop_size=64)
+    create_store(cfg.out, "faces", cfg.store_params())
+    zj = tmp_path / "old.zarr" / "zarr.json"
+    meta = json.loads(zj.read_text())
+    d = meta["attributes"]["drkit"]
+    d["schema_version"] = 1
+    d["params"]["size"] = d["params"].pop("crop_size")
+    zj.write_text(json.dumps(meta))
+    st = open_store(tmp_path / "old.zarr", "faces")
+    assert st.typed_params.crop_size == 64 and st.params["size"] == 64
+    assert create_store(cfg.out, "faces", cfg.store_params()).path == st.path     # same settings: reopened
+    with pytest.raises(StoreError, match="crop_size=64 .asked 96"):
+        create_store(cfg.out, "faces", PreprocessConfig(inputs=["x"], out=cfg.out, crop_size=96).store_params())
 
 
 def test_one_chunk_rule_for_every_image_array():

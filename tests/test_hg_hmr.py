@@ -234,7 +234,7 @@ def test_network_shapes_and_registry():
 
 def test_gen_dr_writes_landmarks_scaled_to_map_size(hg_data):
     faces, mdr = open_store(hg_data["faces"], "faces"), open_store(hg_data["mdr"], "dr")
-    assert mdr.params["size"] == MAP
+    assert mdr.params["map_size"] == MAP
     for v in faces.videos:
         lm = mdr.video(v)["landmarks"]
         assert lm.shape == (40, 68, 2) and lm.dtype == np.float32

@@ -28,7 +28,7 @@ _cli = cli
 def test_store_contents(face_store):
     st = open_store(face_store, "faces")
     assert st.videos == ["a.avi", "c.mp4", "sub__b.avi"]
-    assert st.params["size"] == 96
+    assert st.params["crop_size"] == 96 and "size" not in st.params   # one name per size, on disk too
     for vid in st.videos:
         g = st.video(vid)
         n = g.attrs["n_frames"]

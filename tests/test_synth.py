@@ -188,6 +188,7 @@ def test_au_labels_are_recoverable_on_held_out_identities(synth_set):
     assert (folds.mean(0) > 0.35).all(), folds.round(2)     # every AU, not just the easy ones
 
 
+@pytest.mark.slow   # ~3.5 min: .ci/run runs it after the default suite (python -m pytest -m slow -k demo)
 def test_demo_quick_runs_exactly_what_it_prints(tmp_path):
     out = tmp_path / "d"
     r = cli("demo", "--quick", "-o", out)
@@ -197,6 +198,10 @@ def test_demo_quick_runs_exactly_what_it_prints(tmp_path):
         assert Path(f).is_file(), name
         if f.endswith(".png"):
             assert Path(f).stat().st_size > 1000 and cv2.imread(f) is not None, name
+        elif f.endswith(".csv"):   # the real face's predictions: a header and a row per frame
+            assert len(Path(f).read_text().splitlines()) == s["real_face"]["frames"] + 1, name
+        elif f.endswith(".mp4"):   # the annotated video: every frame of the clip
+            assert int(cv2.VideoCapture(f).get(cv2.CAP_PROP_FRAME_COUNT)) == s["real_face"]["frames"], name
         else:
             assert json.loads(Path(f).read_text()), name
     assert s["dr"] == "pretrained:T5"

@@ -78,7 +78,7 @@ def run(cfg: GenDRConfig) -> GenDRResult:
     names = channel_names([n.config for n in nets], not cfg.no_image)
     C, S = len(names), mdr.map_size
     params = DRStoreParams(map_size=S, channels=names, image=not cfg.no_image,
-                           source_store=str(src.path.resolve()), source_params=src.params,
+                           source_store=str(src.path.resolve()), source_params=src.typed_params.to_dict(),
                            checkpoints=refs, precision=precision, engine=engine)
     out = create_store(cfg.out, "dr", params)
     if [c.sha256_16 for c in out.typed_params.checkpoints] != [c.sha256_16 for c in refs]:
