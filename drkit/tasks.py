@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import log, metrics
-from .contracts import TASK_METRICS, TASK_RANGE, InputKind, check_choice
+from .contracts import TASK_METRICS, TASK_RANGE, InputKind, Result, check_choice
 from .errors import DrkitError
 from .labels import Labels, read_labels
 from .store import Store, open_store
@@ -307,6 +307,26 @@ def predict_samples(model, batcher: Batcher, device, ranges: list[list[float]] |
             x, _ = batcher.get(np.arange(i, min(i + batch_size, len(batcher.s))))
             out.append(clip_values(model(x.to(device)).float(), ranges or []).cpu().numpy())
     return np.concatenate(out)
+
+
+@dataclass
+class EvalTaskResult(Result):
+    """``frames`` scored and ``metrics``, the flat dict of val_metrics.json (``icc``, ``icc/AU06``,
+    ...); ``to_dict()`` / ``r["icc"]`` give them as one flat dict, as --json writes it."""
+    frames: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"frames": self.frames, **self.metrics}
+
+    def __getitem__(self, key: str):
+        return self.to_dict()[key]
+
+    def items(self):
+        return self.to_dict().items()
+
+    def __iter__(self):
+        return iter(self.to_dict())
 
 
 def evaluate_bundle(bundle, stores: list[Path | str], labels: Path | str, people: list[str] | None = None,

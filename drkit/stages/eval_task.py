@@ -6,35 +6,12 @@ and each target (``"icc/AU06"``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from .. import log
 from ..checkpoint import load_checkpoint
 from ..configs import EvalTaskConfig
-from ..contracts import Result
 from ..fsutil import write_json_atomic
 from ..nets import pick_device
-from ..tasks import evaluate_bundle
-
-
-@dataclass
-class EvalTaskResult(Result):
-    """``frames`` scored and ``metrics``, the flat dict of val_metrics.json (``icc``, ``icc/AU06``,
-    ...); ``to_dict()`` / ``r["icc"]`` give them as one flat dict, as --json writes it."""
-    frames: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"frames": self.frames, **self.metrics}
-
-    def __getitem__(self, key: str):
-        return self.to_dict()[key]
-
-    def items(self):
-        return self.to_dict().items()
-
-    def __iter__(self):
-        return iter(self.to_dict())
+from ..tasks import EvalTaskResult, evaluate_bundle
 
 
 def run(cfg: EvalTaskConfig) -> EvalTaskResult:

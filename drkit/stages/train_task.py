@@ -68,6 +68,7 @@ from ..store import open_store
 from ..tasks import (
     TASK_RANGE,
     Batcher,
+    EvalTaskResult,
     channel_stats,
     evaluate_bundle,
     labelled_frames,
@@ -137,13 +138,14 @@ class TrainTaskResult(Result):
         return self.val if key == "val" else self.state[key]
 
 
-def run(cfg: TrainTaskConfig) -> TrainTaskResult | dict:
+def run(cfg: TrainTaskConfig) -> TrainTaskResult | EvalTaskResult:
     """Train; returns the loop's final state plus ``"val"``: the best checkpoint's flat
     validation metrics (also written to ``OUT/val_metrics.json``)."""
     if cfg.eval_only:   # deprecated path, kept for one release
         log.warn("train-task --eval-only is deprecated; use `drkit eval-task RUN STORE... --labels CSV`")
-        return evaluate_bundle(load_checkpoint(cfg.eval_only, "task"), cfg.input, cfg.labels,
-                               cfg.val_people, cfg.missing or None, pick_device(cfg.device))
+        m = evaluate_bundle(load_checkpoint(cfg.eval_only, "task"), cfg.input, cfg.labels,
+                            cfg.val_people, cfg.missing or None, pick_device(cfg.device))
+        return EvalTaskResult(m.pop("frames"), m)
     check_choices(cfg)   # task, input, arch, dr_norm, precision
     distributed.context(cfg.device)   # under torchrun: join the run; ranks > 0 log nothing
     if not cfg.out:
