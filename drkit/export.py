@@ -57,6 +57,7 @@ from torch import nn
 
 from .contracts import Result
 from .errors import DrkitError, UsageError
+from .faces.onnx_models import default_providers, default_threads, session_options
 
 OPSET = 17
 FORMAT = "drkit.onnx"
@@ -112,30 +113,6 @@ def resolve_engine(engine: str, device: torch.device | str = "cpu", precision: s
     return engine
 
 
-def default_threads() -> int:
-    """``DRKIT_ORT_THREADS``, else every usable core (drkit.faces.onnx_models' rule)."""
-    env = os.environ.get("DRKIT_ORT_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise DrkitError(f"DRKIT_ORT_THREADS={env!r}: expected a number of threads") from None
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:   # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def default_providers() -> list[str]:
-    """``DRKIT_ORT_PROVIDERS`` (comma-separated), else CUDA when this onnxruntime has it, then CPU."""
-    ort = onnxruntime()
-    env = os.environ.get("DRKIT_ORT_PROVIDERS")
-    if env:
-        return [p.strip() for p in env.split(",") if p.strip()]
-    have = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have] or ["CPUExecutionProvider"]
-
-
 class OnnxEngine:
     """An ONNX graph (a ``.onnx`` file or its bytes) run by onnxruntime: ``engine(x)`` -> {output
     name: array}, ``x`` fed to the graph's one input. ``threads``: intra-op threads (default
@@ -146,13 +123,7 @@ class OnnxEngine:
     def __init__(self, model: bytes | str | os.PathLike, threads: int | None = None,
                  providers: list[str] | None = None):
         ort = onnxruntime()
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or default_threads()
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so = session_options(threads or default_threads())
         where = "exported graph" if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),

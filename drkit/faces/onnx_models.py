@@ -222,7 +222,9 @@ def default_providers() -> list[str]:
         or ["CPUExecutionProvider"]
 
 
-def make_session(path: Path, threads: int, providers: list[str]):
+def session_options(threads: int):
+    """drkit's onnxruntime session options (face models and exported networks alike): ``threads``
+    intra-op threads, one inter-op, sequential, every graph optimisation, quiet logs."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -233,6 +235,12 @@ def make_session(path: Path, threads: int, providers: list[str]):
     # idle intra-op threads would otherwise spin between the many small runs, taking the cores
     # that video decoding, cropping and other --workers need
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def make_session(path: Path, threads: int, providers: list[str]):
+    import onnxruntime as ort
+    so = session_options(threads)
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=providers)
     except Exception as e:   # onnxruntime raises its own exception types
