@@ -61,13 +61,16 @@ def check_choices(cfg) -> None:
             check_choice(x, lit, _OPTION.get(name, "--" + name.replace("_", "-")))
 
 
-def _renamed(old, new, cls: str, name: str, default):
-    """A side given by its drkit 0.2 name ``size``: used (with a DeprecationWarning) unless the
-    new name was set too. Each level names its side once: crop_size, net_size, map_size."""
-    if old is None:
-        return new
-    warnings.warn(f"{cls}(size=...) is deprecated: use {name}=", DeprecationWarning, stacklevel=4)
-    return old if new == default else new
+def _renamed(cfg, name: str, size) -> None:
+    """A side given by its drkit 0.2 name ``size``: set as field ``name`` (with a
+    DeprecationWarning) unless ``name`` was set too (it differs from the field's default). Each
+    level names its side once: crop_size, net_size, map_size, frame_size."""
+    if size is None:
+        return
+    cls = type(cfg)
+    warnings.warn(f"{cls.__name__}(size=...) is deprecated: use {name}=", DeprecationWarning, stacklevel=4)
+    if getattr(cfg, name) == cls.__dataclass_fields__[name].default:
+        setattr(cfg, name, size)
 # what runs the networks of gen-dr and predict (drkit.export): auto = onnxruntime when it is
 # installed, the device is the CPU, at fp32 without --compile (there it ran 1.1-1.7x torch's
 # crops/s on one core, several times torch's on two busy cores: benchmarks/engine_speed.py), else torch
@@ -93,7 +96,7 @@ class PreprocessConfig:
     def __post_init__(self, size):
         check_choices(self)
         self.inputs, self.out, self.model_root = as_paths(self.inputs), as_path(self.out), as_path(self.model_root)
-        self.crop_size = _renamed(size, self.crop_size, "PreprocessConfig", "crop_size", 224)
+        _renamed(self, "crop_size", size)
 
     def store_params(self) -> FaceStoreParams:
         return FaceStoreParams(crop_size=self.crop_size, align=self.align, backend=self.backend,
@@ -142,7 +145,7 @@ class TrainDRConfig:
     def __post_init__(self, size):
         check_choices(self)
         self.stores, self.out, self.val = as_paths(self.stores), as_path(self.out), as_paths(self.val)
-        self.net_size = _renamed(size, self.net_size, "TrainDRConfig", "net_size", 64)
+        _renamed(self, "net_size", size)
         self.perceptual_weights = as_path(self.perceptual_weights)
         self.init = None if self.init is None else (self.init if str(self.init).startswith("pretrained:") else Path(self.init))
 
@@ -165,7 +168,7 @@ class RankEvalConfig:
 
     def __post_init__(self, size):
         check_choices(self)
-        self.net_size = _renamed(size, self.net_size, "RankEvalConfig", "net_size", None)
+        _renamed(self, "net_size", size)
         ck = self.ckpt
         self.ckpt = as_paths([] if ck is None else [ck] if isinstance(ck, (str, Path)) else ck)
         self.stores = as_paths(self.stores)
@@ -193,7 +196,7 @@ class GenDRConfig:
     def __post_init__(self, size):
         check_choices(self)
         self.store, self.out, self.dr = as_path(self.store), as_path(self.out), as_paths(self.dr) or []
-        self.map_size = _renamed(size, self.map_size, "GenDRConfig", "map_size", None)
+        _renamed(self, "map_size", size)
 
 
 
@@ -320,7 +323,7 @@ class SynthConfig:
     def __post_init__(self, size):
         check_choices(self)
         self.out, self.faces = as_path(self.out), as_paths(self.faces) or []
-        self.frame_size = _renamed(size, self.frame_size, "SynthConfig", "frame_size", 256)
+        _renamed(self, "frame_size", size)
 
 
 @dataclass

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import random
 import re
 import shutil
 import subprocess
@@ -45,6 +44,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO / "examples" / "generalisation"))
+import protocol  # noqa: E402  (the in-source split and validation people, one definition)
 AUS = "AU01 AU02 AU04 AU05 AU06 AU07 AU09 AU10 AU12 AU14 AU15 AU17 AU20 AU23 AU25 AU26 AU45".split()
 AUS5 = ["AU06", "AU10", "AU12", "AU14", "AU17"]
 DEMO_PERSON = "paddlegan_fomdv"
@@ -66,27 +67,17 @@ def people(faces: Path) -> dict[str, dict]:
     return dict(out)
 
 
-def split(P: dict[str, dict], labelled: set[str], seed: int = 0) -> dict[str, list[str]]:
-    by_repo = defaultdict(list)
-    for p, v in sorted(P.items()):
-        by_repo[v["repo"]].append(p)
-    rng, test = random.Random(seed), []
-    for _, ps in sorted(by_repo.items()):
-        if len(ps) >= 3:
-            ps = sorted(ps)
-            rng.shuffle(ps)
-            test += ps[:max(1, round(len(ps) / 4))]
-    if DEMO_PERSON in P and DEMO_PERSON not in test:
+def split(faces: Path, labelled: set[str], seed: int = 0) -> dict[str, list[str]]:
+    """The in-source split of examples/generalisation/protocol.py (its test people), the demo
+    clip's person moved to test, and its validation people among the labelled training people."""
+    folds = protocol.make_folds(faces, seed=seed)
+    test = list(folds["insource"]["test"])
+    if DEMO_PERSON in folds["repo_of"] and DEMO_PERSON not in test:
         test.append(DEMO_PERSON)
-    train = [p for p in sorted(P) if p not in test and p in labelled]
-    rng, val = random.Random(seed), []
-    for r in sorted({P[p]["repo"] for p in train}):
-        ps = sorted(p for p in train if P[p]["repo"] == r)
-        if len(ps) >= 4:
-            rng.shuffle(ps)
-            val += ps[:2]
-    return {"dr_train": sorted(p for p in P if p not in test),
-            "train": sorted(p for p in train if p not in val), "val": sorted(val),
+    train = [p for p in sorted(folds["repo_of"]) if p not in test and p in labelled]
+    val = protocol.val_people(train, folds["repo_of"], seed=seed)
+    return {"dr_train": sorted(p for p in folds["repo_of"] if p not in test),
+            "train": sorted(p for p in train if p not in val), "val": val,
             "test": sorted(p for p in test if p in labelled)}
 
 
@@ -177,7 +168,7 @@ def main() -> None:
                 rows += out.read_text().splitlines()[0 if not rows else 1:]
         (w / "labels.csv").write_text("\n".join(rows) + "\n")
     labelled = {r["person"] for r in csv.DictReader(open(w / "labels.csv"))}
-    sp = split(P, labelled)                                                  # 1
+    sp = split(a.faces, labelled)                                            # 1
     (w / "split.json").write_text(json.dumps(sp, indent=1))
     stores = lambda ps, d="mdr": " ".join(f"{w}/{d}/{p}.zarr" for p in ps)  # noqa: E731
     if not (w / "dr" / "best.pt").exists():                                  # 4
