@@ -3,7 +3,7 @@ the insightface backend (tracked) beside them.
 
     python benchmarks/preprocess_speed.py [--faces ../shared/data/faces] [--limit N] [--crop-size 224]
         [--model-root ../shared/models/insightface] [--backends dlib,insightface]
-        [--insightface-naive] [--workers-compare] [--interleave] [--json OUT]
+        [--insightface-naive] [--workers-compare] [--refit-compare] [--interleave] [--json OUT]
 
 Runs `drkit preprocess` once per mode over the same videos (one process, one worker), into
 temporary stores, and reports for each mode frames/s (source frames decoded / wall time), the
@@ -15,6 +15,12 @@ from the reference):
   (tracking must reproduce what detecting every frame gives);
 - insightface vs dlib (`agree_8pct`): mean distance below 8% of the IOD (another model: the
   106 -> 68 map, different training data), plus the median error.
+
+``tracked`` runs with preprocess's defaults, which keep a frame's landmarks for the next frames
+while the face there has not changed (``--reuse-mad``); ``--refit-compare`` adds
+``tracked_refit``, fitting landmarks on every tracked frame (``--reuse-mad 0``, drkit <= 0.3),
+reported as ``reuse_gain`` (tracked / tracked_refit), ``refit_speedup`` and
+``refit_same_landmarks_pct``.
 
 With ``--workers-compare`` two more dlib tracked runs: ``tracked_inline`` (one worker, frames
 decoded inline instead of in the read-ahead thread a spare core allows) and ``tracked_workers2``
@@ -84,7 +90,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faces", default=str(HERE.parents[2] / "shared/data/faces"))
     ap.add_argument("--limit", type=int, default=0, help="use only the first N videos")
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--crop-size", "--size", dest="size", type=int, default=224)
+    ap.add_argument("--refit-compare", action="store_true",
+                    help="also a tracked run fitting landmarks on every frame (--reuse-mad 0)")
     ap.add_argument("--model-root", default=str(HERE.parents[2] / "shared/models/insightface"),
                     help="insightface model folder (see README, 'Optional: insightface backend')")
     ap.add_argument("--backends", default="dlib,insightface")
@@ -102,6 +110,8 @@ def main() -> None:
         vids = vids[:a.limit]
     backends = [b.strip() for b in a.backends.split(",") if b.strip()]
     modes = [("tracked", "dlib", False, 1), ("naive", "dlib", True, 1)]
+    if a.refit_compare:
+        modes.append(("tracked_refit", "dlib", False, 1))
     if a.workers_compare:
         modes += [("tracked_inline", "dlib", False, 1), ("tracked_workers2", "dlib", False, 2)]
     res: dict = {"videos": len(vids)}
@@ -126,6 +136,7 @@ def main() -> None:
             t0 = time.perf_counter()
             s = run(PreprocessConfig(inputs=[str(v) for v in inputs], out=str(out), crop_size=a.size,
                                      naive=naive, backend=backend, workers=workers,
+                                     **({"reuse_mad": 0.0} if mode == "tracked_refit" else {}),
                                      model_root=a.model_root if backend == "insightface" else None))
             pp.available_cores = available_cores
             return time.perf_counter() - t0, s
@@ -164,6 +175,10 @@ def main() -> None:
         res["speedup"] = round(res["tracked"]["fps"] / res["naive"]["fps"], 2)
         res["same_landmarks_pct"] = same["agree_pct"]
         res["both_found_pct"] = same["both_found_pct"]
+        if "tracked_refit" in stores:
+            res["reuse_gain"] = round(res["tracked"]["fps"] / res["tracked_refit"]["fps"], 2)
+            res["refit_speedup"] = round(res["tracked_refit"]["fps"] / res["naive"]["fps"], 2)
+            res["refit_same_landmarks_pct"] = agreement(stores["tracked_refit"], ref, 0.05)["agree_pct"]
         if a.workers_compare:
             fps = {m: res[m]["fps"] for m in ("tracked", "tracked_inline", "tracked_workers2")}
             res["read_ahead_gain"] = round(fps["tracked"] / fps["tracked_inline"], 2)

@@ -186,6 +186,10 @@ def preprocess(
     redetect_every: Annotated[int, typer.Option(help="Re-run the face detector every N frames while "
                                                 "tracking (and whenever the track is lost).")] = C.PreprocessConfig.redetect_every,
     naive: Annotated[bool, typer.Option(help="Detect on every frame instead of tracking (slower).")] = C.PreprocessConfig.naive,
+    reuse_mad: Annotated[float, typer.Option(help="While tracking, keep a frame's landmarks for the next frame when "
+                                             "its inner-face patch at them differs by less than this mean absolute "
+                                             "grey difference (0: fit landmarks on every frame).")] = C.PreprocessConfig.reuse_mad,
+    max_reuse: Annotated[int, typer.Option(help="Keep landmarks for at most this many frames in a row.")] = C.PreprocessConfig.max_reuse,
     overwrite: Annotated[bool, typer.Option(help="Redo videos that are already complete in the store.")] = False,
 ) -> None:
     """Detect, track and crop faces from videos into a face store.
@@ -197,7 +201,8 @@ def preprocess(
     from .stages import preprocess as stage
     s = stage.run(C.PreprocessConfig(
         inputs=inputs, out=out, crop_size=crop_size, backend=backend, model_root=model_root, align=align, fps=fps,
-        workers=workers, shard=shard, redetect_every=redetect_every, naive=naive, overwrite=overwrite))
+        workers=workers, shard=shard, redetect_every=redetect_every, naive=naive, reuse_mad=reuse_mad,
+        max_reuse=max_reuse, overwrite=overwrite))
     fps_s = s.frames / s.seconds if s.seconds else 0.0
     tail = f", {len(s.no_face)} without any face" if s.no_face else ""
     rep = f" ({len(s.repaired)} repaired)" if s.repaired else ""

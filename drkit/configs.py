@@ -31,6 +31,10 @@ from .contracts import (
 from .fsutil import as_path, as_paths
 
 DEFAULT_BASELINES = ("identity",)
+# the tracker's landmark reuse (drkit.faces.tracker, FaceTracker.reuse_mad / max_reuse): what
+# preprocess records in the store, and predict then uses for that store's bundles
+REUSE_MAD = 3.0
+MAX_REUSE = 4
 
 
 _OPTION = {"input_kind": "--input"}   # fields whose CLI option is not --<field-name>
@@ -90,6 +94,8 @@ class PreprocessConfig:
     shard: str | None = None     # "I/N"
     redetect_every: int = 30     # frames between periodic re-detections while tracking
     naive: bool = False          # detect on every frame (slow; for comparison)
+    reuse_mad: float = REUSE_MAD   # keep a frame's landmarks for the next when its face patch moved < this (grey levels; 0: refit every frame)
+    max_reuse: int = MAX_REUSE     # at most this many frames in a row
     overwrite: bool = False      # redo videos already complete in the store
     size: InitVar[int | None] = None   # drkit 0.2 name of crop_size (deprecated)
 
@@ -100,7 +106,8 @@ class PreprocessConfig:
 
     def store_params(self) -> FaceStoreParams:
         return FaceStoreParams(crop_size=self.crop_size, align=self.align, backend=self.backend,
-                               redetect_every=self.redetect_every, naive=self.naive, image_fps=self.fps)
+                               redetect_every=self.redetect_every, naive=self.naive, image_fps=self.fps,
+                               reuse_mad=0.0 if self.naive else self.reuse_mad, max_reuse=self.max_reuse)
 
 
 @dataclass

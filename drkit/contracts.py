@@ -231,6 +231,8 @@ class FaceStoreParams:
     redetect_every: int = 30
     naive: bool = False
     image_fps: float = 25.0
+    reuse_mad: float = 0.0    # landmark reuse of the tracker (drkit.faces.tracker); 0 in older stores
+    max_reuse: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     MUST_MATCH = ("crop_size", "align")
@@ -238,7 +240,8 @@ class FaceStoreParams:
     def to_dict(self) -> dict:
         return {"crop_size": self.crop_size, "align": self.align, "backend": self.backend,
                 "redetect_every": self.redetect_every, "naive": self.naive,
-                "image_fps": self.image_fps, **self.extra}
+                "image_fps": self.image_fps, "reuse_mad": self.reuse_mad, "max_reuse": self.max_reuse,
+                **self.extra}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "face store params") -> "FaceStoreParams":

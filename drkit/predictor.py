@@ -192,7 +192,9 @@ class Predictor:
     def tracker(self, redetect_every: int | None = None):
         """A FaceTracker for the frames of one video, with the bundle's tracking settings."""
         from .faces import FaceTracker
-        return FaceTracker(self.backend, redetect_every=redetect_every or self.config.preprocess.redetect_every)
+        pp = self.config.preprocess
+        return FaceTracker(self.backend, redetect_every=redetect_every or pp.redetect_every,
+                           reuse_mad=pp.reuse_mad, max_reuse=pp.max_reuse)
 
     def predict_image(self, bgr: np.ndarray) -> Prediction | None:
         """Predict on the largest face of one BGR image (OpenCV's order); None without a face."""

@@ -199,3 +199,17 @@ def test_video_writer_writes_each_chunk_once(tmp_path, monkeypatch):
     assert [x for x in writes if x[0] == "landmarks"] == [("landmarks", 0, n)]
     g = open_store(cfg.out).video("v")
     assert np.array_equal(g["frames"][:], frames) and np.array_equal(g["frame_index"][:], np.arange(n))
+
+
+def test_predict_tracks_as_the_training_store_was_tracked(bundle):
+    """A bundle's FaceTracker takes the landmark reuse of its face store's params: 0 (a fit on
+    every frame, as drkit <= 0.3 did) for bundles whose params predate the setting."""
+    ck = load_checkpoint(bundle, "task")
+    d = ck.config.preprocess.to_dict()
+    for k in ("reuse_mad", "max_reuse"):
+        d.pop(k)
+    ck.config.preprocess = type(ck.config.preprocess).from_dict(d)
+    assert Predictor(ck).tracker().reuse_mad == 0.0
+    ck.config.preprocess.reuse_mad, ck.config.preprocess.max_reuse = 3.0, 4
+    tr = Predictor(ck).tracker()
+    assert (tr.reuse_mad, tr.max_reuse) == (3.0, 4)

@@ -92,3 +92,70 @@ def test_the_box_follows_the_head_not_the_mouth(dlib):
     lm[moving, 1] += 0.3 * np.linalg.norm(lm[36] - lm[45])   # jaw drop
     assert not np.isin(np.arange(68)[RIGID], moving).any()
     np.testing.assert_allclose(tr._box(lm), box, atol=1e-4)
+
+
+class _Counting:
+    """A backend wrapper counting landmark fits."""
+
+    def __init__(self, backend):
+        self.b, self.fits = backend, 0
+        self.name = backend.name
+
+    def __getattr__(self, k):
+        return getattr(self.b, k)
+
+    def landmarks(self, frame, box):
+        self.fits += 1
+        return self.b.landmarks(frame, box)
+
+
+def test_landmarks_are_kept_only_while_the_face_has_not_changed(dlib):
+    """With reuse on, a frame identical to the one the landmarks were fitted on keeps them (no
+    fit, ``reused``) for at most ``max_reuse`` frames in a row; a frame where the face moved is
+    fitted again, and tracking with reuse stays where detecting every frame is."""
+    still = face_frames(1, seed=4)[0]
+    be = _Counting(dlib)
+    tr = FaceTracker(be, reuse_mad=2.0, max_reuse=3)
+    res = [tr(still) for _ in range(9)]
+    assert [r.reused for r in res] == [False, True, True, True, False, True, True, True, False]
+    assert be.fits == 1 + 2          # the detection's fit, then one refit after each 3 kept
+    for r in res[1:4]:
+        np.testing.assert_array_equal(r.landmarks, res[0].landmarks)
+        assert r.confidence == res[0].confidence and not r.detected
+    # a moving face: frames whose patch changes by more than the threshold are all fitted
+    frames = _jump(face_frames(20, seed=1), at=10, dx=20)
+    be.fits = 0
+    tr = FaceTracker(be, reuse_mad=2.0, max_reuse=3)
+    res = [tr(f) for f in frames]
+    ref = [FaceTracker(dlib, naive=True)(f) for f in frames]
+    assert max(_err(r, n) for r, n in zip(res, ref)) < 0.05
+    assert res[10].detected and not res[10].reused
+    off = [FaceTracker(dlib, reuse_mad=0.0)(f) for f in frames[:1]]
+    assert not off[0].reused
+    # each kept frame's face patch at the kept landmarks is within the bound of the fitted one
+    from drkit.faces.tracker import _patch
+    last_fit = None
+    for f, r in zip(frames, res):
+        if not r.reused:
+            last_fit = (f, r.landmarks)
+        else:
+            d = np.abs(_patch(f, last_fit[1]) - _patch(last_fit[0], last_fit[1])).mean()
+            assert d < 2.0
+
+
+def test_reuse_is_off_without_a_threshold_and_for_old_stores(dlib, tmp_path):
+    """reuse_mad 0 fits every frame; a face store's params record the setting, and a store (or a
+    bundle) from before the setting reads as 0: predict keeps fitting every frame for it."""
+    from drkit.contracts import FaceStoreParams
+    still = face_frames(1, seed=4)[0]
+    be = _Counting(dlib)
+    tr = FaceTracker(be, reuse_mad=0.0)
+    assert not any(tr(still).reused for _ in range(5)) and be.fits == 5
+    old = FaceStoreParams.from_dict({"crop_size": 112, "align": True, "backend": "dlib",
+                                     "redetect_every": 30, "naive": False, "image_fps": 25.0})
+    assert (old.reuse_mad, old.max_reuse) == (0.0, 0) and "reuse_mad" not in old.extra
+    from drkit.configs import MAX_REUSE, REUSE_MAD, PreprocessConfig
+    p = PreprocessConfig(inputs=[tmp_path], out=tmp_path / "s.zarr").store_params()
+    assert (p.reuse_mad, p.max_reuse) == (REUSE_MAD, MAX_REUSE) and REUSE_MAD > 0
+    assert FaceStoreParams.from_dict(p.to_dict()) == p
+    assert PreprocessConfig(inputs=[tmp_path], out=tmp_path / "s.zarr", naive=True).store_params().reuse_mad == 0

@@ -24,6 +24,20 @@ reference, only if that detection agrees with the box they were fitted from (IoU
 frame a full detection. (Before, any face overlapping the box a little confirmed the frame and
 made a drifted patch the new reference, after which the check passed on the drifted track.)
 
+Landmark reuse (``reuse_mad`` > 0; preprocess's default 3 grey levels, ``max_reuse`` 4): fitting 68
+landmarks costs dlib ~2-3 ms, most of a tracked frame. Before fitting, the 32x32 grey patch of
+the inner face at the current landmarks is compared with the patch at the same landmarks in the
+frame they were fitted on; when the mean absolute difference is below ``reuse_mad`` the face has
+neither moved nor changed expression there, and the landmarks are kept (``reused``), for at most
+``max_reuse`` frames in a row. The comparison is always with the fitted frame, never chained,
+which bounds the drift. On the 86 clips of ../shared/data/faces (24,498 frames) 41% of frames
+keep their landmarks, and 99.2% of frames have the same landmarks (within 5% of the IOD) as
+detecting every frame, as without reuse; the median error grows from 0.0075 to 0.009 IOD.
+AU outputs (pretrained:au, d6.mp4) move from detect-every-frame's by 0.055 on average with reuse
+against 0.056 when fitting every frame: dlib's refits jitter by as much as a kept frame differs.
+Stores record the setting (``reuse_mad``, ``max_reuse``; 0 in older stores) and
+predict tracks a bundle's videos as its training store was tracked.
+
 Each ``FaceResult`` has a ``confidence`` in [0, 1]: the estimated probability that its landmarks
 lie within 8% of the inter-ocular distance (IOD, outer eye corners) of an independent
 annotator's, OpenFace 2.2's, i.e. that they fit the face. It is a logistic model (``CONFIDENCE``,
@@ -81,6 +95,7 @@ class FaceResult:
     detected: bool          # True when this frame's landmarks were fitted from a detector's box
     confidence: float = 1.0   # P(the landmarks fit the face), see the module docstring
     cues: dict = field(default_factory=dict)   # what the confidence is computed from
+    reused: bool = False    # an earlier frame's landmarks, kept: the face there had not changed
 
 
 def _centre_radius(lm: np.ndarray) -> tuple[np.ndarray, float]:
@@ -135,8 +150,10 @@ class FaceTracker:
 
     def __init__(self, backend, redetect_every: int = 30, naive: bool = False,
                  max_scale_change: float = 1.25, max_shift: float = 0.5, verify_px: int = 90,
-                 min_ncc: float = 0.7, min_iou: float = 0.7):
+                 min_ncc: float = 0.7, min_iou: float = 0.7, reuse_mad: float = 0.0, max_reuse: int = 3):
         self.backend = backend
+        self.reuse_mad = reuse_mad
+        self.max_reuse = max_reuse
         self.redetect_every = redetect_every
         self.naive = naive
         self.max_scale_change = max_scale_change
@@ -154,6 +171,9 @@ class FaceTracker:
         self.template: np.ndarray | None = None   # _normed patch of the last detector-confirmed frame
         self.prev_patch: np.ndarray | None = None   # the previous frame's _normed patch and rigid
         self.prev_c: tuple[float, float] | None = None   # centre, for the confidence
+        self.fit_patch: np.ndarray | None = None   # raw patch at self.lm in the frame they were fitted on
+        self.fit_res: FaceResult | None = None     # that frame's result (cues and confidence)
+        self.reused = 0                            # frames in a row that kept self.lm
 
     def _gray(self, frame: np.ndarray) -> np.ndarray:
         """The backend's grey copy of the frame where it makes one anyway (dlib), else the frame."""
@@ -187,7 +207,9 @@ class FaceTracker:
                 "motion": (math.hypot(cx - self.prev_c[0], cy - self.prev_c[1]) / iod
                            if self.prev_c is not None and not detected else 0.0)}
         self.prev_patch, self.prev_c = patch, (cx, cy)
-        return FaceResult(lm, self.score, detected, confidence(cues, getattr(self.backend, "name", "")), cues)
+        self.fit_res = FaceResult(lm, self.score, detected, confidence(cues, getattr(self.backend, "name", "")), cues)
+        self.reused = 0
+        return self.fit_res
 
     def _detect(self, frame: np.ndarray) -> FaceResult | None:
         det = self._pick(self.backend.detect(frame))
@@ -200,7 +222,8 @@ class FaceTracker:
         self.rel = np.array([(b[0] + b[2]) / 2 - c[0], (b[1] + b[3]) / 2 - c[1],
                              b[2] - b[0], b[3] - b[1]]) / max(r, 1e-6)
         self.score, self.since = det.score, 0
-        self.template = _normed(_patch(self._gray(frame), lm))
+        self.fit_patch = _patch(self._gray(frame), lm)
+        self.template = _normed(self.fit_patch)
         res = self._result(lm, self.template, True)
         self.lm = lm
         return res
@@ -229,18 +252,33 @@ class FaceTracker:
     def __call__(self, frame: np.ndarray) -> FaceResult | None:
         if self.naive or self.lm is None or self.since + 1 >= self.redetect_every:
             return self._detect(frame)
+        if self.reuse_mad > 0 and self.reused < self.max_reuse and self.fit_patch is not None:
+            p = _patch(frame, self.lm)   # grey of the face's region only
+            if float(np.abs(p - self.fit_patch).mean()) < self.reuse_mad:
+                return self._reuse(p)
         box = self._box(self.lm)
         lm = self.backend.landmarks(frame, box)
         (c0, r0), (c1, r1) = _centre_radius(self.lm), _centre_radius(lm)
         if (not np.isfinite(lm).all() or not 1 / self.max_scale_change < r1 / r0 < self.max_scale_change
                 or np.linalg.norm(c1 - c0) > self.max_shift * r0):
             return self._detect(frame)   # track lost: fall back to a detection now
-        patch = _normed(_patch(self._gray(frame), lm))
+        raw = _patch(self._gray(frame), lm)
+        patch = _normed(raw)
         if _ncc(patch, self.template) < self.min_ncc:
             det = self._face_in(frame, box)
             if det is None or _iou(det.box, box) < self.min_iou:
                 return self._detect(frame)   # no face there (lost), or not where we fitted (drifted)
             self.template = patch
         res = self._result(lm, patch, False)
-        self.lm, self.since = lm, self.since + 1
+        self.lm, self.since, self.fit_patch = lm, self.since + 1, raw
         return res
+
+    def _reuse(self, patch: np.ndarray) -> FaceResult:
+        """The last fitted landmarks again, for a frame whose face region (``patch``, taken at
+        those landmarks) differs from the one they were fitted on by less than ``reuse_mad`` grey
+        levels; cues and confidence are the fitted frame's."""
+        fit = self.fit_res
+        self.prev_patch = _normed(patch)
+        self.reused += 1
+        self.since += 1
+        return FaceResult(fit.landmarks.copy(), fit.score, False, fit.confidence, dict(fit.cues), reused=True)

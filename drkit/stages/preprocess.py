@@ -104,8 +104,10 @@ def _other_source(store_path: Path, src: Source) -> str | None:
 def _write_video(src: Source, cfg: PreprocessConfig, on_frames: Callable[[int], None]) -> dict:
     backend = _backend(cfg.backend, cfg.model_root)
     reader = FrameReader(src, cfg.fps)
-    tracker = FaceTracker(backend, redetect_every=cfg.redetect_every, naive=cfg.naive)
-    n_read = n_det = 0
+    p = cfg.store_params()
+    tracker = FaceTracker(backend, redetect_every=cfg.redetect_every, naive=cfg.naive,
+                          reuse_mad=p.reuse_mad, max_reuse=p.max_reuse)
+    n_read = n_det = n_kept = 0
     with opencv_threads(1), VideoWriter(cfg.out, src.id, face_arrays(cfg.crop_size), "faces") as writer, \
             read_ahead(iter(reader), 16, enabled=available_cores() > max(1, cfg.workers)) as frames:
         # frames decoded a few ahead in a thread when a core is spare (the tracker is
@@ -117,6 +119,7 @@ def _write_video(src: Source, cfg: PreprocessConfig, on_frames: Callable[[int], 
             if res is not None:
                 crop, lm_c, M = crop_face(frame, res.landmarks, cfg.crop_size, cfg.align)
                 n_det += res.detected
+                n_kept += res.reused
                 for k, v in (("frames", crop), ("landmarks", lm_c), ("frame_index", i),
                              ("confidence", res.score), ("detected", res.detected),
                              ("transform", M)):
@@ -141,7 +144,8 @@ def _write_video(src: Source, cfg: PreprocessConfig, on_frames: Callable[[int], 
             "backend_models": backend.models,
             "crop_size": cfg.crop_size, "align": cfg.align,
             "tracking": {"naive": cfg.naive, "redetect_every": cfg.redetect_every,
-                         "detections": n_det},
+                         "detections": n_det, "reuse_mad": tracker.reuse_mad, "max_reuse": tracker.max_reuse,
+                         "reused": n_kept},
             "warnings": warnings,
         })
     return {"id": src.id, "frames": writer.n, "source_frames": n_read, "warnings": warnings}
