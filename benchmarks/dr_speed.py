@@ -4,7 +4,7 @@ of the device's measured matrix-multiply peak, per device (CPU, and CUDA when pr
 the share of training time spent waiting for data).
 
     python benchmarks/dr_speed.py [--quick] [--sizes 112,224] [--precisions fp32,bf16]
-                                  [--devices cpu,cuda] [--channels-last] [--seconds 5]
+                                  [--devices cpu,cuda] [--seconds 5]
                                   [--stage-seconds 30] [--store faces.zarr] [--json out.json]
 
 Rows:
@@ -14,11 +14,15 @@ Rows:
   (drkit.precision); images/s. ``dr-infer-cl``: the same in channels_last memory format (what
   gen-dr and predict run by default); ``dr-infer-slim``: the slim UNet (width 8, as
   ``pretrained:T5-slim``), channels_last.
-- ``dr-train``: one training step of the DR UNet as train-dr runs it (T=5, batch 16: forward of
-  the centre frames under autocast, the rank loss in fp32 on the 2T+1 frames, backward, Adam);
-  windows/s (one image through the network per window). Synthetic tensors: no data loading.
-- ``train-dr``: the `drkit train-dr` stage for --stage-seconds on a store (generated frames
-  unless --store is given), windows/s and its data-wait share from the metrics log.
+- ``dr-train``: one training step of the DR UNet (width 16) as train-dr runs it (T=5, batch 16:
+  forward of the centre frames under autocast, the rank loss in fp32 on the 2T+1 frames,
+  backward, Adam) in the standard layout (train-dr's default before 0.3.0); windows/s (one
+  image through the network per window). Synthetic tensors: no data loading.
+  ``dr-train-cl``: the same in channels_last (train-dr's default since 0.3.0);
+  ``dr-train-slim``: width 8 (train-dr's default width), channels_last.
+- ``train-dr`` / ``train-dr-std``: the `drkit train-dr` stage (width 16) for --stage-seconds on a
+  store (generated frames unless --store is given), in channels_last / the standard layout,
+  windows/s and its data-wait share from the metrics log.
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode on one forward (dr-infer) or on
 one forward + backward + loss (dr-train, the backward counted, not estimated), per image; GFLOP/s
@@ -109,8 +113,8 @@ def dr_infer(device, precision, size, seconds, batch, channels_last, base=16):
     return ips, flops
 
 
-def dr_train(device, precision, size, seconds, batch, channels_last):
-    model = create_model("dr_unet").to(device).train()
+def dr_train(device, precision, size, seconds, batch, channels_last, base=16):
+    model = create_model("dr_unet", base=base).to(device).train()
     run = P.prepare(model, channels_last)
     opt = torch.optim.Adam(model.parameters(), 1e-3, betas=(0.5, 0.9))
     scaler = P.grad_scaler(precision, device)
@@ -131,7 +135,7 @@ def dr_train(device, precision, size, seconds, batch, channels_last):
     return wps, flops
 
 
-def stage_train(size, precision, seconds, store, tmp: Path):
+def stage_train(size, precision, seconds, store, tmp: Path, channels_last: bool = True):
     """The train-dr stage end to end (data loading included): windows/s and data-wait share."""
     if not store:
         from conftest import make_face_store
@@ -145,9 +149,10 @@ def stage_train(size, precision, seconds, store, tmp: Path):
         kw["precision"] = precision
     elif precision != "fp32":
         return None
-    out = tmp / f"run{size}_{precision}"
+    out = tmp / f"run{size}_{precision}_{'cl' if channels_last else 'std'}"
     train_dr.run(train_dr.TrainDRConfig(stores=[str(store)], out=str(out), T=T, stride=2, net_size=size,
-                                        epochs=1000, time_budget=seconds, batch_size=16, **kw))
+                                        epochs=1000, time_budget=seconds, batch_size=16, base=16,
+                                        channels_last=channels_last, **kw))
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps, secs = recs[-1]["step"], recs[-1]["seconds"]
     wait = float(np.average([r["data_wait_share"] for r in recs],
@@ -161,7 +166,6 @@ def main() -> None:
     ap.add_argument("--sizes", default="112,224")
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--devices", default=None, help="default: cpu, and cuda when present")
-    ap.add_argument("--channels-last", action="store_true", help="dr-train and train-dr in channels_last")
     ap.add_argument("--seconds", type=float, default=None, help="per timing (default 5, quick 1)")
     ap.add_argument("--stage-seconds", type=float, default=None,
                     help="train-dr stage run per size and precision (default 30, quick 8; 0: skip)")
@@ -179,7 +183,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CPU "
           f"{torch.backends.cpu.get_cpu_capability()} (native bf16: {P.cpu_bf16_native()})"
           + (f", GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU")
-          + (", channels_last" if a.channels_last else "") + (" (quick)" if a.quick else ""))
+          + (" (quick)" if a.quick else ""))
     rows = []
     for dev_name in devices:
         device = torch.device(dev_name)
@@ -199,18 +203,21 @@ def main() -> None:
                         ("dr-infer", dr_infer, 4 if slow else 32, {"channels_last": False}),
                         ("dr-infer-cl", dr_infer, 4 if slow else 32, {"channels_last": True}),
                         ("dr-infer-slim", dr_infer, 4 if slow else 32, {"channels_last": True, "base": 8}),
-                        ("dr-train", dr_train, 2 if slow else 16, {"channels_last": a.channels_last})):
+                        ("dr-train", dr_train, 2 if slow else 16, {"channels_last": False}),
+                        ("dr-train-cl", dr_train, 2 if slow else 16, {"channels_last": True}),
+                        ("dr-train-slim", dr_train, 2 if slow else 16, {"channels_last": True, "base": 8})):
                     ips, flops = fn(device, prec, size, secs, batch, **kw)
                     g = ips * flops / 1e9
                     rows.append({"device": dev_name, "precision": prec, "what": what, "size": size,
                                  "per_s": ips, "gflop_per_image": flops / 1e9, "gflop_s": g,
                                  "of_peak": g / peak})
                 if dev_name == "cpu" and stage_secs > 0 and not slow:
-                    r = stage_train(size, prec, stage_secs, a.store, tmp)
-                    if r:
-                        rows.append({"device": dev_name, "precision": prec, "what": "train-dr", "size": size,
-                                     "per_s": r[0], "gflop_per_image": None, "gflop_s": None,
-                                     "of_peak": None, "data_wait_share": r[1]})
+                    for what, cl in (("train-dr-std", False), ("train-dr", True)):
+                        r = stage_train(size, prec, stage_secs, a.store, tmp, cl)
+                        if r:
+                            rows.append({"device": dev_name, "precision": prec, "what": what, "size": size,
+                                         "per_s": r[0], "gflop_per_image": None, "gflop_s": None,
+                                         "of_peak": None, "data_wait_share": r[1]})
 
     def f(v, fmt):
         return "" if v is None else format(v, fmt)
@@ -218,7 +225,11 @@ def main() -> None:
           f"{'GFLOP/s':>9}{'of peak':>9}  note")
     for r in rows:
         note = {"peak": f"matmul {r['size']}x{r['size']}", "dr-train": "windows/s, fwd+bwd counted",
-                "train-dr": f"stage, windows/s, data wait {r.get('data_wait_share', 0):.0%}"}.get(r["what"], "")
+                "dr-train-cl": "windows/s, channels_last (train-dr's default)",
+                "dr-train-slim": "windows/s, width 8, channels_last",
+                "train-dr": f"stage, width 16, channels_last, windows/s, data wait {r.get('data_wait_share', 0):.0%}",
+                "train-dr-std": f"stage, width 16, standard layout, data wait {r.get('data_wait_share', 0):.0%}",
+                }.get(r["what"], "")
         size = "" if r["what"] == "peak" else f(r["size"], "d")
         print(f"{r['device']:<7}{r['precision']:<6}{r['what']:<14}{size:>5}{f(r['per_s'], '.1f'):>9}"
               f"{f(r['gflop_per_image'], '.2f'):>11}{f(r['gflop_s'], '.1f'):>9}{f(r['of_peak'], '.0%'):>9}  {note}")
