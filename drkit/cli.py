@@ -552,6 +552,7 @@ def predict(
     shard: Annotated[Optional[str], typer.Option(help="I/N (with --per-video): process only the I-th of N deterministic parts of the inputs (0-based); N jobs fill one folder.")] = None,
     overwrite: Annotated[bool, typer.Option(help="With --per-video: redo inputs whose CSV is already there.")] = False,
     engine: EngineOption = C.PredictConfig.engine,
+    reuse_mad: Annotated[Optional[float], typer.Option(help="Keep a frame's landmarks for the next frames while the face there has not changed (mean absolute grey difference below this; 0: fit every frame). Default: as the bundle's training store was preprocessed (0 for bundles made before 0.3.0, including pretrained:au).")] = None,
 ) -> None:
     """Predict AU intensities (or valence/arousal) from still images or video frames.
 
@@ -564,7 +565,8 @@ def predict(
                                   model_root=model_root, batch_size=batch_size, device=device,
                                   precision=precision, channels_last=channels_last, compile=compile_,
                                   per_video=per_video, shard=shard, overwrite=overwrite, format=format,
-                                  plot=plot, video_out=video_out, dr_frames=dr_frames, clip=clip, engine=engine))
+                                  plot=plot, video_out=video_out, dr_frames=dr_frames, clip=clip, engine=engine,
+                                  reuse_mad=reuse_mad))
     done = f", {len(r.written)} CSVs written, {r.skipped} already there" if per_video else ""
     log.info(f"predict: {r.rows} rows, {r.faces} with a face, {len(r.failed)} inputs skipped{done} -> {r.out}")
 

@@ -293,6 +293,7 @@ class PredictConfig:
     dr_frames: str | None = None      # --save-dr only these source frames ("0,100,200-210")
     clip: bool = True                 # clip outputs to the task's label range
     engine: Engine = "auto"              # auto | torch | onnxruntime (Engine; fp32 only)
+    reuse_mad: float | None = None    # the tracker's landmark reuse (grey levels); None: as the bundle's training store
 
     def __post_init__(self):
         check_choices(self)

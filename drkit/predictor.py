@@ -106,6 +106,7 @@ class Predictor:
         self.crop_size, self.align = c.preprocess.crop_size, c.preprocess.align
         self.backend_name, self.model_root = backend or c.preprocess.backend, model_root
         self._backend = None
+        self.reuse_mad: float | None = None   # the tracker's landmark reuse; None: the bundle's (tracker())
         self.timings = {"dr": 0.0, "task": 0.0, "crops": 0}   # predict_crops adds to these
         self._graphs = self._task_graph = None
         if self.engine == "onnxruntime":   # export now (the MDR stack, the task part): a failure shows before any work
@@ -190,11 +191,14 @@ class Predictor:
                     float(getattr(res, "confidence", 1.0)), bool(res.detected))
 
     def tracker(self, redetect_every: int | None = None):
-        """A FaceTracker for the frames of one video, with the bundle's tracking settings."""
+        """A FaceTracker for the frames of one video, with the bundle's tracking settings (its
+        training store's; landmark reuse as ``self.reuse_mad`` says when that is set)."""
         from .faces import FaceTracker
+        from .configs import MAX_REUSE
         pp = self.config.preprocess
+        mad = pp.reuse_mad if self.reuse_mad is None else self.reuse_mad
         return FaceTracker(self.backend, redetect_every=redetect_every or pp.redetect_every,
-                           reuse_mad=pp.reuse_mad, max_reuse=pp.max_reuse)
+                           reuse_mad=mad, max_reuse=pp.max_reuse or MAX_REUSE)
 
     def predict_image(self, bgr: np.ndarray) -> Prediction | None:
         """Predict on the largest face of one BGR image (OpenCV's order); None without a face."""

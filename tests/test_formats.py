@@ -209,7 +209,11 @@ def test_predict_tracks_as_the_training_store_was_tracked(bundle):
     for k in ("reuse_mad", "max_reuse"):
         d.pop(k)
     ck.config.preprocess = type(ck.config.preprocess).from_dict(d)
-    assert Predictor(ck).tracker().reuse_mad == 0.0
+    p = Predictor(ck)
+    assert p.tracker().reuse_mad == 0.0
+    p.reuse_mad = 3.0     # predict --reuse-mad 3: reuse for a bundle whose store had none
+    from drkit.configs import MAX_REUSE
+    assert (p.tracker().reuse_mad, p.tracker().max_reuse) == (3.0, MAX_REUSE)
     ck.config.preprocess.reuse_mad, ck.config.preprocess.max_reuse = 3.0, 4
     tr = Predictor(ck).tracker()
     assert (tr.reuse_mad, tr.max_reuse) == (3.0, 4)

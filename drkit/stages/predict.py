@@ -386,6 +386,7 @@ def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | Non
     pred = Predictor(load_bundle(cfg.model), _device(cfg.device), cfg.backend, cfg.model_root,
                      cfg.precision, cfg.channels_last, cfg.compile, cfg.clip, cfg.engine, net_threads)
     pred.bundle_name = str(cfg.model)
+    pred.reuse_mad = cfg.reuse_mad
     log.debug(f"predict: networks run by {pred.engine}"
               + (f" ({pred._graphs.engine(pred.crop_size).provider})" if pred._graphs else f" on {pred.device}"))
     pred.backend  # load the face backend now: a missing model fails before any work
