@@ -35,6 +35,9 @@ backend) on the clip into a temporary CSV:
 - ``sequential-torch`` / ``sequential-ort``: ``sequential`` with ``--engine torch`` /
   ``onnxruntime`` (the other modes use the default engine, ``auto``, except ``sequential-nchw``
   and ``pipelined-1t``, which set torch's own options and so run torch).
+- ``default-reuse``: ``default`` with ``--reuse-mad 3`` (the tracker keeps landmarks while the face
+  has not changed; preprocess's default, off for bundles whose store predates it, such as
+  pretrained:au); its CSV differs from the others' where a kept frame's crop does.
 Every mode's CSV is compared with the first mode's: identical, or (sequential-nchw) the largest
 difference of its numbers (the layouts round differently, ~1e-6).
 
@@ -197,8 +200,10 @@ def run_drkit(bundle: Path, clip: Path, mode: str, out: Path, batch_size: int = 
     if hasattr(cfg, "engine"):      # the engine modes name it; the torch-setting modes measure torch
         cfg.engine = {"sequential-torch": "torch", "sequential-ort": "onnxruntime", "sequential-nchw": "torch",
                       "pipelined-1t": "torch"}.get(mode, cfg.engine)
+    if mode == "default-reuse":     # predict --reuse-mad 3: landmark reuse for a bundle whose store had none
+        cfg.reuse_mad = 3.0
     kw = {"sequential": {"pipeline": False}, "sequential-nchw": {"pipeline": False}, "pipelined": {"pipeline": True},
-          "pipelined-1t": {"pipeline": True, "net_threads": 1}, "default": {},
+          "pipelined-1t": {"pipeline": True, "net_threads": 1}, "default": {}, "default-reuse": {},
           "sequential-torch": {"pipeline": False}, "sequential-ort": {"pipeline": False}}[mode]
     if kw and "pipeline" not in inspect.signature(predict.run).parameters:
         raise SystemExit(f"mode {mode}: this drkit's predict.run has no pipeline option (use --modes default)")
