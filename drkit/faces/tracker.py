@@ -30,9 +30,10 @@ the inner face at the current landmarks is compared with the patch at the same l
 frame they were fitted on; when the mean absolute difference is below ``reuse_mad`` the face has
 neither moved nor changed expression there, and the landmarks are kept (``reused``), for at most
 ``max_reuse`` frames in a row. The comparison is always with the fitted frame, never chained,
-which bounds the drift. On the 86 clips of ../shared/data/faces (24,498 frames) 41% of frames
-keep their landmarks, and 99.2% of frames have the same landmarks (within 5% of the IOD) as
-detecting every frame, as without reuse; the median error grows from 0.0075 to 0.009 IOD.
+which bounds the drift. Of the 25,847 frames of ../shared/data/faces 43% keep their landmarks;
+on its 86 video files 99.2% of frames have the same landmarks (within 5% of the IOD) as
+detecting every frame, as without reuse (benchmarks/preprocess_speed.py --refit-compare), and the
+median error grows from 0.0075 to 0.009 IOD.
 AU outputs (pretrained:au, d6.mp4) move from detect-every-frame's by 0.055 on average with reuse
 against 0.056 when fitting every frame: dlib's refits jitter by as much as a kept frame differs.
 Stores record the setting (``reuse_mad``, ``max_reuse``; 0 in older stores) and
