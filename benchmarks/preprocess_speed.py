@@ -18,7 +18,7 @@ from the reference):
 
 ``tracked`` runs with preprocess's defaults, which keep a frame's landmarks for the next frames
 while the face there has not changed (``--reuse-mad``); ``--refit-compare`` adds
-``tracked_refit``, fitting landmarks on every tracked frame (``--reuse-mad 0``, drkit <= 0.3),
+``tracked_refit``, fitting landmarks on every tracked frame (``--reuse-mad 0``, as before 0.3.0),
 reported as ``reuse_gain`` (tracked / tracked_refit), ``refit_speedup`` and
 ``refit_same_landmarks_pct``.
 

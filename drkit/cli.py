@@ -552,7 +552,7 @@ def predict(
     shard: Annotated[Optional[str], typer.Option(help="I/N (with --per-video): process only the I-th of N deterministic parts of the inputs (0-based); N jobs fill one folder.")] = None,
     overwrite: Annotated[bool, typer.Option(help="With --per-video: redo inputs whose CSV is already there.")] = False,
     engine: EngineOption = C.PredictConfig.engine,
-    reuse_mad: Annotated[Optional[float], typer.Option(help="Keep a frame's landmarks for the next frames while the face there has not changed (mean absolute grey difference below this; 0: fit every frame). Default: as the bundle's training store was preprocessed (0 for bundles made before 0.3.0, including pretrained:au).")] = None,
+    reuse_mad: Annotated[Optional[float], typer.Option(help="Keep a frame's landmarks for the next frames while the face there has not changed (mean absolute grey difference below this; 0: fit every frame). Default: as the bundle's training store was preprocessed (0 for bundles whose store predates the setting, pretrained:au among them).")] = None,
 ) -> None:
     """Predict AU intensities (or valence/arousal) from still images or video frames.
 

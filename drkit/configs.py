@@ -107,7 +107,8 @@ class PreprocessConfig:
     def store_params(self) -> FaceStoreParams:
         return FaceStoreParams(crop_size=self.crop_size, align=self.align, backend=self.backend,
                                redetect_every=self.redetect_every, naive=self.naive, image_fps=self.fps,
-                               reuse_mad=0.0 if self.naive else self.reuse_mad, max_reuse=self.max_reuse)
+                               reuse_mad=0.0 if self.naive or self.max_reuse <= 0 else self.reuse_mad,
+                               max_reuse=self.max_reuse)
 
 
 @dataclass

@@ -203,7 +203,7 @@ def test_video_writer_writes_each_chunk_once(tmp_path, monkeypatch):
 
 def test_predict_tracks_as_the_training_store_was_tracked(bundle):
     """A bundle's FaceTracker takes the landmark reuse of its face store's params: 0 (a fit on
-    every frame, as drkit <= 0.3 did) for bundles whose params predate the setting."""
+    every frame, as before 0.3.0) for bundles whose params predate the setting."""
     ck = load_checkpoint(bundle, "task")
     d = ck.config.preprocess.to_dict()
     for k in ("reuse_mad", "max_reuse"):

@@ -159,3 +159,11 @@ def test_reuse_is_off_without_a_threshold_and_for_old_stores(dlib, tmp_path):
     assert (p.reuse_mad, p.max_reuse) == (REUSE_MAD, MAX_REUSE) and REUSE_MAD > 0
     assert FaceStoreParams.from_dict(p.to_dict()) == p
     assert PreprocessConfig(inputs=[tmp_path], out=tmp_path / "s.zarr", naive=True).store_params().reuse_mad == 0
+
+
+def test_a_store_made_with_max_reuse_0_records_no_reuse(tmp_path):
+    """--max-reuse 0 keeps landmarks for no frame: the params say reuse_mad 0, so a bundle of that
+    store is not tracked with reuse by predict (which fills in a default max_reuse)."""
+    from drkit.configs import PreprocessConfig
+    p = PreprocessConfig(inputs=[tmp_path], out=tmp_path / "s.zarr", reuse_mad=3.0, max_reuse=0).store_params()
+    assert p.reuse_mad == 0.0

@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..configs import MAX_REUSE
 from .backends import Detection
 
 RIGID = slice(27, 48)   # nose bridge and tip, both eyes: they do not move with expressions
@@ -151,7 +152,7 @@ class FaceTracker:
 
     def __init__(self, backend, redetect_every: int = 30, naive: bool = False,
                  max_scale_change: float = 1.25, max_shift: float = 0.5, verify_px: int = 90,
-                 min_ncc: float = 0.7, min_iou: float = 0.7, reuse_mad: float = 0.0, max_reuse: int = 3):
+                 min_ncc: float = 0.7, min_iou: float = 0.7, reuse_mad: float = 0.0, max_reuse: int = MAX_REUSE):
         self.backend = backend
         self.reuse_mad = reuse_mad
         self.max_reuse = max_reuse
