@@ -342,8 +342,8 @@ def test_stores_without_checksums_still_open(tmp_path):
 def test_sigterm_is_like_ctrl_c_and_a_rerun_completes(tmp_path, delay):
     src = tmp_path / "in"
     src.mkdir()
-    for i in range(3):
-        write_video(src / f"v{i}.avi", face_frames(150, size=200, seed=40 + i))
+    for i in range(3):   # long enough that the run is still writing when the signal comes, however fast tracking gets
+        write_video(src / f"v{i}.avi", face_frames(400, size=200, seed=40 + i))
     ref = tmp_path / "ref.zarr"
     assert cli("preprocess", src, "-o", ref, "--size", "64").returncode == 0
     out = tmp_path / "t.zarr"
