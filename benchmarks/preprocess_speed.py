@@ -3,7 +3,8 @@ the insightface backend (tracked) beside them.
 
     python benchmarks/preprocess_speed.py [--faces ../shared/data/faces] [--limit N] [--crop-size 224]
         [--model-root ../shared/models/insightface] [--backends dlib,insightface]
-        [--insightface-naive] [--workers-compare] [--refit-compare] [--interleave] [--json OUT]
+        [--insightface-naive] [--workers-compare] [--refit-compare] [--frame-compare] [--interleave]
+        [--json OUT]
 
 Runs `drkit preprocess` once per mode over the same videos (one process, one worker), into
 temporary stores, and reports for each mode frames/s (source frames decoded / wall time), the
@@ -20,7 +21,10 @@ from the reference):
 while the face there has not changed (``--reuse-mad``); ``--refit-compare`` adds
 ``tracked_refit``, fitting landmarks on every tracked frame (``--reuse-mad 0``, as before 0.3.0),
 reported as ``reuse_gain`` (tracked / tracked_refit), ``refit_speedup`` and
-``refit_same_landmarks_pct``.
+``refit_same_landmarks_pct``. The periodic re-detections of ``tracked`` run the detector on a
+small region around the face (``--redetect-region``, the default); ``--frame-compare`` adds
+``tracked_frame``, re-detecting on the whole frame (``--redetect-frame``, as before 0.3.0),
+reported as ``region_gain``, ``frame_speedup`` and ``frame_same_landmarks_pct``.
 
 With ``--workers-compare`` two more dlib tracked runs: ``tracked_inline`` (one worker, frames
 decoded inline instead of in the read-ahead thread a spare core allows) and ``tracked_workers2``
@@ -32,6 +36,11 @@ close to 2x one worker") and ``workers2_vs_tracked`` (over the default one-worke
 ``run`` per video and mode, so the modes share the machine's slow and fast moments; the
 ``--workers 2`` mode still runs once over all videos).
 
+Each mode also reports ``cpu_cores``: its CPU time (user + system, worker processes included)
+over its wall time. One dlib worker uses more than one core: the store's writer thread compresses
+beside the tracker (and with a spare core, FFmpeg decodes in the read-ahead thread), so two
+workers on two cores cannot reach twice one worker's frames/s.
+
 Frames where only one of the two found a face count as disagreeing. insightface runs with
 onnxruntime's intra-op threads as the backend sets them (all cores in one process, reported as
 `threads`; DRKIT_ORT_THREADS overrides); dlib is single-threaded. insightface is skipped, with a
@@ -42,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +64,8 @@ from drkit.stages.preprocess import PreprocessConfig, run
 from drkit.store import open_store
 
 HERE = Path(__file__).resolve()
+# settings that differ from preprocess's defaults, per mode
+MODE_SETTINGS = {"tracked_refit": {"reuse_mad": 0.0}, "tracked_frame": {"redetect_region": False}}
 
 
 def source_landmarks(store_path: Path) -> dict[str, dict[int, np.ndarray]]:
@@ -93,6 +105,8 @@ def main() -> None:
     ap.add_argument("--crop-size", "--size", dest="size", type=int, default=224)
     ap.add_argument("--refit-compare", action="store_true",
                     help="also a tracked run fitting landmarks on every frame (--reuse-mad 0)")
+    ap.add_argument("--frame-compare", action="store_true",
+                    help="also a tracked run re-detecting on the whole frame (--redetect-frame)")
     ap.add_argument("--model-root", default=str(HERE.parents[2] / "shared/models/insightface"),
                     help="insightface model folder (see README, 'Optional: insightface backend')")
     ap.add_argument("--backends", default="dlib,insightface")
@@ -112,6 +126,8 @@ def main() -> None:
     modes = [("tracked", "dlib", False, 1), ("naive", "dlib", True, 1)]
     if a.refit_compare:
         modes.append(("tracked_refit", "dlib", False, 1))
+    if a.frame_compare:
+        modes.append(("tracked_frame", "dlib", False, 1))
     if a.workers_compare:
         modes += [("tracked_inline", "dlib", False, 1), ("tracked_workers2", "dlib", False, 2)]
     res: dict = {"videos": len(vids)}
@@ -133,19 +149,22 @@ def main() -> None:
             out = Path(tmp) / f"{mode}.zarr"
             # tracked_inline: as if no core were spare, so the frames are decoded inline
             pp.available_cores = (lambda: 1) if mode == "tracked_inline" else available_cores
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), os.times()
             s = run(PreprocessConfig(inputs=[str(v) for v in inputs], out=str(out), crop_size=a.size,
                                      naive=naive, backend=backend, workers=workers,
-                                     **({"reuse_mad": 0.0} if mode == "tracked_refit" else {}),
+                                     **MODE_SETTINGS.get(mode, {}),
                                      model_root=a.model_root if backend == "insightface" else None))
             pp.available_cores = available_cores
-            return time.perf_counter() - t0, s
+            dt, c1 = time.perf_counter() - t0, os.times()
+            cpu[mode] += sum(c1[i] - c0[i] for i in range(4))   # user + system, workers' included
+            return dt, s
 
         for backend in {m[1] for m in modes}:   # load (and hash) the models before any timing
             pp._backend(backend, a.model_root if backend == "insightface" else None).models
         # one run per video and mode in turn (--interleave: each video through every one-worker
         # mode before the next video, so a machine that slows down mid-run slows every mode alike)
         seconds = dict.fromkeys([m[0] for m in modes], 0.0)
+        cpu = dict.fromkeys([m[0] for m in modes], 0.0)
         summaries = {m[0]: [] for m in modes}
         rounds = [[v] for v in vids] if a.interleave else [vids]
         for inputs in rounds:
@@ -168,7 +187,8 @@ def main() -> None:
             res[mode] = {"backend": backend, "naive": naive, "workers": workers, "seconds": round(dt, 2),
                          "source_frames": n_src, "face_frames": n_face,
                          "faces_found_pct": round(100 * n_face / max(n_src, 1), 2),
-                         "fps": round(n_src / dt, 1)}
+                         "fps": round(n_src / dt, 1),
+                         "cpu_cores": round(cpu[mode] / dt, 2)}
             stores[mode] = source_landmarks(out)
         ref = stores["naive"]
         same = agreement(stores["tracked"], ref, 0.05)
@@ -179,6 +199,10 @@ def main() -> None:
             res["reuse_gain"] = round(res["tracked"]["fps"] / res["tracked_refit"]["fps"], 2)
             res["refit_speedup"] = round(res["tracked_refit"]["fps"] / res["naive"]["fps"], 2)
             res["refit_same_landmarks_pct"] = agreement(stores["tracked_refit"], ref, 0.05)["agree_pct"]
+        if "tracked_frame" in stores:
+            res["region_gain"] = round(res["tracked"]["fps"] / res["tracked_frame"]["fps"], 2)
+            res["frame_speedup"] = round(res["tracked_frame"]["fps"] / res["naive"]["fps"], 2)
+            res["frame_same_landmarks_pct"] = agreement(stores["tracked_frame"], ref, 0.05)["agree_pct"]
         if a.workers_compare:
             fps = {m: res[m]["fps"] for m in ("tracked", "tracked_inline", "tracked_workers2")}
             res["read_ahead_gain"] = round(fps["tracked"] / fps["tracked_inline"], 2)

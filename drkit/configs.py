@@ -33,8 +33,8 @@ from .fsutil import as_path, as_paths
 DEFAULT_BASELINES = ("identity",)
 # the tracker's landmark reuse (drkit.faces.tracker, FaceTracker.reuse_mad / max_reuse): what
 # preprocess records in the store, and predict then uses for that store's bundles
-REUSE_MAD = 3.0
-MAX_REUSE = 4
+REUSE_MAD = 4.0
+MAX_REUSE = 6
 
 
 _OPTION = {"input_kind": "--input"}   # fields whose CLI option is not --<field-name>
@@ -96,6 +96,7 @@ class PreprocessConfig:
     naive: bool = False          # detect on every frame (slow; for comparison)
     reuse_mad: float = REUSE_MAD   # keep a frame's landmarks for the next when its face patch moved < this (grey levels; 0: refit every frame)
     max_reuse: int = MAX_REUSE     # at most this many frames in a row
+    redetect_region: bool = True   # periodic re-detections on a small region around the track (False: the whole frame)
     overwrite: bool = False      # redo videos already complete in the store
     size: InitVar[int | None] = None   # drkit 0.2 name of crop_size (deprecated)
 
@@ -108,7 +109,7 @@ class PreprocessConfig:
         return FaceStoreParams(crop_size=self.crop_size, align=self.align, backend=self.backend,
                                redetect_every=self.redetect_every, naive=self.naive, image_fps=self.fps,
                                reuse_mad=0.0 if self.naive or self.max_reuse <= 0 else self.reuse_mad,
-                               max_reuse=self.max_reuse)
+                               max_reuse=self.max_reuse, redetect_region=self.redetect_region and not self.naive)
 
 
 @dataclass
@@ -295,6 +296,7 @@ class PredictConfig:
     clip: bool = True                 # clip outputs to the task's label range
     engine: Engine = "auto"              # auto | torch | onnxruntime (Engine; fp32 only)
     reuse_mad: float | None = None    # the tracker's landmark reuse (grey levels); None: as the bundle's training store
+    redetect_region: bool | None = None   # periodic re-detections near the face; None: as the bundle's training store
 
     def __post_init__(self):
         check_choices(self)

@@ -233,6 +233,7 @@ class FaceStoreParams:
     image_fps: float = 25.0
     reuse_mad: float = 0.0    # landmark reuse of the tracker (drkit.faces.tracker); 0 in older stores
     max_reuse: int = 0
+    redetect_region: bool = False   # periodic re-detections near the track (0.3.0); False in older stores
     extra: dict[str, Any] = field(default_factory=dict)
 
     MUST_MATCH = ("crop_size", "align")
@@ -241,7 +242,7 @@ class FaceStoreParams:
         return {"crop_size": self.crop_size, "align": self.align, "backend": self.backend,
                 "redetect_every": self.redetect_every, "naive": self.naive,
                 "image_fps": self.image_fps, "reuse_mad": self.reuse_mad, "max_reuse": self.max_reuse,
-                **self.extra}
+                "redetect_region": self.redetect_region, **self.extra}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "face store params") -> "FaceStoreParams":

@@ -351,9 +351,13 @@ def claim(store_path: str | os.PathLike, vid: str, wait: bool = False) -> Iterat
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-# every chunk: zstd (zarr's default) then a CRC-32C of the compressed bytes, checked on every read
-# and by ``verify_chunks`` without decompressing (stores made before 0.3.0 have no checksum)
-CODECS = (zarr.codecs.ZstdCodec(level=0, checksum=False), zarr.codecs.Crc32cCodec())
+# every chunk: zstd then a CRC-32C of the compressed bytes, checked on every read and by
+# ``verify_chunks`` without decompressing (stores made before 0.3.0 have no checksum). Level 1
+# since 0.3.0 (before: zarr's default, 3): on 224 px face crops it compresses 2.2x faster (0.16
+# against 0.35 ms a frame, the writer thread's CPU that a parallel preprocess's workers share) and
+# decompresses 2x faster (0.07 against 0.14 ms, train-dr's loading), for 13% more bytes (ratio
+# 4.15 against 4.71). Readers take any level.
+CODECS = (zarr.codecs.ZstdCodec(level=1, checksum=False), zarr.codecs.Crc32cCodec())
 
 
 class VideoWriter:

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import cli, face_frames, make_face_store, moving_blob_frames, write_video
+from conftest import assert_same_store, cli, face_frames, make_face_store, moving_blob_frames, write_video
 
 from drkit import log, ranking
 from drkit.errors import UsageError
@@ -208,6 +208,32 @@ def test_video_with_implausible_fps_uses_default(tmp_path, fps, warnings):
     reader = FrameReader(Source("odd.mp4", path, "video"), default_fps=30.0)
     assert reader.meta.fps == 30.0 and len(list(reader)) == 4
     assert len(warnings) == 1 and str(path) in warnings[0] and f"{reported:g} fps" in warnings[0]
+
+
+def test_one_decoding_thread_gives_the_same_frames(tmp_path, monkeypatch):
+    """Workers that fill every core decode on one FFmpeg thread: the same frames and timestamps as
+    FFmpeg's default threads, and preprocess asks for it exactly when no core is spare."""
+    path = write_video(tmp_path / "v.mp4", face_frames(12, size=96))
+    src = Source("v.mp4", path, "video")
+    default, one = list(FrameReader(src).timed()), list(FrameReader(src, decode_threads=1).timed())
+    assert len(default) == len(one) == 12
+    for (i, t, f), (j, u, g) in zip(default, one):
+        assert i == j and t == u and np.array_equal(f, g)
+
+    import drkit.stages.preprocess as pp
+    asked = []
+
+    class Spy(FrameReader):
+        def __init__(self, src, fps, decode_threads=0):
+            asked.append(decode_threads)
+            super().__init__(src, fps, decode_threads)
+
+    monkeypatch.setattr(pp, "FrameReader", Spy)
+    for cores, want in ((2, 0), (1, 1)):
+        monkeypatch.setattr(pp, "available_cores", lambda: cores)
+        pp.run(pp.PreprocessConfig(inputs=[str(path)], out=str(tmp_path / f"s{cores}.zarr"), crop_size=64))
+        assert asked[-1] == want
+    assert_same_store(tmp_path / "s2.zarr", tmp_path / "s1.zarr")
 
 
 def test_preprocess_stores_default_fps_for_implausible_container_fps(tmp_path):

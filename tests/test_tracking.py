@@ -167,3 +167,69 @@ def test_a_store_made_with_max_reuse_0_records_no_reuse(tmp_path):
     from drkit.configs import PreprocessConfig
     p = PreprocessConfig(inputs=[tmp_path], out=tmp_path / "s.zarr", reuse_mad=3.0, max_reuse=0).store_params()
     assert p.reuse_mad == 0.0
+
+
+class _DetectLog(_Counting):
+    """A backend wrapper recording the image size of every detector call."""
+
+    def __init__(self, backend):
+        super().__init__(backend)
+        self.sizes: list[tuple[int, int]] = []
+
+    def detect(self, frame, **kw):
+        self.sizes.append(frame.shape[:2])
+        return self.b.detect(frame, **kw)
+
+
+def _in_canvas(frames: list[np.ndarray], at: tuple[int, int] = (40, 60)) -> list[np.ndarray]:
+    """The frames pasted into a 480x640 grey canvas: the face is a small part of the frame."""
+    out = []
+    for f in frames:
+        c = np.full((480, 640, 3), 90, np.uint8)
+        c[at[0]:at[0] + f.shape[0], at[1]:at[1] + f.shape[1]] = f
+        out.append(c)
+    return out
+
+
+def test_periodic_redetections_run_near_the_face(dlib):
+    """With redetect_region, the periodic re-detections run the detector on a small region around
+    the tracked face, not the whole frame; the landmarks refitted from that detection stay where
+    detecting every frame is, keep the track's score and are not marked ``detected`` (a detection
+    on the whole frame). Without a face near the track the whole frame is searched."""
+    frames = _in_canvas(face_frames(31, seed=3))
+    ref = [FaceTracker(dlib, naive=True)(f) for f in frames]
+    for region in (False, True):
+        be = _DetectLog(dlib)
+        tr = FaceTracker(be, redetect_every=10, redetect_region=region)
+        res = [tr(f) for f in frames]
+        assert max(_err(r, n) for r, n in zip(res, ref)) < 0.05
+        whole = [s == (480, 640) for s in be.sizes]
+        if not region:
+            assert whole == [True] * 4 and [t for t, r in enumerate(res) if r.detected] == [0, 10, 20, 30]
+        else:
+            assert whole[0] and not any(whole[1:]) and len(whole) >= 4
+            assert max(max(s) for s in be.sizes[1:]) < 250      # a region around a ~100 px face
+            assert [t for t, r in enumerate(res) if r.detected] == [0]
+            assert all(r.score == res[0].score for r in res)
+    # the face moved far away at a re-detection: nothing near the track, so the whole frame
+    moved = frames[:10] + _in_canvas(face_frames(31, seed=3), at=(260, 420))[10:12]
+    be = _DetectLog(dlib)
+    tr = FaceTracker(be, redetect_every=10, redetect_region=True)
+    res = [tr(f) for f in moved]
+    assert res[10].detected and be.sizes[-1] == (480, 640)
+    assert _err(res[10], FaceTracker(dlib, naive=True)(moved[10])) < 0.05
+
+
+def test_region_redetection_is_off_for_old_stores(tmp_path):
+    """Stores (and bundles) from before the setting re-detect on the whole frame; new stores
+    record region re-detection, except naive ones (they detect every frame)."""
+    from drkit.configs import PreprocessConfig
+    from drkit.contracts import FaceStoreParams
+    old = FaceStoreParams.from_dict({"crop_size": 112, "align": True, "backend": "dlib",
+                                     "redetect_every": 30, "naive": False, "image_fps": 25.0})
+    assert old.redetect_region is False and "redetect_region" not in old.extra
+    p = PreprocessConfig(inputs=[tmp_path], out=tmp_path / "s.zarr").store_params()
+    assert p.redetect_region is True and FaceStoreParams.from_dict(p.to_dict()) == p
+    assert not PreprocessConfig(inputs=[tmp_path], out=tmp_path / "s.zarr", naive=True).store_params().redetect_region
+    assert not PreprocessConfig(inputs=[tmp_path], out=tmp_path / "s.zarr",
+                                redetect_region=False).store_params().redetect_region

@@ -1,6 +1,10 @@
 """Per-frame landmarks with tracking: detect once, then place the next frame's box from the
-previous landmarks, and re-detect on the whole frame only when the track is lost or every
-``redetect_every`` frames.
+previous landmarks, and re-detect on the whole frame when the track is lost. Every
+``redetect_every`` frames the landmarks are refitted from a fresh detection, which re-anchors the
+box and stops a slow drift: with ``redetect_region`` (preprocess's default since 0.3.0) the
+detector runs on the small verification region around the tracked face described below (~2 ms
+with dlib against 7-13 ms for a whole frame on the shared clips), and on the whole frame only
+when no face is there; such a frame keeps the track's ``score`` and is not marked ``detected``.
 
 The box is predicted in the detector's own convention: at each detection we record where the
 detector's box sits relative to the rigid landmarks (nose and eyes, points 27-47: offset and
@@ -24,20 +28,22 @@ reference, only if that detection agrees with the box they were fitted from (IoU
 frame a full detection. (Before, any face overlapping the box a little confirmed the frame and
 made a drifted patch the new reference, after which the check passed on the drifted track.)
 
-Landmark reuse (``reuse_mad`` > 0; preprocess's default 3 grey levels, ``max_reuse`` 4): fitting 68
+Landmark reuse (``reuse_mad`` > 0; preprocess's default 4 grey levels, ``max_reuse`` 6): fitting 68
 landmarks costs dlib ~2-3 ms, most of a tracked frame. Before fitting, the 32x32 grey patch of
 the inner face at the current landmarks is compared with the patch at the same landmarks in the
 frame they were fitted on; when the mean absolute difference is below ``reuse_mad`` the face has
 neither moved nor changed expression there, and the landmarks are kept (``reused``), for at most
 ``max_reuse`` frames in a row. The comparison is always with the fitted frame, never chained,
-which bounds the drift. Of the 25,847 frames of ../shared/data/faces 43% keep their landmarks;
-on its 86 video files 99.2% of frames have the same landmarks (within 5% of the IOD) as
-detecting every frame, as without reuse (benchmarks/preprocess_speed.py --refit-compare), and the
-median error grows from 0.0075 to 0.009 IOD.
-AU outputs (pretrained:au, d6.mp4) move from detect-every-frame's by 0.055 on average with reuse
-against 0.056 when fitting every frame: dlib's refits jitter by as much as a kept frame differs.
-Stores record the setting (``reuse_mad``, ``max_reuse``; 0 in older stores) and
-predict tracks a bundle's videos as its training store was tracked.
+which bounds the drift. On the 86 video files of ../shared/data/faces (24,498 frames), with
+region re-detection, 50% of frames keep their landmarks at 4/6 (42% at 3/4), and 98.95% of
+frames have the same landmarks (within 5% of the IOD) as detecting every frame, against 98.89%
+fitting every frame; the median error grows from 0.008 to 0.011 IOD. On the expressive d6.mp4,
+96.3% against 96.0%, and pretrained:au's AU outputs move from detect-every-frame's by 0.064 on
+average, against 0.063 fitting every frame with region re-detection and 0.056 fitting every frame
+with whole-frame re-detection: dlib's refits jitter by as much as a kept frame differs, and the
+detector's boxes at another scale shift the fits a little.
+Stores record the settings (``reuse_mad``, ``max_reuse``, ``redetect_region``; 0 and false in
+older stores) and predict tracks a bundle's videos as its training store was tracked.
 
 Each ``FaceResult`` has a ``confidence`` in [0, 1]: the estimated probability that its landmarks
 lie within 8% of the inter-ocular distance (IOD, outer eye corners) of an independent
@@ -152,8 +158,10 @@ class FaceTracker:
 
     def __init__(self, backend, redetect_every: int = 30, naive: bool = False,
                  max_scale_change: float = 1.25, max_shift: float = 0.5, verify_px: int = 90,
-                 min_ncc: float = 0.7, min_iou: float = 0.7, reuse_mad: float = 0.0, max_reuse: int = MAX_REUSE):
+                 min_ncc: float = 0.7, min_iou: float = 0.7, reuse_mad: float = 0.0, max_reuse: int = MAX_REUSE,
+                 redetect_region: bool = False):
         self.backend = backend
+        self.redetect_region = redetect_region
         self.reuse_mad = reuse_mad
         self.max_reuse = max_reuse
         self.redetect_every = redetect_every
@@ -213,8 +221,12 @@ class FaceTracker:
         self.reused = 0
         return self.fit_res
 
-    def _detect(self, frame: np.ndarray) -> FaceResult | None:
-        det = self._pick(self.backend.detect(frame))
+    def _detect(self, frame: np.ndarray, det: Detection | None = None) -> FaceResult | None:
+        """Landmarks fitted from a detection: ``det`` (a periodic re-detection near the track,
+        which keeps the track's score) or the face picked from a detection on the whole frame."""
+        whole = det is None
+        if whole:
+            det = self._pick(self.backend.detect(frame))
         if det is None:
             self.reset()
             return None
@@ -223,10 +235,12 @@ class FaceTracker:
         b = det.box
         self.rel = np.array([(b[0] + b[2]) / 2 - c[0], (b[1] + b[3]) / 2 - c[1],
                              b[2] - b[0], b[3] - b[1]]) / max(r, 1e-6)
-        self.score, self.since = det.score, 0
+        self.since = 0
+        if whole:
+            self.score = det.score
         self.fit_patch = _patch(self._gray(frame), lm)
         self.template = _normed(self.fit_patch)
-        res = self._result(lm, self.template, True)
+        res = self._result(lm, self.template, whole)
         self.lm = lm
         return res
 
@@ -252,8 +266,11 @@ class FaceTracker:
         return best if best is not None and _iou(best.box, box) > 0.3 else None
 
     def __call__(self, frame: np.ndarray) -> FaceResult | None:
-        if self.naive or self.lm is None or self.since + 1 >= self.redetect_every:
+        if self.naive or self.lm is None:
             return self._detect(frame)
+        if self.since + 1 >= self.redetect_every:
+            det = self._face_in(frame, self._box(self.lm)) if self.redetect_region else None
+            return self._detect(frame, det)   # on the whole frame when no face is near the track
         if self.reuse_mad > 0 and self.reused < self.max_reuse and self.fit_patch is not None:
             p = _patch(frame, self.lm)   # grey of the face's region only
             if float(np.abs(p - self.fit_patch).mean()) < self.reuse_mad:

@@ -103,15 +103,16 @@ def _other_source(store_path: Path, src: Source) -> str | None:
 
 def _write_video(src: Source, cfg: PreprocessConfig, on_frames: Callable[[int], None]) -> dict:
     backend = _backend(cfg.backend, cfg.model_root)
-    reader = FrameReader(src, cfg.fps)
+    spare = available_cores() > max(1, cfg.workers)
+    # a spare core: frames decoded a few ahead in a thread (the tracker is single-threaded, so
+    # decoding then costs it nothing); none: decoded inline, on one FFmpeg thread
+    reader = FrameReader(src, cfg.fps, decode_threads=0 if spare else 1)
     p = cfg.store_params()
     tracker = FaceTracker(backend, redetect_every=cfg.redetect_every, naive=cfg.naive,
-                          reuse_mad=p.reuse_mad, max_reuse=p.max_reuse)
+                          reuse_mad=p.reuse_mad, max_reuse=p.max_reuse, redetect_region=p.redetect_region)
     n_read = n_det = n_kept = 0
     with opencv_threads(1), VideoWriter(cfg.out, src.id, face_arrays(cfg.crop_size), "faces") as writer, \
-            read_ahead(iter(reader), 16, enabled=available_cores() > max(1, cfg.workers)) as frames:
-        # frames decoded a few ahead in a thread when a core is spare (the tracker is
-        # single-threaded, so decoding then costs it nothing); inline when every core runs a worker
+            read_ahead(iter(reader), 16, enabled=spare) as frames:
         rows: dict[str, list] = {k: [] for k in writer.specs}
         for i, frame in frames:
             n_read += 1
@@ -145,7 +146,7 @@ def _write_video(src: Source, cfg: PreprocessConfig, on_frames: Callable[[int], 
             "crop_size": cfg.crop_size, "align": cfg.align,
             "tracking": {"naive": cfg.naive, "redetect_every": cfg.redetect_every,
                          "detections": n_det, "reuse_mad": tracker.reuse_mad, "max_reuse": tracker.max_reuse,
-                         "reused": n_kept},
+                         "reused": n_kept, "redetect_region": tracker.redetect_region},
             "warnings": warnings,
         })
     return {"id": src.id, "frames": writer.n, "source_frames": n_read, "warnings": warnings}
