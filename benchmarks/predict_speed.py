@@ -35,9 +35,15 @@ backend) on the clip into a temporary CSV:
 - ``sequential-torch`` / ``sequential-ort``: ``sequential`` with ``--engine torch`` /
   ``onnxruntime`` (the other modes use the default engine, ``auto``, except ``sequential-nchw``
   and ``pipelined-1t``, which set torch's own options and so run torch).
-- ``default-reuse``: ``default`` with ``--reuse-mad 3`` (the tracker keeps landmarks while the face
-  has not changed; preprocess's default, off for bundles whose store predates it, such as
-  pretrained:au); its CSV differs from the others' where a kept frame's crop does.
+- ``default-reuse``: ``default`` with ``--reuse-mad 4`` (preprocess's default: the tracker keeps
+  landmarks while the face has not changed; off by default for bundles whose store predates it);
+  its CSV differs from the others' where a kept frame's crop does.
+- ``default-fasttrack``: ``default-reuse`` with ``--redetect-region`` as well (periodic
+  re-detections on a small region around the face): the tracking preprocess does by default since
+  0.3.0, for bundles whose store predates it (pretrained:au and au-si track so by default).
+- ``default-fitall``: ``default`` with ``--reuse-mad 0 --redetect-frame``: landmarks fitted on every
+  frame and whole-frame re-detections, the tracking of drkit 0.2 and of pretrained:au's training
+  stores.
 Every mode's CSV is compared with the first mode's: identical, or (sequential-nchw) the largest
 difference of its numbers (the layouts round differently, ~1e-6).
 
@@ -200,10 +206,15 @@ def run_drkit(bundle: Path, clip: Path, mode: str, out: Path, batch_size: int = 
     if hasattr(cfg, "engine"):      # the engine modes name it; the torch-setting modes measure torch
         cfg.engine = {"sequential-torch": "torch", "sequential-ort": "onnxruntime", "sequential-nchw": "torch",
                       "pipelined-1t": "torch"}.get(mode, cfg.engine)
-    if mode == "default-reuse":     # predict --reuse-mad 3: landmark reuse for a bundle whose store had none
-        cfg.reuse_mad = 3.0
+    if mode in ("default-reuse", "default-fasttrack"):   # predict --reuse-mad 4: landmark reuse for a bundle whose store had none
+        from drkit.configs import REUSE_MAD
+        cfg.reuse_mad = REUSE_MAD
+    if mode == "default-fasttrack":   # and --redetect-region: preprocess's tracking defaults since 0.3.0
+        cfg.redetect_region = True
+    if mode == "default-fitall":   # --reuse-mad 0 --redetect-frame: the tracking of drkit 0.2
+        cfg.reuse_mad, cfg.redetect_region = 0.0, False
     kw = {"sequential": {"pipeline": False}, "sequential-nchw": {"pipeline": False}, "pipelined": {"pipeline": True},
-          "pipelined-1t": {"pipeline": True, "net_threads": 1}, "default": {}, "default-reuse": {},
+          "pipelined-1t": {"pipeline": True, "net_threads": 1}, "default": {}, "default-reuse": {}, "default-fasttrack": {}, "default-fitall": {},
           "sequential-torch": {"pipeline": False}, "sequential-ort": {"pipeline": False}}[mode]
     if kw and "pipeline" not in inspect.signature(predict.run).parameters:
         raise SystemExit(f"mode {mode}: this drkit's predict.run has no pipeline option (use --modes default)")

@@ -190,6 +190,9 @@ def preprocess(
                                              "its inner-face patch at them differs by less than this mean absolute "
                                              "grey difference (0: fit landmarks on every frame).")] = C.PreprocessConfig.reuse_mad,
     max_reuse: Annotated[int, typer.Option(help="Keep landmarks for at most this many frames in a row.")] = C.PreprocessConfig.max_reuse,
+    redetect_region: Annotated[bool, typer.Option("--redetect-region/--redetect-frame", help=(
+        "Periodic re-detections while tracking run the detector on a small region around the tracked "
+        "face (the whole frame when no face is there), or always on the whole frame."))] = C.PreprocessConfig.redetect_region,
     overwrite: Annotated[bool, typer.Option(help="Redo videos that are already complete in the store.")] = False,
 ) -> None:
     """Detect, track and crop faces from videos into a face store.
@@ -202,7 +205,7 @@ def preprocess(
     s = stage.run(C.PreprocessConfig(
         inputs=inputs, out=out, crop_size=crop_size, backend=backend, model_root=model_root, align=align, fps=fps,
         workers=workers, shard=shard, redetect_every=redetect_every, naive=naive, reuse_mad=reuse_mad,
-        max_reuse=max_reuse, overwrite=overwrite))
+        max_reuse=max_reuse, redetect_region=redetect_region, overwrite=overwrite))
     fps_s = s.frames / s.seconds if s.seconds else 0.0
     tail = f", {len(s.no_face)} without any face" if s.no_face else ""
     rep = f" ({len(s.repaired)} repaired)" if s.repaired else ""
@@ -273,6 +276,11 @@ def models(
             if per:
                 con.print(f"  per AU, {m.held_out.get('people', '?')} unseen people: "
                           + ", ".join(f"{k} {v:.2f}" for k, v in per.items()), soft_wrap=True)
+            tr = m.tracking
+            if tr:
+                con.print(f"  predict tracks faces with --reuse-mad {tr.get('reuse_mad', 0):g} "
+                          f"--{'redetect-region' if tr.get('redetect_region') else 'redetect-frame'} unless told: "
+                          f"{tr.get('held_out', '')}", soft_wrap=True)
     t = Table(title="DR models (--dr pretrained:NAME)",
               caption="held-out %: ranking accuracy on people no model saw, DR / identity / RankSVM")
     for c in ("name", "T, S", "px", "width", "held-out %", "SHA-256"):
@@ -552,7 +560,8 @@ def predict(
     shard: Annotated[Optional[str], typer.Option(help="I/N (with --per-video): process only the I-th of N deterministic parts of the inputs (0-based); N jobs fill one folder.")] = None,
     overwrite: Annotated[bool, typer.Option(help="With --per-video: redo inputs whose CSV is already there.")] = False,
     engine: EngineOption = C.PredictConfig.engine,
-    reuse_mad: Annotated[Optional[float], typer.Option(help="Keep a frame's landmarks for the next frames while the face there has not changed (mean absolute grey difference below this; 0: fit every frame). Default: as the bundle's training store was preprocessed (0 for bundles whose store predates the setting, pretrained:au among them).")] = None,
+    reuse_mad: Annotated[Optional[float], typer.Option(help="Keep a frame's landmarks for the next frames while the face there has not changed (mean absolute grey difference below this; 0: fit every frame). Default: a shipped bundle's own (4 for pretrained:au and pretrained:au-si, `drkit models`), else as the bundle's training store was preprocessed (0 for stores that predate the setting).")] = None,
+    redetect_region: Annotated[Optional[bool], typer.Option("--redetect-region/--redetect-frame", help="Periodic re-detections while tracking on a small region around the face, or on the whole frame. Default: a shipped bundle's own (the region for pretrained:au and pretrained:au-si), else as the bundle's training store was preprocessed (the whole frame for stores made before 0.3.0).", show_default=False)] = None,
 ) -> None:
     """Predict AU intensities (or valence/arousal) from still images or video frames.
 
@@ -566,7 +575,7 @@ def predict(
                                   precision=precision, channels_last=channels_last, compile=compile_,
                                   per_video=per_video, shard=shard, overwrite=overwrite, format=format,
                                   plot=plot, video_out=video_out, dr_frames=dr_frames, clip=clip, engine=engine,
-                                  reuse_mad=reuse_mad))
+                                  reuse_mad=reuse_mad, redetect_region=redetect_region))
     done = f", {len(r.written)} CSVs written, {r.skipped} already there" if per_video else ""
     log.info(f"predict: {r.rows} rows, {r.faces} with a face, {len(r.failed)} inputs skipped{done} -> {r.out}")
 

@@ -34,6 +34,7 @@ import torch
 from .batching import images_to_tensor
 from .checkpoint import Checkpoint, load_checkpoint
 from .contracts import TASK_RANGE, TaskConfig
+from . import pretrained
 from .errors import DrkitError
 from .mdr import MDR
 
@@ -107,6 +108,8 @@ class Predictor:
         self.backend_name, self.model_root = backend or c.preprocess.backend, model_root
         self._backend = None
         self.reuse_mad: float | None = None   # the tracker's landmark reuse; None: the bundle's (tracker())
+        self.redetect_region: bool | None = None   # periodic re-detections near the face; None: the bundle's
+        self.default_tracking: dict = {}   # a shipped bundle's own (MANIFEST.json "tracking"), else the store's
         self.timings = {"dr": 0.0, "task": 0.0, "crops": 0}   # predict_crops adds to these
         self._graphs = self._task_graph = None
         if self.engine == "onnxruntime":   # export now (the MDR stack, the task part): a failure shows before any work
@@ -130,6 +133,7 @@ class Predictor:
         p = cls(load_bundle(path), pick_device(device), backend, model_root, precision, channels_last,
                 compile, clip, engine, engine_threads)
         p.bundle_name = str(path)
+        p.default_tracking = pretrained.tracking_of(path)   # a shipped bundle's, measured in its manifest
         return p
 
     @property
@@ -191,14 +195,19 @@ class Predictor:
                     float(getattr(res, "confidence", 1.0)), bool(res.detected))
 
     def tracker(self, redetect_every: int | None = None):
-        """A FaceTracker for the frames of one video, with the bundle's tracking settings (its
-        training store's; landmark reuse as ``self.reuse_mad`` says when that is set)."""
+        """A FaceTracker for the frames of one video, with the bundle's tracking settings: landmark
+        reuse and region re-detection as ``self.reuse_mad`` and ``self.redetect_region`` say when
+        they are set, else a shipped bundle's ``default_tracking``, else as its training store was
+        tracked."""
         from .faces import FaceTracker
         from .configs import MAX_REUSE
-        pp = self.config.preprocess
-        mad = pp.reuse_mad if self.reuse_mad is None else self.reuse_mad
+        pp, d = self.config.preprocess, self.default_tracking
+        mad = self.reuse_mad if self.reuse_mad is not None else d.get("reuse_mad", pp.reuse_mad)
+        region = (self.redetect_region if self.redetect_region is not None
+                  else d.get("redetect_region", pp.redetect_region))
         return FaceTracker(self.backend, redetect_every=redetect_every or pp.redetect_every,
-                           reuse_mad=mad, max_reuse=pp.max_reuse or MAX_REUSE)
+                           reuse_mad=mad, max_reuse=d.get("max_reuse", pp.max_reuse or MAX_REUSE),
+                           redetect_region=region)
 
     def predict_image(self, bgr: np.ndarray) -> Prediction | None:
         """Predict on the largest face of one BGR image (OpenCV's order); None without a face."""

@@ -202,18 +202,22 @@ def test_video_writer_writes_each_chunk_once(tmp_path, monkeypatch):
 
 
 def test_predict_tracks_as_the_training_store_was_tracked(bundle):
-    """A bundle's FaceTracker takes the landmark reuse of its face store's params: 0 (a fit on
-    every frame, as before 0.3.0) for bundles whose params predate the setting."""
+    """A bundle's FaceTracker takes the landmark reuse and the re-detection region of its face
+    store's params: 0 (a fit on every frame) and the whole frame, as before 0.3.0, for bundles
+    whose params predate the settings."""
     ck = load_checkpoint(bundle, "task")
     d = ck.config.preprocess.to_dict()
-    for k in ("reuse_mad", "max_reuse"):
+    for k in ("reuse_mad", "max_reuse", "redetect_region"):
         d.pop(k)
     ck.config.preprocess = type(ck.config.preprocess).from_dict(d)
     p = Predictor(ck)
-    assert p.tracker().reuse_mad == 0.0
+    assert p.tracker().reuse_mad == 0.0 and not p.tracker().redetect_region
+    p.redetect_region = True   # predict --redetect-region
+    assert p.tracker().redetect_region
     p.reuse_mad = 3.0     # predict --reuse-mad 3: reuse for a bundle whose store had none
     from drkit.configs import MAX_REUSE
     assert (p.tracker().reuse_mad, p.tracker().max_reuse) == (3.0, MAX_REUSE)
     ck.config.preprocess.reuse_mad, ck.config.preprocess.max_reuse = 3.0, 4
+    ck.config.preprocess.redetect_region = True
     tr = Predictor(ck).tracker()
-    assert (tr.reuse_mad, tr.max_reuse) == (3.0, 4)
+    assert (tr.reuse_mad, tr.max_reuse, tr.redetect_region) == (3.0, 4, True)

@@ -152,3 +152,49 @@ def test_shipped_au_models_say_what_they_are_and_meet_the_bar():
     assert au["au"].input == "mdr" and au["au-si"].input == "si"
     assert au["au"].held_out["icc5"] >= 0.6, au["au"].held_out
     assert au["au"].held_out["icc5"] >= au["au-si"].held_out["icc5"]
+
+
+def test_shipped_au_models_track_fast_unless_told(task_bundle):
+    """pretrained:au and au-si predict with the fast tracking their manifest entries record
+    (landmark reuse, region re-detection: measured on their held-out people), although their
+    training stores fitted every frame; predict's options still choose, and a user's own bundle
+    tracks as its store was tracked."""
+    from drkit.configs import MAX_REUSE
+    from drkit.predictor import Predictor
+    for name in ("au", "au-si"):
+        p = Predictor.from_bundle(f"pretrained:{name}", device="cpu")
+        assert p.config.preprocess.reuse_mad == 0 and not p.config.preprocess.redetect_region
+        tr = p.tracker()
+        assert (tr.reuse_mad, tr.max_reuse, tr.redetect_region) == (4.0, MAX_REUSE, True)
+        assert "ICC" in pretrained.info(f"pretrained:{name}").tracking["held_out"]
+        p.reuse_mad, p.redetect_region = 0.0, False     # predict --reuse-mad 0 --redetect-frame
+        tr = p.tracker()
+        assert (tr.reuse_mad, tr.redetect_region) == (0.0, False)
+    own = Predictor.from_bundle(task_bundle, device="cpu")
+    pp = own.config.preprocess
+    assert own.default_tracking == {}
+    assert (own.tracker().reuse_mad, own.tracker().redetect_region) == (pp.reuse_mad, pp.redetect_region)
+
+
+def test_predict_tracks_shipped_bundles_as_their_manifest_says(tmp_path, monkeypatch):
+    """`drkit predict pretrained:au` (the stage, not only Predictor.from_bundle) uses the
+    manifest's tracking; --reuse-mad / --redetect-frame still override it."""
+    from conftest import face_frames, write_video
+    from drkit.configs import PredictConfig
+    from drkit.predictor import Predictor
+    from drkit.stages import predict
+    seen = []
+    orig = Predictor.tracker
+
+    def spy(self, *a, **k):
+        t = orig(self, *a, **k)
+        seen.append((t.reuse_mad, t.redetect_region))
+        return t
+
+    monkeypatch.setattr(Predictor, "tracker", spy)
+    clip = write_video(tmp_path / "v.mp4", face_frames(4, size=160))
+    predict.run(PredictConfig(model="pretrained:au", inputs=[clip], out=tmp_path / "a.csv", device="cpu"))
+    assert seen[-1] == (4.0, True)
+    predict.run(PredictConfig(model="pretrained:au", inputs=[clip], out=tmp_path / "b.csv", device="cpu",
+                              reuse_mad=0.0, redetect_region=False))
+    assert seen[-1] == (0.0, False)

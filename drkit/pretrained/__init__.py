@@ -42,6 +42,8 @@ class PretrainedModel:
     command: str | None = None          # how it was trained
     held_out: dict[str, Any] = field(default_factory=dict)   # accuracy on people it never saw
     licence: str | None = None          # of the weights (else the manifest's)
+    tracking: dict[str, Any] = field(default_factory=dict)   # task: how predict tracks faces unless told
+    #   (reuse_mad, redetect_region; else as the bundle's training store was tracked)
     description: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +84,12 @@ def is_pretrained(ref: str | os.PathLike) -> bool:
 
 def names() -> list[str]:
     return sorted(manifest()["models"])
+
+
+def tracking_of(ref: str | os.PathLike) -> dict:
+    """How predict tracks faces for ``ref`` unless told: a shipped bundle's manifest ``tracking``
+    (reuse_mad, max_reuse, redetect_region); {} for anything else (its store's settings apply)."""
+    return dict(info(ref).tracking) if is_pretrained(ref) else {}
 
 
 def info(ref: str | os.PathLike) -> PretrainedModel:

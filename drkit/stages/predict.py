@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 import torch
 
-from .. import log
+from .. import log, pretrained
 from ..background import opencv_threads, read_ahead
 from ..configs import PredictConfig, check_choices
 from ..contracts import Result
@@ -386,7 +386,8 @@ def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | Non
     pred = Predictor(load_bundle(cfg.model), _device(cfg.device), cfg.backend, cfg.model_root,
                      cfg.precision, cfg.channels_last, cfg.compile, cfg.clip, cfg.engine, net_threads)
     pred.bundle_name = str(cfg.model)
-    pred.reuse_mad = cfg.reuse_mad
+    pred.default_tracking = pretrained.tracking_of(cfg.model)   # a shipped bundle's own tracking
+    pred.reuse_mad, pred.redetect_region = cfg.reuse_mad, cfg.redetect_region
     log.debug(f"predict: networks run by {pred.engine}"
               + (f" ({pred._graphs.engine(pred.crop_size).provider})" if pred._graphs else f" on {pred.device}"))
     pred.backend  # load the face backend now: a missing model fails before any work
