@@ -35,7 +35,7 @@ backend) on the clip into a temporary CSV:
 - ``sequential-torch`` / ``sequential-ort``: ``sequential`` with ``--engine torch`` /
   ``onnxruntime`` (the other modes use the default engine, ``auto``, except ``sequential-nchw``
   and ``pipelined-1t``, which set torch's own options and so run torch).
-- ``default-reuse``: ``default`` with ``--reuse-mad 4`` (preprocess's default: the tracker keeps
+- ``default-reuse``: ``default`` with ``--reuse-mad 3`` (preprocess's default: the tracker keeps
   landmarks while the face has not changed; off by default for bundles whose store predates it);
   its CSV differs from the others' where a kept frame's crop does.
 - ``default-fasttrack``: ``default-reuse`` with ``--redetect-region`` as well (periodic
@@ -206,7 +206,7 @@ def run_drkit(bundle: Path, clip: Path, mode: str, out: Path, batch_size: int = 
     if hasattr(cfg, "engine"):      # the engine modes name it; the torch-setting modes measure torch
         cfg.engine = {"sequential-torch": "torch", "sequential-ort": "onnxruntime", "sequential-nchw": "torch",
                       "pipelined-1t": "torch"}.get(mode, cfg.engine)
-    if mode in ("default-reuse", "default-fasttrack"):   # predict --reuse-mad 4: landmark reuse for a bundle whose store had none
+    if mode in ("default-reuse", "default-fasttrack"):   # predict --reuse-mad 3: landmark reuse for a bundle whose store had none
         from drkit.configs import REUSE_MAD
         cfg.reuse_mad = REUSE_MAD
     if mode == "default-fasttrack":   # and --redetect-region: preprocess's tracking defaults since 0.3.0

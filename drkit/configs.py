@@ -33,8 +33,8 @@ from .fsutil import as_path, as_paths
 DEFAULT_BASELINES = ("identity",)
 # the tracker's landmark reuse (drkit.faces.tracker, FaceTracker.reuse_mad / max_reuse): what
 # preprocess records in the store, and predict then uses for that store's bundles
-REUSE_MAD = 4.0
-MAX_REUSE = 6
+REUSE_MAD = 3.0
+MAX_REUSE = 4
 
 
 _OPTION = {"input_kind": "--input"}   # fields whose CLI option is not --<field-name>

@@ -159,13 +159,12 @@ def test_shipped_au_models_track_fast_unless_told(task_bundle):
     (landmark reuse, region re-detection: measured on their held-out people), although their
     training stores fitted every frame; predict's options still choose, and a user's own bundle
     tracks as its store was tracked."""
-    from drkit.configs import MAX_REUSE
     from drkit.predictor import Predictor
     for name in ("au", "au-si"):
         p = Predictor.from_bundle(f"pretrained:{name}", device="cpu")
         assert p.config.preprocess.reuse_mad == 0 and not p.config.preprocess.redetect_region
         tr = p.tracker()
-        assert (tr.reuse_mad, tr.max_reuse, tr.redetect_region) == (4.0, MAX_REUSE, True)
+        assert (tr.reuse_mad, tr.max_reuse, tr.redetect_region) == (4.0, 6, True)
         assert "ICC" in pretrained.info(f"pretrained:{name}").tracking["held_out"]
         p.reuse_mad, p.redetect_region = 0.0, False     # predict --reuse-mad 0 --redetect-frame
         tr = p.tracker()
