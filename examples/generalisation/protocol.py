@@ -171,7 +171,7 @@ def run(a) -> None:
                                       input_kind=kind, seed=seed, overwrite=True, **_task_kwargs(a.task_args))
                 train_task.run(cfg)
                 js = sd / f"eval_au_{kind}.json"
-                ev = eval_task.run(EvalTaskConfig(model=run_dir, stores=ms(te), labels=Path(a.labels), json=js))
+                ev = eval_task.run(EvalTaskConfig(model=run_dir, stores=ms(te), labels=Path(a.labels), json=js)).to_dict()
                 _record(res, {"fold": fold, "seed": seed, "what": f"au_{kind}", **ev,
                               "icc5": float(np.mean([ev[f"icc/{x}"] for x in AUS5])), "test_people": len(te)})
 
