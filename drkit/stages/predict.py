@@ -38,13 +38,13 @@ import cv2
 import numpy as np
 import torch
 
-from .. import log, pretrained
+from .. import log
 from ..background import opencv_threads, read_ahead
 from ..configs import PredictConfig, check_choices
 from ..contracts import Result
 from ..errors import DrkitError, NothingProcessed, UsageError
 from ..fsutil import atomic_path
-from ..predictor import Face, Predictor, load_bundle
+from ..predictor import Face, Predictor
 from ..sources import FrameReader, Source, discover, select_shard
 from ..store import video_id_from_path
 
@@ -383,10 +383,9 @@ def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | Non
     (onnxruntime's, with ``cfg.engine`` onnxruntime)."""
     t_start = time.perf_counter()
     _check(cfg)
-    pred = Predictor(load_bundle(cfg.model), _device(cfg.device), cfg.backend, cfg.model_root,
-                     cfg.precision, cfg.channels_last, cfg.compile, cfg.clip, cfg.engine, net_threads)
-    pred.bundle_name = str(cfg.model)
-    pred.default_tracking = pretrained.tracking_of(cfg.model)   # a shipped bundle's own tracking
+    # from_bundle: the name for titles, and a shipped bundle's own tracking (its manifest's)
+    pred = Predictor.from_bundle(cfg.model, cfg.device, cfg.backend, cfg.model_root, cfg.precision,
+                                 cfg.channels_last, cfg.compile, cfg.clip, cfg.engine, net_threads)
     pred.reuse_mad, pred.redetect_region = cfg.reuse_mad, cfg.redetect_region
     log.debug(f"predict: networks run by {pred.engine}"
               + (f" ({pred._graphs.engine(pred.crop_size).provider})" if pred._graphs else f" on {pred.device}"))
@@ -437,11 +436,6 @@ def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | Non
             raise NothingProcessed(f"no input could be read; first error: {next(iter(failed.values()), '?')}")
     return PredictResult(n["rows"], n["faces"], failed, str(cfg.out),
                          timings=_timings(pred, tm, t_start, t_loop, pipeline, net_threads))
-
-
-def _device(want: str):
-    from ..nets import pick_device
-    return pick_device(want)
 
 
 def _run_per_video(cfg: PredictConfig, pred: Predictor, units: list[Unit], extras: Extras, tm: dict,
