@@ -46,6 +46,12 @@ import numpy as np
 HEADS = [(3, 2), (5, 2), (9, 4)]
 DR_ARGS = "--heads T5S2,T3S2,T9S4 --net-size 64 --base 8 --epochs 3"
 AUS5 = ["AU06", "AU10", "AU12", "AU14", "AU17"]
+# the train-task inputs and remedies --inputs can name: the TrainTaskConfig settings of each
+KINDS = {"si": {"input_kind": "si"},                                   # the still image
+         "mdr": {"input_kind": "mdr"},                                 # image + every DR head
+         "mdr_vnorm": {"input_kind": "mdr", "dr_norm": "video"},       # DRs minus their per-video mean
+         "mdr_drop": {"input_kind": "mdr", "dr_dropout": 0.3},         # DR channels dropped in 30% of samples
+         "si_drenc": {"input_kind": "si", "arch": "dr_encoder"}}       # image, DR UNet encoder as init
 
 
 # ------------------------------------------------------------------ folds
@@ -123,7 +129,7 @@ def run(a) -> None:
         fd.mkdir(parents=True, exist_ok=True)
         stores = lambda ps: [persons / f"{p}.zarr" for p in ps]   # noqa: E731
         for T, S in HEADS:       # baselines: seed-independent
-            if (fold, -1, f"baselines_T{T}S{S}") in done:
+            if (fold, -1, f"baselines_T{T}S{S}") in done or a.no_baselines:
                 continue
             js = fd / f"baselines_T{T}S{S}.json"
             _cmd("rank-eval", *stores(test), "--T", T, "--stride", S, "--net-size", 64, "--baselines", "identity,ranksvm", "--json", js)
@@ -160,15 +166,20 @@ def run(a) -> None:
             tr = [p for p in tr if p not in va]
             te = [p for p in test if p in labelled]
             for kind in a.inputs.split(","):
+                if kind not in KINDS:
+                    raise SystemExit(f"--inputs: unknown {kind!r}; choose from {', '.join(KINDS)}")
                 key = (fold, seed, f"au_{kind}")
                 if key in done:
                     continue
                 run_dir = sd / f"au_{kind}"
                 ms = lambda ps: [mdr / f"{p}.zarr" for p in ps]   # noqa: E731
-                _cmd("train-task", *ms(tr), "--val", *ms(va), "--labels", a.labels, "--input", kind, "-o", run_dir,
-                     *shlex.split(a.task_args), "--seed", seed, "--overwrite")
+                kw = {**_task_kwargs(a.task_args), **KINDS[kind]}
+                flags = [x for k, v in KINDS[kind].items() if k != "input_kind"
+                         for x in ("--" + k.replace("_", "-"), v)]
+                _cmd("train-task", *ms(tr), "--val", *ms(va), "--labels", a.labels, "--input", KINDS[kind]["input_kind"],
+                     *flags, "-o", run_dir, *shlex.split(a.task_args), "--seed", seed, "--overwrite")
                 cfg = TrainTaskConfig(input=ms(tr), val=ms(va), labels=Path(a.labels), out=run_dir, task="au",
-                                      input_kind=kind, seed=seed, overwrite=True, **_task_kwargs(a.task_args))
+                                      seed=seed, overwrite=True, **kw)
                 train_task.run(cfg)
                 js = sd / f"eval_au_{kind}.json"
                 ev = eval_task.run(EvalTaskConfig(model=run_dir, stores=ms(te), labels=Path(a.labels), json=js)).to_dict()
@@ -236,28 +247,33 @@ def report(a) -> None:
     if not kinds:
         return
     print("### AU intensity, ICC(3,1) with OpenFace 2.2 on test people (mean of AU06/10/12/14/17; all AUs)\n")
-    print("| fold | " + " | ".join(f"{k.upper()} 5 AUs | {k.upper()} all" for k in kinds) + " | MDR − SI (5 AUs) |")
-    print("|---|" + "---|---|" * len(kinds) + "---|")
-    diffs = []
+    kinds = ["si"] + [k for k in KINDS if k in kinds and k != "si"] if "si" in kinds else kinds
+    print("(cells: 5 AUs mean ± sd over seeds; all 17 AUs; a fold appears where every input has a result)\n")
+    print("| fold | " + " | ".join(f"{k} 5 AUs / all" for k in kinds) + " |")
+    print("|---|" + "---|" * len(kinds))
+    diffs = defaultdict(lambda: defaultdict(list))
     for f in folds + ["insource"]:
         rows = {k: by[(f, f"au_{k}")] for k in kinds}
-        if not all(rows.values()):
+        if not any(rows.values()):
             continue
         cells = []
         for k in kinds:
-            v5 = [r["icc5"] for r in rows[k]]
-            va = [r["icc"] for r in rows[k]]
-            cells += [f"{np.mean(v5):.3f} ± {np.std(v5):.3f}", f"{np.mean(va):.3f}"]
-        if "si" in rows and "mdr" in rows:
-            si = {r["seed"]: r["icc5"] for r in rows["si"]}
-            d = [r["icc5"] - si[r["seed"]] for r in rows["mdr"] if r["seed"] in si]
-            if f != "insource":
-                diffs += d
-            cells.append(f"{np.mean(d):+.3f} ± {np.std(d):.3f}")
+            if not rows[k]:
+                cells.append("-")
+                continue
+            v5, va = [r["icc5"] for r in rows[k]], [r["icc"] for r in rows[k]]
+            cells.append(f"{np.mean(v5):.3f} ± {np.std(v5):.3f} / {np.mean(va):.3f}")
+            si = {r["seed"]: r for r in rows.get("si", [])}
+            if k != "si" and f != "insource":
+                for r in rows[k]:
+                    if r["seed"] in si:
+                        diffs[k]["icc5"].append(r["icc5"] - si[r["seed"]]["icc5"])
+                        diffs[k]["icc"].append(r["icc"] - si[r["seed"]]["icc"])
         print(f"| {f} | " + " | ".join(cells) + " |")
-    if diffs:
-        print(f"\nMDR − SI over every (fold, seed): {np.mean(diffs):+.3f} ± {np.std(diffs):.3f}, "
-              f"MDR ahead in {sum(x > 0 for x in diffs)} of {len(diffs)}")
+    for k, d in diffs.items():
+        x5, xa = np.array(d["icc5"]), np.array(d["icc"])
+        print(f"\n{k} − si over {len(x5)} (fold, seed): 5 AUs {x5.mean():+.3f} ± {x5.std():.3f} (ahead in "
+              f"{int((x5 > 0).sum())}); all 17 AUs {xa.mean():+.3f} ± {xa.std():.3f} (ahead in {int((xa > 0).sum())})")
 
 
 def main(argv=None) -> None:
@@ -274,8 +290,9 @@ def main(argv=None) -> None:
     r.add_argument("--seeds", default="0,1,2")
     r.add_argument("--dr-args", default=DR_ARGS)
     r.add_argument("--task-args", default="--epochs 30 --patience 4 --val-frames 1500")
-    r.add_argument("--inputs", default="si,mdr")
+    r.add_argument("--inputs", default="si,mdr", help="comma list of " + ", ".join(KINDS))
     r.add_argument("--no-task", action="store_true", help="ranking only")
+    r.add_argument("--no-baselines", action="store_true", help="skip identity / RankSVM (already reported)")
     p = sub.add_parser("report")
     p.add_argument("work")
     a = ap.parse_args(argv)
