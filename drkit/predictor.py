@@ -20,6 +20,12 @@ networks under autocast (drkit.precision; fp16 needs CUDA); results come back as
 task part as two ONNX graphs, exported in memory when the predictor is made; fp32 only, outputs
 within ~1e-6 of torch's; ``"auto"``: onnxruntime when it is installed, on a CPU, at fp32, else
 torch); ``engine_threads``: onnxruntime's intra-op threads.
+
+A bundle trained with ``train-task --dr-norm video`` (``Predictor.video_norm``) saw each DR channel
+minus its mean over the video; ``predict_crops(crops, dr_mean=...)`` subtracts the mean you give
+(``video_dr_mean`` of the video's MDRs, from ``mdr_of``), or else the mean over ``crops`` as if they
+were the whole video. `drkit predict` holds each input's MDRs until the input ends, then answers
+with its own mean, as train-task and eval-task do.
 """
 
 from __future__ import annotations
@@ -82,10 +88,8 @@ class Predictor:
         from . import precision as P
         from .export import resolve_engine
         c: TaskConfig = bundle.config
-        if c.dr_norm != "none":   # needs every face of a video before the first answer: not streamed yet
-            raise DrkitError(f"{bundle.path or 'this bundle'}: trained with --dr-norm {c.dr_norm}, which predict "
-                             "does not support yet; score it with drkit eval-task on DR stores, or retrain "
-                             "with --dr-norm none")
+        self.video_norm = c.dr_norm == "video"   # DR channels minus their mean over the video
+        self.n_image = sum(str(n).startswith("image_") for n in c.store_channels)   # MDR channels before the DRs
         self.bundle, self.config, self.device = bundle, c, torch.device(device)
         self.bundle_name = str(bundle.path or "bundle")   # for titles and messages
         self.precision = P.check(precision, self.device, warn=False)   # fp16 off CUDA: a DrkitError here
@@ -150,38 +154,81 @@ class Predictor:
         return self._backend
 
     @torch.inference_mode()
-    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_crops(self, crops: np.ndarray, dr_mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(n, S, S, 3) uint8 RGB masked crops -> predictions (n, k) and MDR inputs (n, C, M, M).
         Adds the seconds spent to ``self.timings`` (``dr``: the MDR stack, DR networks and their
-        resizes; ``task``: the task network; on CUDA the split is of asynchronous launches)."""
+        resizes; ``task``: the task network; on CUDA the split is of asynchronous launches).
+        ``dr_mean``: only for a ``video_norm`` bundle, the video's mean DR channels
+        (``video_dr_mean``); None: the mean over ``crops``."""
+        m = self._stack(crops)
+        return self._values(m, dr_mean), (m if isinstance(m, np.ndarray) else m.cpu().numpy())
+
+    __call__ = predict_crops
+
+    @torch.inference_mode()
+    def mdr_of(self, crops: np.ndarray) -> np.ndarray:
+        """(n, S, S, 3) uint8 RGB masked crops -> the MDR stack (n, C, M, M) float32: the task
+        network's input before normalisation (``values_of`` takes it from there)."""
+        m = self._stack(crops)
+        return m if isinstance(m, np.ndarray) else m.cpu().numpy()
+
+    @torch.inference_mode()
+    def values_of(self, mdr: np.ndarray, dr_mean: np.ndarray | None = None) -> np.ndarray:
+        """MDR stacks (n, C, M, M) from ``mdr_of`` -> predictions (n, k); ``dr_mean`` as in
+        predict_crops."""
+        m = mdr if self._graphs is not None else torch.from_numpy(np.ascontiguousarray(mdr, np.float32)).to(self.device)
+        return self._values(m, dr_mean)
+
+    def video_dr_mean(self, mdr: np.ndarray) -> np.ndarray:
+        """The mean over a video's frames of the DR channels of its MDR stacks (n, C, M, M):
+        (C - n_image, M, M) float32, what a ``video_norm`` bundle subtracts (drkit.tasks.video_dr_mean
+        on a DR store)."""
+        return np.asarray(mdr[:, self.n_image:], np.float32).mean(0, dtype=np.float64).astype(np.float32)
+
+    def _stack(self, crops: np.ndarray):
+        """The MDR stack of ``crops``: a float32 tensor on the device, or an array (onnxruntime)."""
         from .precision import autocast
         t0 = time.perf_counter()
         if self._graphs is not None:   # onnxruntime: the two graphs of drkit.export
             m = self._graphs(crops)["mdr"]
-            t1 = time.perf_counter()
-            y = self._task_graph(m)["values" if self.clip else "raw_values"]
-            self.timings["dr"] += t1 - t0
-            self.timings["task"] += time.perf_counter() - t1
-            self.timings["crops"] += len(crops)
-            return y, m
-        x = images_to_tensor(crops).to(self.device)
-        with autocast(self.precision, self.device):
-            m = self.mdr(x)                      # float32 (MDR casts each DR back)
-            t1 = time.perf_counter()
-            z = (m[:, self.channels] - self.mean) / self.std
-            if self.channels_last:
-                z = z.contiguous(memory_format=torch.channels_last)
-            y = self._net(z).float()
-        if self.clip:
-            from .tasks import clip_values
-            y = clip_values(y, self.ranges)
-        out = y.cpu().numpy(), m.cpu().numpy()
-        self.timings["dr"] += t1 - t0
-        self.timings["task"] += time.perf_counter() - t1
-        self.timings["crops"] += len(crops)
-        return out
+        else:
+            x = images_to_tensor(crops).to(self.device)
+            with autocast(self.precision, self.device):
+                m = self.mdr(x)                      # float32 (MDR casts each DR back)
+        self.timings["dr"] += time.perf_counter() - t0
+        return m
 
-    __call__ = predict_crops
+    def _values(self, m, dr_mean: np.ndarray | None) -> np.ndarray:
+        """Predictions (n, k) from the MDR stack ``m`` of _stack."""
+        from .precision import autocast
+        t1 = time.perf_counter()
+        if self.video_norm and len(m):   # as train-task saw them: DR channels minus the video's mean
+            mean = self.video_dr_mean(m if isinstance(m, np.ndarray) else m.cpu().numpy()) if dr_mean is None \
+                else np.asarray(dr_mean, np.float32)
+            if mean.shape != (m.shape[1] - self.n_image, *m.shape[2:]):
+                raise DrkitError(f"dr_mean has shape {mean.shape}; expected {(m.shape[1] - self.n_image, *m.shape[2:])} "
+                                 "(Predictor.video_dr_mean of the video's MDRs)")
+            if isinstance(m, np.ndarray):
+                m = m.copy()
+                m[:, self.n_image:] -= mean
+            else:
+                m = m.clone()
+                m[:, self.n_image:] -= torch.from_numpy(mean).to(m.device)
+        if self._graphs is not None:
+            y = self._task_graph(np.ascontiguousarray(m, np.float32))["values" if self.clip else "raw_values"]
+        else:
+            with autocast(self.precision, self.device):
+                z = (m[:, self.channels] - self.mean) / self.std
+                if self.channels_last:
+                    z = z.contiguous(memory_format=torch.channels_last)
+                y = self._net(z).float()
+            if self.clip:
+                from .tasks import clip_values
+                y = clip_values(y, self.ranges)
+            y = y.cpu().numpy()
+        self.timings["task"] += time.perf_counter() - t1
+        self.timings["crops"] += len(m)
+        return y
 
     def find_face(self, bgr: np.ndarray, tracker=None) -> Face | None:
         """The largest face of a BGR image (OpenCV's order), or None: its masked crop, landmarks

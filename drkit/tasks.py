@@ -227,7 +227,7 @@ class Batcher:
 
 def video_dr_mean(arr, first: int, chunk: int = 256) -> np.ndarray:
     """The mean over a video's frames of channels ``first:`` of an mdr-like array (C, M, M) float32:
-    what ``dr_norm="video"`` subtracts (train-task and eval-task; predict refuses such bundles)."""
+    what ``dr_norm="video"`` subtracts (train-task and eval-task; predict per input, drkit.predictor)."""
     total, n = None, 0
     for i in range(0, len(arr), chunk):
         x = np.asarray(arr[i:i + chunk], np.float32)[:, first:]

@@ -149,15 +149,71 @@ def test_a_bundle_trained_on_synthetic_faces_says_so(au_bundle, clip, tmp_path):
     assert r.returncode == 0 and "trained on synthetic faces only" in " ".join(r.stderr.split())
 
 
-def test_a_bundle_trained_with_per_video_dr_norm_is_refused_not_silently_misread(au_bundle, clip, tmp_path):
-    """--dr-norm video subtracts each video's mean DR, which a streamed predict cannot know yet:
-    refusing beats answers from inputs the network never saw."""
-    b = load_checkpoint(au_bundle)
-    b.config.dr_norm = "video"
-    save_checkpoint(b, tmp_path / "norm.pt")
-    r = cli("predict", tmp_path / "norm.pt", clip / "still.png", "-o", tmp_path / "p.csv")
-    assert r.returncode == 1 and "--dr-norm video" in r.stderr and "eval-task" in r.stderr
-    assert not (tmp_path / "p.csv").exists()
+@pytest.fixture(scope="module")
+def vnorm_bundle(task_data, tmp_path_factory):
+    """A bundle trained with --dr-norm video (each DR channel minus its mean over the video)."""
+    from drkit.configs import TrainTaskConfig
+    from drkit.stages import train_task
+    out = tmp_path_factory.mktemp("vnorm") / "run"
+    train_task.run(TrainTaskConfig(input=[task_data["mdr"]], out=out, labels=task_data["labels"], epochs=2,
+                                   dr_norm="video", device="cpu"))
+    return out
+
+
+def test_per_video_dr_norm_predictor_gives_what_eval_task_scores(task_data, vnorm_bundle):
+    """A --dr-norm video bundle answers for a video's crops what eval-task scores on its DR store
+    (there, the stored video's mean DR); a wrong mean gives other answers."""
+    from drkit.labels import read_labels
+    from drkit.predictor import Predictor
+    from drkit.store import open_store
+    from drkit.tasks import Batcher, labelled_frames, predict_samples
+    p = Predictor.from_bundle(vnorm_bundle, device="cpu")
+    assert p.video_norm and p.n_image == 3
+    c = p.config
+    crops = open_store(task_data["faces"]).video("p2.avi")["frames"][:]
+    y, m = p.predict_crops(crops)                                    # every crop of the video: its mean
+    s = labelled_frames([open_store(task_data["mdr"])], read_labels(task_data["labels"], c.targets), {"person2"})
+    want = predict_samples(p.net, Batcher(s, c.channels, np.array(c.norm_mean), np.array(c.norm_std),
+                                          dr_norm="video"), "cpu", c.value_range)
+    assert len(want) == len(y) == 48
+    np.testing.assert_allclose(y, want, atol=2e-2)                   # gen-dr stores the MDR as float16
+    mean = p.video_dr_mean(m)
+    np.testing.assert_allclose(p.values_of(m[:5], mean), y[:5], atol=1e-5)   # a part of the video, its mean
+    wrong = p.values_of(m[:5], np.zeros_like(mean))
+    assert np.abs(wrong - y[:5]).max() > 0.05
+    with pytest.raises(Exception, match="dr_mean has shape"):
+        p.values_of(m[:5], mean[:3])
+
+
+def test_predict_with_a_per_video_dr_norm_bundle_uses_each_inputs_own_mean(vnorm_bundle, clip, tmp_path):
+    """drkit predict holds an input's MDRs until it ends: the answers do not depend on the batch
+    size, and a frame's answer depends on the rest of its input (its mean DR)."""
+    rows = {}
+    for bs in (4, 64):
+        out = tmp_path / f"b{bs}.csv"
+        r = cli("predict", vnorm_bundle, clip / "talk.mp4", "-o", out, "--batch-size", bs)
+        assert r.returncode == 0, r.stderr
+        with open(out) as f:
+            rows[bs] = list(csv.DictReader(f))
+    assert len(rows[4]) == 30
+    v4 = np.array([[float(x["t1"]), float(x["t2"])] for x in rows[4] if x["face_found"] == "1"])
+    v64 = np.array([[float(x["t1"]), float(x["t2"])] for x in rows[64] if x["face_found"] == "1"])
+    assert len(v4) == 28
+    np.testing.assert_allclose(v4, v64, atol=1e-5)
+    short = tmp_path / "short.mp4"
+    write_video(short, face_frames(30, seed=7, blank=(5, 6))[:12], fps=20)
+    assert cli("predict", vnorm_bundle, short, "-o", tmp_path / "s.csv").returncode == 0
+    with open(tmp_path / "s.csv") as f:
+        vs = np.array([[float(x["t1"]), float(x["t2"])] for x in csv.DictReader(f) if x["face_found"] == "1"])
+    assert len(vs) == 10 and np.abs(vs - v4[:10]).max() > 1e-3       # another input, another mean
+    r = cli("predict", vnorm_bundle, clip / "still.png", "-o", tmp_path / "p.csv")
+    assert r.returncode == 0 and "still image" in " ".join(r.stderr.split())
+
+
+def test_a_per_video_dr_norm_bundle_is_not_exported_as_one_graph(vnorm_bundle, tmp_path):
+    pytest.importorskip("onnxruntime")
+    r = cli("export", vnorm_bundle, "-o", tmp_path / "x")
+    assert r.returncode == 1 and "--dr-norm video" in r.stderr and not (tmp_path / "x" / "model.onnx").exists()
 
 
 def test_training_data_recognises_synth_output(tmp_path):

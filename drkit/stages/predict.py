@@ -322,6 +322,55 @@ class Batches:
                 self.on_end(*item)
 
 
+class VideoBatches(Batches):
+    """Batches for a bundle trained with ``--dr-norm video``: the MDR stacks as faces come (in
+    batches), the task network once an input has ended, on its DR channels minus their mean over
+    the input's faces (what train-task and eval-task subtract per stored video). Holds an input's
+    MDR stacks until its end: C x M x M float32 per face (e.g. 196 KB for 12 channels of 64 px)."""
+
+    def add(self, item) -> None:
+        self.pending.append(item)
+        if isinstance(item, Row):
+            if item.face is not None:
+                self.n_faces += 1
+                if self.n_faces >= self.batch_size:
+                    self._stacks()
+        else:
+            self.flush()    # an input ended: its mean is known
+
+    def _stacks(self) -> None:
+        faces = [r for r in self.pending if isinstance(r, Row) and r.face is not None and r.mdr is None]
+        for i in range(0, len(faces), self.batch_size):
+            part = faces[i:i + self.batch_size]
+            for r, m in zip(part, self.pred.mdr_of(np.stack([r.face.crop for r in part]))):
+                r.mdr = m
+        self.n_faces = 0
+
+    def flush(self) -> None:
+        self._stacks()
+        by_unit: dict[int, list[Row]] = {}
+        for r in self.pending:
+            if isinstance(r, Row) and r.face is not None:
+                by_unit.setdefault(r.unit, []).append(r)
+        for faces in by_unit.values():
+            mdr = np.stack([r.mdr for r in faces])
+            mean = self.pred.video_dr_mean(mdr)
+            for i in range(0, len(faces), self.batch_size):
+                ys = self.pred.values_of(mdr[i:i + self.batch_size], mean)
+                for r, y in zip(faces[i:i + self.batch_size], ys):
+                    r.values = y
+        pending, self.pending = self.pending, []
+        for item in pending:
+            if isinstance(item, Row):
+                self.on_row(item)
+            else:
+                self.on_end(*item)
+
+
+def batches_for(pred: Predictor, batch_size: int, on_row, on_end) -> Batches:
+    return (VideoBatches if pred.video_norm else Batches)(pred, batch_size, on_row, on_end)
+
+
 def _timings(pred: Predictor, tm: dict, t_start: float, t_loop: float, pipeline: bool,
              net_threads: int | None) -> dict:
     """Seconds: ``setup`` (bundle + face backend), ``loop`` (inputs to CSV), ``decode``, ``track``
@@ -394,6 +443,12 @@ def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | Non
     if not units:
         raise DrkitError("no images or videos in the inputs")
     _say_what(cfg, pred)
+    if pred.video_norm:
+        log.info("predict: this bundle was trained with --dr-norm video: each input's answers come when it "
+                 "ends, from its DRs minus their mean over the input")
+        if any(u.src.kind == "image" for u in units):
+            log.warn("predict: a still image has no video to average its DRs over: its DR channels equal "
+                     "their mean, so its answers rest on the image alone")
     extras = Extras(cfg, pred)
     tm = {"decode": 0.0, "track": 0.0}
     if pipeline is None:
@@ -428,7 +483,7 @@ def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | Non
                 extras.finish(u, err)
             prog.advance(task)
 
-        b = Batches(pred, cfg.batch_size, on_row, on_end)
+        b = batches_for(pred, cfg.batch_size, on_row, on_end)
         for k, item in events:
             b.add((k, *item) if isinstance(item, tuple) else item)
         b.flush()
@@ -490,7 +545,7 @@ def _run_per_video(cfg: PredictConfig, pred: Predictor, units: list[Unit], extra
                 written.append(f"{u.name}.csv")
             prog.advance(task)
 
-        b = Batches(pred, cfg.batch_size, on_row, on_end)
+        b = batches_for(pred, cfg.batch_size, on_row, on_end)
         for k, item in events:
             b.add((k, *item) if isinstance(item, tuple) else item)
         b.flush()
