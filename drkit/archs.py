@@ -28,6 +28,7 @@ class ArchContext:
     stacks: int = 1
     heatmap_sigma: float = 0.06
     dr_model_kwargs: dict[str, Any] | None = None   # the bundle's first DR network's kwargs, if any
+    n_image: int = 0                                 # how many of the input channels (the first) are the image
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,22 @@ def _dr_encoder(c: ArchContext) -> dict:
     return {"in_ch": c.in_ch, "n_out": c.n_out, "base": kw.get("base", 16), "depth": kw.get("depth", 3), **_drop(c)}
 
 
+def _small_drfeat(c: ArchContext) -> dict:
+    if not 0 < c.n_image < c.in_ch:
+        raise DrkitError("--arch small_drfeat takes the image and DRs (--input mdr on a DR store made with the "
+                         f"image and at least one --dr); this input has {c.n_image} image channels of {c.in_ch}")
+    return {**_small(c), "n_image": c.n_image}
+
+
 register(ArchSpec("small", "small_cnn", "a small CNN that trains in minutes on a CPU (four conv blocks, an MLP head)",
                   _small, width=16))
 register(ArchSpec("vgg16", "vgg16", "VGG-16 (the paper's affect network)", _vgg16, width=None))
 register(ArchSpec("hg_hmr", "hg_hmr", "HG-HMR: an hourglass regressing one heatmap per AU at its facial "
                   "landmarks (AU targets, a DR store with landmarks)", _hg_hmr, width=32, dropout=False,
                   tasks=("au",), own_settings=("stacks", "heatmap_sigma")))
+register(ArchSpec("small_drfeat", "small_drfeat", "the small CNN on the image, the DR channels only as "
+                  "features beside its own (each averaged over a 4x4 grid of the face; --input mdr)",
+                  _small_drfeat, width=16))
 register(ArchSpec("dr_encoder", "dr_encoder", "the store's first DR network's UNet encoder, initialised from "
                   "it, with a small head", _dr_encoder, width=None))
 

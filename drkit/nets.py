@@ -8,6 +8,8 @@ and kwargs, so ``create_model(ckpt["model"]["name"], **ckpt["model"]["kwargs"])`
 - ``patchgan``: the 70x70 PatchGAN discriminator of pix2pix (`drkit train-dr --objective pix2pix`).
 - ``dr_encoder``: a regressor on the DR UNet's encoder, initialised from a trained DR network
   (`drkit train-task --arch dr_encoder`): the self-supervised features as a starting point.
+- ``small_drfeat``: the small CNN on the image, with the DR channels entering only as features (each
+  averaged over a coarse grid) beside its own: DR features instead of maps.
 - ``hg_hmr``: HG-HMR, an hourglass regressing one heatmap per AU (drkit.hourglass, the paper's
   [36]); it returns the AU intensities decoded from its heatmaps.
 """
@@ -162,6 +164,36 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class SmallDRFeatures(nn.Module):
+    """The small CNN on the first ``n_image`` channels (the image); the other channels (DRs) are
+    each averaged over a ``grid`` x ``grid`` grid of the face and enter the MLP head as features
+    (through one linear layer) beside the CNN's 4x4 map: the DRs say where on the face and how
+    much the face is moving, not the fine detail that also identifies the person."""
+
+    def __init__(self, in_ch: int = 12, n_out: int = 1, width: int = 16, dropout: float = 0.2,
+                 n_image: int = 3, grid: int = 4, dr_features: int = 64):
+        super().__init__()
+        if not 0 < n_image < in_ch:
+            raise ValueError(f"small_drfeat needs image and DR channels: n_image {n_image} of {in_ch}")
+        self.n_image = n_image
+        layers, c = [], n_image
+        for i in range(4):
+            w = width * 2 ** min(i, 2)
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), _norm(w), nn.ReLU(inplace=True),
+                       MaxPool2()]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.dr = nn.Sequential(nn.AdaptiveAvgPool2d(grid), nn.Flatten(),
+                                nn.Linear((in_ch - n_image) * grid * grid, dr_features), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c * 16 + dr_features, 128), nn.ReLU(inplace=True),
+                                  nn.Linear(128, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.pool(self.features(x[:, :self.n_image]))
+        return self.head(torch.cat([f, self.dr(x[:, self.n_image:])], 1))
+
+
 class DREncoderRegressor(nn.Module):
     """The encoder of a DR network's UNet (same blocks, same parameter names ``down.*`` as
     ``unet.down.*`` in a DR checkpoint) and the small CNN's head (4x4 map, MLP). ``init_from`` a
@@ -225,7 +257,7 @@ class PatchGAN(nn.Module):
 
 
 REGISTRY = {"dr_unet": DRNet, "vgg16": VGG16, "small_cnn": SmallCNN, "patchgan": PatchGAN,
-            "hg_hmr": HourglassHMR, "dr_encoder": DREncoderRegressor}
+            "hg_hmr": HourglassHMR, "dr_encoder": DREncoderRegressor, "small_drfeat": SmallDRFeatures}
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 
 import cv2
@@ -321,6 +322,42 @@ def test_dr_encoder_starts_from_the_dr_networks_encoder(task_data, tmp_path):
     with pytest.raises(DrkitError, match="dr_encoder starts from a DR network"):
         train_task.run(train_task.TrainTaskConfig(input=[si_store], out=tmp_path / "x", labels=task_data["labels"],
                                                   input_kind="si", arch="dr_encoder", epochs=1))
+
+
+def test_small_drfeat_sees_the_image_as_maps_and_the_drs_only_as_cell_averages(task_data, tmp_path):
+    """--arch small_drfeat (DR features instead of maps): moving DR values around inside one cell
+    of the 4x4 grid changes nothing; changing a cell's mean or the image does; it needs DR inputs
+    with the image, and its bundle predicts."""
+    from drkit.nets import SmallDRFeatures
+    from drkit.predictor import Predictor
+    net = SmallDRFeatures(in_ch=9, n_out=2, width=8, n_image=3).eval()
+    torch.manual_seed(0)
+    x = torch.rand(2, 9, 32, 32)
+    shuffled = x.clone()
+    shuffled[:, 3:, :8, :8] = shuffled[:, 3:, :8, :8].flip(-1).flip(-2)   # same cell (8x8 of 32), same mean
+    moved = x.clone()
+    moved[:, 3:, :8, :8] += 0.5
+    image = x.clone()
+    image[:, :3, :4, :4] = 1 - image[:, :3, :4, :4]
+    with torch.no_grad():
+        y = net(x)
+        torch.testing.assert_close(net(shuffled), y)
+        assert (net(moved) - y).abs().max() > 1e-4 and (net(image) - y).abs().max() > 1e-4
+    out = tmp_path / "feat"
+    r = train_task.run(train_task.TrainTaskConfig(input=[task_data["mdr"]], out=out, labels=task_data["labels"],
+                                                  input_kind="mdr", arch="small_drfeat", epochs=1, val_share=0.25))
+    ck = load_checkpoint(out / "best.pt", "task")
+    assert ck.model.name == "small_drfeat" and ck.model.kwargs["n_image"] == 3 and ck.model.kwargs["in_ch"] == 9
+    assert np.isfinite(r["val"]["mse"])
+    crops = open_store(task_data["faces"]).video("p1.avi")["frames"][:4]
+    y_torch = Predictor.from_bundle(out, device="cpu").predict_crops(crops)[0]
+    assert y_torch.shape == (4, 2)
+    if importlib.util.find_spec("onnxruntime"):   # the in-memory ONNX export takes the slicing and pools
+        y_ort = Predictor.from_bundle(out, device="cpu", engine="onnxruntime").predict_crops(crops)[0]
+        np.testing.assert_allclose(y_ort, y_torch, atol=1e-4)
+    with pytest.raises(DrkitError, match="small_drfeat takes the image and DRs"):
+        train_task.run(train_task.TrainTaskConfig(input=[task_data["mdr"]], out=tmp_path / "x", labels=task_data["labels"],
+                                                  input_kind="si", arch="small_drfeat", epochs=1))
 
 
 def test_dr_norm_video_subtracts_each_videos_mean_dr(task_data, tmp_path):

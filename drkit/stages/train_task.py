@@ -99,11 +99,14 @@ def _same_layout(stores) -> None:
                              f"remake one with `drkit gen-dr --map-size {first.map_size}`")
 
 
-def _model_spec(cfg: TrainTaskConfig, in_ch: int, targets: list[str], dr: DRNet | None = None) -> ModelSpec:
-    """The task network of ``cfg.arch`` (drkit.archs) for these inputs and targets."""
+def _model_spec(cfg: TrainTaskConfig, in_ch: int, targets: list[str], dr: DRNet | None = None,
+                n_image: int = 0) -> ModelSpec:
+    """The task network of ``cfg.arch`` (drkit.archs) for these inputs and targets; ``n_image``:
+    how many of the input channels (the first) are the image."""
     return model_spec(cfg.arch, ArchContext(
         in_ch=in_ch, n_out=len(targets), width=cfg.width, dropout=cfg.dropout, task=cfg.task, targets=targets,
-        stacks=cfg.stacks, heatmap_sigma=cfg.heatmap_sigma, dr_model_kwargs=dr.model.kwargs if dr else None))
+        stacks=cfg.stacks, heatmap_sigma=cfg.heatmap_sigma, dr_model_kwargs=dr.model.kwargs if dr else None,
+        n_image=n_image))
 
 
 OWN_SETTINGS = {k for a in ARCHS.values() for k in a.own_settings}   # fields only some archs use
@@ -270,7 +273,8 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
     if hg:
         require_landmarks(train_s)
     dr_nets = _bundled_dr_nets(stores[0])
-    spec = _model_spec(cfg, len(ch), labels.targets, dr_nets[0] if dr_nets else None)
+    n_image = sum(str(names[c]).startswith("image_") for c in ch)   # select_channels keeps the store's order: image first
+    spec = _model_spec(cfg, len(ch), labels.targets, dr_nets[0] if dr_nets else None, n_image)
     torch.manual_seed(cfg.seed)
     model = create_model(spec.name, **spec.kwargs)
     if cfg.arch == "dr_encoder":
