@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib.util
 import json
 from pathlib import Path
 
@@ -183,6 +184,9 @@ def test_per_video_dr_norm_predictor_gives_what_eval_task_scores(task_data, vnor
     assert np.abs(wrong - y[:5]).max() > 0.05
     with pytest.raises(Exception, match="dr_mean has shape"):
         p.values_of(m[:5], mean[:3])
+    if importlib.util.find_spec("onnxruntime"):
+        ort = Predictor.from_bundle(vnorm_bundle, device="cpu", engine="onnxruntime")
+        np.testing.assert_allclose(ort.predict_crops(crops)[0], y, atol=1e-4)
 
 
 def test_predict_with_a_per_video_dr_norm_bundle_uses_each_inputs_own_mean(vnorm_bundle, clip, tmp_path):
