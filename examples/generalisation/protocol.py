@@ -249,7 +249,7 @@ def report(a) -> None:
         return
     print("### AU intensity, ICC(3,1) with OpenFace 2.2 on test people (mean of AU06/10/12/14/17; all AUs)\n")
     kinds = ["si"] + [k for k in KINDS if k in kinds and k != "si"] if "si" in kinds else kinds
-    print("(cells: 5 AUs mean ± sd over seeds; all 17 AUs; a fold appears where every input has a result)\n")
+    print("(cells: 5 AUs mean ± sd over seeds / all 17 AUs; - : not run)\n")
     print("| fold | " + " | ".join(f"{k} 5 AUs / all" for k in kinds) + " |")
     print("|---|" + "---|" * len(kinds))
     diffs = defaultdict(lambda: defaultdict(list))
