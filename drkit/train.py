@@ -150,6 +150,28 @@ def _settings(config) -> dict:
     return d
 
 
+def _differences(saved, now, show: int = 4) -> str:
+    """The settings that differ between the run's last.pt and this call, e.g. ``dr_norm: run none,
+    now video`` (flattened ``train`` and ``model`` records)."""
+    def flat(ck) -> dict:
+        d = {k: v for k, v in _settings(ck.config).items() if k != "train"}
+        d.update(_settings(ck.config).get("train") or {})
+        d.update({f"model.{k}": v for k, v in ck.model.to_dict().items()})
+        return d
+    a, b = flat(saved), flat(now)
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    derived = ("norm_mean", "norm_std", "value_range")   # follow from the data and the settings
+    keys = [k for k in keys if k not in derived] or keys
+    text = "; ".join(f"{k}: run {_short(a.get(k, 'not recorded'))}, now {_short(b.get(k, 'not recorded'))}"
+                     for k in keys[:show])
+    return text + (f"; {len(keys) - show} more" if len(keys) > show else "") if keys else "the model"
+
+
+def _short(v, n: int = 40) -> str:
+    t = str(v)
+    return t if len(t) <= n else t[:n - 3] + "..."
+
+
 def _rank_seed(seed: int, rank: int, step: int = 0) -> int:
     import numpy as np
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
@@ -287,8 +309,8 @@ def _resume(run: _Run) -> LoopState:
     """Weights, optimizer, aux state, loss scaler, progress and every rank's RNG from last.pt."""
     ck = load_checkpoint(run.last)
     if ck.model != run.template.model or _settings(ck.config) != _settings(run.template.config):
-        raise DrkitError(f"{run.last}: was trained with other settings; resume with the same "
-                         "options or use --overwrite")
+        raise DrkitError(f"{run.last}: was trained with other settings ({_differences(ck, run.template)}); "
+                         "resume with the same options or use --overwrite")
     run.model.load_state_dict(ck.state_dict)
     run.opt.load_state_dict(ck.optimizer)
     if run.aux is not None:

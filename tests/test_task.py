@@ -360,6 +360,15 @@ def test_small_drfeat_sees_the_image_as_maps_and_the_drs_only_as_cell_averages(t
                                                   input_kind="si", arch="small_drfeat", epochs=1))
 
 
+def test_resuming_with_other_settings_names_them(task_data, tmp_path):
+    """A resume with another setting says which one differs (and how), not only that one does."""
+    out = tmp_path / "run"
+    cfg = dict(input=[task_data["mdr"]], out=out, labels=task_data["labels"], epochs=1, val_share=0.25)
+    train_task.run(train_task.TrainTaskConfig(**cfg))
+    with pytest.raises(DrkitError, match=r"other settings \(dr_norm: run none, now video\); resume"):
+        train_task.run(train_task.TrainTaskConfig(**{**cfg, "epochs": 2}, resume=True, dr_norm="video"))
+
+
 def test_dr_norm_video_subtracts_each_videos_mean_dr(task_data, tmp_path):
     """--dr-norm video: each DR channel minus its mean over the video (the DR's deviation from the
     person's own average), in training, validation and eval-task alike; image channels untouched."""
