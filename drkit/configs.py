@@ -18,6 +18,7 @@ from .contracts import (
     Backend,
     Baseline,
     DRNorm,
+    ImageNorm,
     FaceStoreParams,
     InputKind,
     Objective,
@@ -236,6 +237,7 @@ class TrainTaskConfig:
     heatmap_sigma: float = 0.06           # hg_hmr: target Gaussian std, a fraction of the heatmap side
     init: Path | None = None              # pretrained weights for the network (state dict .pt)
     dr_norm: DRNorm = "none"                 # "video": each DR channel minus its mean over the video
+    image_norm: ImageNorm = "none"           # "video": each image channel minus its mean over the video
     dr_dropout: float = 0.0               # probability of dropping a sample's DR channels (set to their mean)
     flip: bool = True
     seed: int = 0

@@ -48,6 +48,7 @@ LabelLayout = Literal["fera2015", "avec2012"]
 PrecisionName = Literal["fp32", "bf16", "fp16"]   # --precision (drkit.precision)
 OutputFormat = Literal["drkit", "openface"]       # predict --format
 DRNorm = Literal["none", "video"]                 # train-task --dr-norm
+ImageNorm = Literal["none", "video"]              # train-task --image-norm
 StoreKind = Literal["faces", "dr"]
 CheckpointKind = Literal["dr", "task"]
 
@@ -325,6 +326,14 @@ class TaskConfig:
     # "video": each DR channel minus its mean over the video (the DR's deviation from that
     # person's own average: train-task --dr-norm video); "none": as stored
     dr_norm: str = "none"
+    # "video": each image channel minus its mean over the video (train-task --image-norm video,
+    # the person-specific normalisation OpenFace applies to its appearance features); "none": as stored
+    image_norm: str = "none"
+
+    @property
+    def video_norm(self) -> bool:
+        """Whether the network's input depends on the whole video (its mean), not on the frame alone."""
+        return self.dr_norm == "video" or self.image_norm == "video"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -340,6 +349,7 @@ class TaskConfig:
             raise DrkitError(f"{where}: channels, norm_mean and norm_std differ in length")
         check_choice(c.task, Task, f"{where}: task")
         check_choice(c.dr_norm, DRNorm, f"{where}: dr_norm")
+        check_choice(c.image_norm, ImageNorm, f"{where}: image_norm")
         return c
 
 

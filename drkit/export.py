@@ -499,7 +499,8 @@ def _task_export(ck, rng):
     ref = Predictor(ck, "cpu", channels_last=False, clip=False)   # the torch path, standard layout
     c = ref.config
     if ref.video_norm:
-        raise DrkitError(f"{ck.path or 'this bundle'}: trained with --dr-norm video, its task network needs each "
+        raise DrkitError(f"{ck.path or 'this bundle'}: trained with per-video normalisation (--dr-norm video "
+                         "or --image-norm video), its task network needs each "
                          "video's mean DR, which one graph of crops cannot know; nothing written. Export "
                          "its DR networks instead (drkit export on each DR checkpoint) or use drkit predict")
     S, M, k = c.preprocess.crop_size, c.map_size, len(c.targets)

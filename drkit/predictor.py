@@ -21,11 +21,12 @@ task part as two ONNX graphs, exported in memory when the predictor is made; fp3
 within ~1e-6 of torch's; ``"auto"``: onnxruntime when it is installed, on a CPU, at fp32, else
 torch); ``engine_threads``: onnxruntime's intra-op threads.
 
-A bundle trained with ``train-task --dr-norm video`` (``Predictor.video_norm``) saw each DR channel
-minus its mean over the video; ``predict_crops(crops, dr_mean=...)`` subtracts the mean you give
-(``video_dr_mean`` of the video's MDRs, from ``mdr_of``), or else the mean over ``crops`` as if they
-were the whole video. `drkit predict` holds each input's MDRs until the input ends, then answers
-with its own mean, as train-task and eval-task do.
+A bundle trained with ``train-task --dr-norm video`` or ``--image-norm video``
+(``Predictor.video_norm``) saw each DR (or image) channel minus its mean over the video;
+``predict_crops(crops, video_mean=...)`` subtracts the mean you give (``video_mean`` of the
+video's MDRs, from ``mdr_of``), or else the mean over ``crops`` as if they were the whole video.
+`drkit predict` holds each input's MDRs until the input ends, then answers with its own mean, as
+train-task and eval-task do.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class Predictor:
         from . import precision as P
         from .export import resolve_engine
         c: TaskConfig = bundle.config
-        self.video_norm = c.dr_norm == "video"   # DR channels minus their mean over the video
+        self.video_norm = c.video_norm   # DR and/or image channels minus their mean over the video
         self.n_image = sum(str(n).startswith("image_") for n in c.store_channels)   # MDR channels before the DRs
         self.bundle, self.config, self.device = bundle, c, torch.device(device)
         self.bundle_name = str(bundle.path or "bundle")   # for titles and messages
@@ -154,14 +155,14 @@ class Predictor:
         return self._backend
 
     @torch.inference_mode()
-    def predict_crops(self, crops: np.ndarray, dr_mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict_crops(self, crops: np.ndarray, video_mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(n, S, S, 3) uint8 RGB masked crops -> predictions (n, k) and MDR inputs (n, C, M, M).
         Adds the seconds spent to ``self.timings`` (``dr``: the MDR stack, DR networks and their
         resizes; ``task``: the task network; on CUDA the split is of asynchronous launches).
-        ``dr_mean``: only for a ``video_norm`` bundle, the video's mean DR channels
-        (``video_dr_mean``); None: the mean over ``crops``."""
+        ``video_mean``: only for a ``video_norm`` bundle, the video's mean MDR (``video_mean``);
+        None: the mean over ``crops``."""
         m = self._stack(crops)
-        return self._values(m, dr_mean), (m if isinstance(m, np.ndarray) else m.cpu().numpy())
+        return self._values(m, video_mean), (m if isinstance(m, np.ndarray) else m.cpu().numpy())
 
     __call__ = predict_crops
 
@@ -173,17 +174,17 @@ class Predictor:
         return m if isinstance(m, np.ndarray) else m.cpu().numpy()
 
     @torch.inference_mode()
-    def values_of(self, mdr: np.ndarray, dr_mean: np.ndarray | None = None) -> np.ndarray:
-        """MDR stacks (n, C, M, M) from ``mdr_of`` -> predictions (n, k); ``dr_mean`` as in
+    def values_of(self, mdr: np.ndarray, video_mean: np.ndarray | None = None) -> np.ndarray:
+        """MDR stacks (n, C, M, M) from ``mdr_of`` -> predictions (n, k); ``video_mean`` as in
         predict_crops."""
         m = mdr if self._graphs is not None else torch.from_numpy(np.ascontiguousarray(mdr, np.float32)).to(self.device)
-        return self._values(m, dr_mean)
+        return self._values(m, video_mean)
 
-    def video_dr_mean(self, mdr: np.ndarray) -> np.ndarray:
-        """The mean over a video's frames of the DR channels of its MDR stacks (n, C, M, M):
-        (C - n_image, M, M) float32, what a ``video_norm`` bundle subtracts (drkit.tasks.video_dr_mean
-        on a DR store)."""
-        return np.asarray(mdr[:, self.n_image:], np.float32).mean(0, dtype=np.float64).astype(np.float32)
+    def video_mean(self, mdr: np.ndarray) -> np.ndarray:
+        """The mean over a video's frames of its MDR stacks (n, C, M, M): (C, M, M) float32, of
+        which a ``video_norm`` bundle subtracts the DR channels (--dr-norm video) and / or the
+        image channels (--image-norm video), as drkit.tasks.video_dr_mean on a DR store."""
+        return np.asarray(mdr, np.float32).mean(0, dtype=np.float64).astype(np.float32)
 
     def _stack(self, crops: np.ndarray):
         """The MDR stack of ``crops``: a float32 tensor on the device, or an array (onnxruntime)."""
@@ -198,22 +199,25 @@ class Predictor:
         self.timings["dr"] += time.perf_counter() - t0
         return m
 
-    def _values(self, m, dr_mean: np.ndarray | None) -> np.ndarray:
+    def _values(self, m, video_mean: np.ndarray | None) -> np.ndarray:
         """Predictions (n, k) from the MDR stack ``m`` of _stack."""
         from .precision import autocast
         t1 = time.perf_counter()
-        if self.video_norm and len(m):   # as train-task saw them: DR channels minus the video's mean
-            mean = self.video_dr_mean(m if isinstance(m, np.ndarray) else m.cpu().numpy()) if dr_mean is None \
-                else np.asarray(dr_mean, np.float32)
-            if mean.shape != (m.shape[1] - self.n_image, *m.shape[2:]):
-                raise DrkitError(f"dr_mean has shape {mean.shape}; expected {(m.shape[1] - self.n_image, *m.shape[2:])} "
-                                 "(Predictor.video_dr_mean of the video's MDRs)")
+        if self.video_norm and len(m):   # as train-task saw them: channels minus the video's mean
+            mean = self.video_mean(m if isinstance(m, np.ndarray) else m.cpu().numpy()) if video_mean is None \
+                else np.asarray(video_mean, np.float32)
+            if mean.shape != tuple(m.shape[1:]):
+                raise DrkitError(f"video_mean has shape {mean.shape}; expected {tuple(m.shape[1:])} "
+                                 "(Predictor.video_mean of the video's MDRs)")
+            mean = mean.copy()
+            if self.config.dr_norm != "video":
+                mean[self.n_image:] = 0
+            if self.config.image_norm != "video":
+                mean[:self.n_image] = 0
             if isinstance(m, np.ndarray):
-                m = m.copy()
-                m[:, self.n_image:] -= mean
+                m = m - mean
             else:
-                m = m.clone()
-                m[:, self.n_image:] -= torch.from_numpy(mean).to(m.device)
+                m = m - torch.from_numpy(mean).to(m.device)
         if self._graphs is not None:
             y = self._task_graph(np.ascontiguousarray(m, np.float32))["values" if self.clip else "raw_values"]
         else:

@@ -172,7 +172,7 @@ class Batcher:
     mirrored crop, see drkit.contracts.dr_arrays), never flipped DR maps."""
 
     def __init__(self, s: Samples, channels: list[int], mean: np.ndarray, std: np.ndarray,
-                 landmarks: bool = False, dr_norm: str = "none"):
+                 landmarks: bool = False, dr_norm: str = "none", image_norm: str = "none"):
         self.s, self.ch = s, channels
         self.cache = FrameCache(s.stores, array="mdr", max_bytes=2 << 30)
         self.dr_norm = dr_norm
@@ -188,11 +188,15 @@ class Batcher:
         if landmarks:
             require_landmarks(s)
             self.lm = FrameCache(s.stores, array="landmarks", max_bytes=256 << 20)
-        self.video_mean: dict[tuple[str, str], np.ndarray] = {}   # (video, array) -> its DR channels' mean
-        if dr_norm == "video" and self.uses_dr:
+        # (video, array) -> the mean over the video of each channel of the array (mdr: every channel;
+        # mdr_mirror: the DRs of the mirrored face)
+        self.video_mean: dict[tuple[str, str], np.ndarray] = {}
+        self.norm_dr = dr_norm == "video" and self.uses_dr
+        self.norm_image = image_norm == "video" and any(c < self.n_image for c in channels)
+        if self.norm_dr or self.norm_image:
             for v, st in s.stores.items():
-                for arr in ("mdr",) + (("mdr_mirror",) if self.mirror is not None else ()):
-                    self.video_mean[(v, arr)] = video_dr_mean(st.video(v)[arr], self.n_image if arr == "mdr" else 0)
+                for arr in ("mdr",) + (("mdr_mirror",) if self.mirror is not None and self.norm_dr else ()):
+                    self.video_mean[(v, arr)] = video_dr_mean(st.video(v)[arr], 0)
 
     @property
     def can_flip(self) -> bool:
@@ -209,9 +213,13 @@ class Batcher:
             x[:self.n_image] = x[:self.n_image, :, ::-1]
             if self.uses_dr:
                 x[self.n_image:] = self.mirror.get(v, pos)[0]
-        if self.video_mean:   # each DR channel minus its mean over the video (dr_norm "video")
+        if self.video_mean:   # channels minus their mean over the video (dr_norm / image_norm "video")
             x = x.astype(np.float32)
-            x[self.n_image:] -= self.video_mean[(v, "mdr_mirror" if flip else "mdr")]
+            mean = self.video_mean[(v, "mdr")]
+            if self.norm_image:
+                x[:self.n_image] -= mean[:self.n_image, :, ::-1] if flip else mean[:self.n_image]
+            if self.norm_dr:
+                x[self.n_image:] -= self.video_mean[(v, "mdr_mirror")] if flip else mean[self.n_image:]
         return x[self.ch]
 
     def get(self, idx: np.ndarray, flip: np.ndarray | None = None) -> tuple[torch.Tensor, ...]:
@@ -227,7 +235,8 @@ class Batcher:
 
 def video_dr_mean(arr, first: int, chunk: int = 256) -> np.ndarray:
     """The mean over a video's frames of channels ``first:`` of an mdr-like array (C, M, M) float32:
-    what ``dr_norm="video"`` subtracts (train-task and eval-task; predict per input, drkit.predictor)."""
+    what ``dr_norm="video"`` / ``image_norm="video"`` subtract (train-task and eval-task; predict
+    per input, drkit.predictor)."""
     total, n = None, 0
     for i in range(0, len(arr), chunk):
         x = np.asarray(arr[i:i + chunk], np.float32)[:, first:]
@@ -242,10 +251,11 @@ def can_mirror(s: Samples) -> bool:
 
 
 def channel_stats(s: Samples, channels: list[int], n: int = 512, seed: int = 0,
-                  dr_norm: str = "none") -> tuple[np.ndarray, np.ndarray]:
+                  dr_norm: str = "none", image_norm: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std over a random sample of ``n`` frames."""
     idx = np.random.default_rng(seed).choice(len(s), min(n, len(s)), replace=False)
-    raw = Batcher(s, channels, np.zeros(len(channels)), np.ones(len(channels)), dr_norm=dr_norm)
+    raw = Batcher(s, channels, np.zeros(len(channels)), np.ones(len(channels)), dr_norm=dr_norm,
+                  image_norm=image_norm)
     x = raw.get(np.sort(idx))[0].double()
     return (x.mean((0, 2, 3)).numpy().astype(np.float32),
             (x.std((0, 2, 3), unbiased=False) + 1e-6).numpy().astype(np.float32))
@@ -342,6 +352,7 @@ def evaluate_bundle(bundle, stores: list[Path | str], labels: Path | str, people
                              f"{c.store_channels}; run gen-dr with the same checkpoints")
     lab = read_labels(labels, c.targets, tuple(c.missing if missing is None else missing))
     s = labelled_frames(opened, lab, set(people) if people else None)
-    b = Batcher(s, c.channels, np.array(c.norm_mean), np.array(c.norm_std), dr_norm=c.dr_norm)
+    b = Batcher(s, c.channels, np.array(c.norm_mean), np.array(c.norm_std), dr_norm=c.dr_norm,
+                image_norm=c.image_norm)
     pred = predict_samples(bundle.build_model().to(device), b, device, c.value_range)
     return {"frames": len(s), **score(c.task, c.targets, pred, s.y)}

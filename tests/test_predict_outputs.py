@@ -150,42 +150,53 @@ def test_a_bundle_trained_on_synthetic_faces_says_so(au_bundle, clip, tmp_path):
     assert r.returncode == 0 and "trained on synthetic faces only" in " ".join(r.stderr.split())
 
 
-@pytest.fixture(scope="module")
-def vnorm_bundle(task_data, tmp_path_factory):
-    """A bundle trained with --dr-norm video (each DR channel minus its mean over the video)."""
+VNORM = {"dr": dict(input_kind="mdr", dr_norm="video"), "image": dict(input_kind="si", image_norm="video"),
+         "both": dict(input_kind="mdr", dr_norm="video", image_norm="video")}
+
+
+def _vnorm_bundle(task_data, tmp_path_factory, kind):
     from drkit.configs import TrainTaskConfig
     from drkit.stages import train_task
-    out = tmp_path_factory.mktemp("vnorm") / "run"
+    out = tmp_path_factory.mktemp(f"vnorm_{kind}") / "run"
     train_task.run(TrainTaskConfig(input=[task_data["mdr"]], out=out, labels=task_data["labels"], epochs=2,
-                                   dr_norm="video", device="cpu"))
+                                   device="cpu", **VNORM[kind]))
     return out
 
 
-def test_per_video_dr_norm_predictor_gives_what_eval_task_scores(task_data, vnorm_bundle):
-    """A --dr-norm video bundle answers for a video's crops what eval-task scores on its DR store
-    (there, the stored video's mean DR); a wrong mean gives other answers."""
+@pytest.fixture(scope="module")
+def vnorm_bundle(task_data, tmp_path_factory):
+    """A bundle trained with --dr-norm video (each DR channel minus its mean over the video)."""
+    return _vnorm_bundle(task_data, tmp_path_factory, "dr")
+
+
+@pytest.mark.parametrize("kind", ["dr", "image", "both"])
+def test_per_video_norm_predictor_gives_what_eval_task_scores(task_data, tmp_path_factory, kind):
+    """A bundle trained with --dr-norm video (DRs) / --image-norm video (image) answers for a
+    video's crops what eval-task scores on its DR store (there, the stored video's mean); a wrong
+    mean gives other answers."""
+    bundle = _vnorm_bundle(task_data, tmp_path_factory, kind)
     from drkit.labels import read_labels
     from drkit.predictor import Predictor
     from drkit.store import open_store
     from drkit.tasks import Batcher, labelled_frames, predict_samples
-    p = Predictor.from_bundle(vnorm_bundle, device="cpu")
+    p = Predictor.from_bundle(bundle, device="cpu")
     assert p.video_norm and p.n_image == 3
     c = p.config
     crops = open_store(task_data["faces"]).video("p2.avi")["frames"][:]
     y, m = p.predict_crops(crops)                                    # every crop of the video: its mean
     s = labelled_frames([open_store(task_data["mdr"])], read_labels(task_data["labels"], c.targets), {"person2"})
     want = predict_samples(p.net, Batcher(s, c.channels, np.array(c.norm_mean), np.array(c.norm_std),
-                                          dr_norm="video"), "cpu", c.value_range)
+                                          dr_norm=c.dr_norm, image_norm=c.image_norm), "cpu", c.value_range)
     assert len(want) == len(y) == 48
     np.testing.assert_allclose(y, want, atol=2e-2)                   # gen-dr stores the MDR as float16
-    mean = p.video_dr_mean(m)
+    mean = p.video_mean(m)
     np.testing.assert_allclose(p.values_of(m[:5], mean), y[:5], atol=1e-5)   # a part of the video, its mean
     wrong = p.values_of(m[:5], np.zeros_like(mean))
     assert np.abs(wrong - y[:5]).max() > 0.05
-    with pytest.raises(Exception, match="dr_mean has shape"):
+    with pytest.raises(Exception, match="video_mean has shape"):
         p.values_of(m[:5], mean[:3])
     if importlib.util.find_spec("onnxruntime"):
-        ort = Predictor.from_bundle(vnorm_bundle, device="cpu", engine="onnxruntime")
+        ort = Predictor.from_bundle(bundle, device="cpu", engine="onnxruntime")
         np.testing.assert_allclose(ort.predict_crops(crops)[0], y, atol=1e-4)
 
 

@@ -360,6 +360,28 @@ def test_small_drfeat_sees_the_image_as_maps_and_the_drs_only_as_cell_averages(t
                                                   input_kind="si", arch="small_drfeat", epochs=1))
 
 
+def test_image_norm_video_subtracts_each_videos_mean_image_and_mirrors_it(task_data):
+    """--image-norm video: each image channel minus its mean over the video (a mirrored sample
+    minus the mirrored mean); DR channels untouched unless --dr-norm video too."""
+    from drkit.labels import read_labels
+    from drkit.tasks import Batcher, labelled_frames, select_channels
+    st = open_store(task_data["mdr"])
+    ch = select_channels(st.typed_params.channels, "mdr")
+    s = labelled_frames([st], read_labels(task_data["labels"]))
+    z, o = np.zeros(len(ch)), np.ones(len(ch))
+    raw, img = Batcher(s, ch, z, o), Batcher(s, ch, z, o, image_norm="video")
+    both = Batcher(s, ch, z, o, image_norm="video", dr_norm="video")
+    v = s.videos[0]
+    idx = np.array([i for i, x in enumerate(s.videos) if x == v])
+    full = st.video(v)["mdr"][:].astype(np.float32)
+    a, b, c = raw.get(idx)[0].numpy(), img.get(idx)[0].numpy(), both.get(idx)[0].numpy()
+    np.testing.assert_allclose(b[:, :3], a[:, :3] - full[:, :3].mean(0), atol=1e-5)
+    np.testing.assert_array_equal(b[:, 3:], a[:, 3:])
+    np.testing.assert_allclose(c[:, 3:], a[:, 3:] - full[:, 3:].mean(0), atol=1e-5)
+    flipped = img.get(idx, np.ones(len(idx), bool))[0].numpy()
+    np.testing.assert_allclose(flipped[:, :3], a[:, :3, :, ::-1] - full[:, :3].mean(0)[:, :, ::-1], atol=1e-5)
+
+
 def test_resuming_with_other_settings_names_them(task_data, tmp_path):
     """A resume with another setting says which one differs (and how), not only that one does."""
     out = tmp_path / "run"

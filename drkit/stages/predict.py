@@ -323,9 +323,9 @@ class Batches:
 
 
 class VideoBatches(Batches):
-    """Batches for a bundle trained with ``--dr-norm video``: the MDR stacks as faces come (in
-    batches), the task network once an input has ended, on its DR channels minus their mean over
-    the input's faces (what train-task and eval-task subtract per stored video). Holds an input's
+    """Batches for a bundle trained with ``--dr-norm video`` or ``--image-norm video``: the MDR
+    stacks as faces come (in batches), the task network once an input has ended, on its channels
+    minus their mean over the input's faces (what train-task and eval-task subtract per stored video). Holds an input's
     MDR stacks until its end: C x M x M float32 per face (e.g. 196 KB for 12 channels of 64 px)."""
 
     def add(self, item) -> None:
@@ -354,7 +354,7 @@ class VideoBatches(Batches):
                 by_unit.setdefault(r.unit, []).append(r)
         for faces in by_unit.values():
             mdr = np.stack([r.mdr for r in faces])
-            mean = self.pred.video_dr_mean(mdr)
+            mean = self.pred.video_mean(mdr)
             for i in range(0, len(faces), self.batch_size):
                 ys = self.pred.values_of(mdr[i:i + self.batch_size], mean)
                 for r, y in zip(faces[i:i + self.batch_size], ys):
@@ -444,11 +444,13 @@ def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | Non
         raise DrkitError("no images or videos in the inputs")
     _say_what(cfg, pred)
     if pred.video_norm:
-        log.info("predict: this bundle was trained with --dr-norm video: each input's answers come when it "
-                 "ends, from its DRs minus their mean over the input")
+        c = pred.config
+        what = " and ".join(x for x, on in (("DRs", c.dr_norm == "video"), ("image", c.image_norm == "video")) if on)
+        log.info(f"predict: this bundle was trained with per-video normalisation: each input's answers come "
+                 f"when it ends, from its {what} minus their mean over the input")
         if any(u.src.kind == "image" for u in units):
-            log.warn("predict: a still image has no video to average its DRs over: its DR channels equal "
-                     "their mean, so its answers rest on the image alone")
+            log.warn(f"predict: a still image has no video to average over: its {what} equal their mean, so "
+                     "its answers are the model's answer for a person's average frame")
     extras = Extras(cfg, pred)
     tm = {"decode": 0.0, "track": 0.0}
     if pipeline is None:

@@ -193,8 +193,8 @@ def _task_config(cfg: TrainTaskConfig, labels, ch, names, mean, std, dstore, tra
                         if k not in ("resume", "overwrite", "device", "eval_only", "epochs", "time_budget", "patience")
                         and (k not in OWN_SETTINGS or k in ARCHS[cfg.arch].own_settings)
                         and not (k == "dropout" and v is None)   # runs from before --dropout resume
-                        and not (k in ("dr_norm", "dr_dropout") and v in ("none", 0.0))}),
-        dr_norm=cfg.dr_norm)
+                        and not (k in ("dr_norm", "image_norm", "dr_dropout") and v in ("none", 0.0))}),
+        dr_norm=cfg.dr_norm, image_norm=cfg.image_norm)
     config.train["data"] = training_data(train_s, labels)
     config.value_range = value_range(cfg.task, train_s.y)
     return config
@@ -269,7 +269,7 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
         _model_spec(cfg, len(ch), labels.targets)
     train_s, val_s = _train_val(cfg, stores, val_stores, labels)
     _warn_range(cfg, labels.targets, np.concatenate([train_s.y, val_s.y]))
-    mean, std = channel_stats(train_s, ch, seed=cfg.seed, dr_norm=cfg.dr_norm)
+    mean, std = channel_stats(train_s, ch, seed=cfg.seed, dr_norm=cfg.dr_norm, image_norm=cfg.image_norm)
     if hg:
         require_landmarks(train_s)
     dr_nets = _bundled_dr_nets(stores[0])
@@ -288,8 +288,8 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
     template = Checkpoint(kind="task", model=spec, config=config, state_dict={}, dr_nets=dr_nets)
     log.info(f"train-task: {len(train_s)} train / {len(val_s)} validation frames, input {cfg.input_kind} "
              f"({len(ch)} channels), targets {', '.join(labels.targets)}, {cfg.arch}")
-    tb = Batcher(train_s, ch, mean, std, landmarks=hg, dr_norm=cfg.dr_norm)
-    vb = Batcher(val_s, ch, mean, std, dr_norm=cfg.dr_norm)
+    tb = Batcher(train_s, ch, mean, std, landmarks=hg, dr_norm=cfg.dr_norm, image_norm=cfg.image_norm)
+    vb = Batcher(val_s, ch, mean, std, dr_norm=cfg.dr_norm, image_norm=cfg.image_norm)
     nb = n_batches(len(train_s), cfg.batch_size)
     dr_ch = [k for k, c in enumerate(ch) if c >= tb.n_image]   # positions of the DR channels in x
     if cfg.dr_dropout and not (0 < cfg.dr_dropout < 1 and dr_ch):

@@ -50,6 +50,7 @@ AUS5 = ["AU06", "AU10", "AU12", "AU14", "AU17"]
 KINDS = {"si": {"input_kind": "si"},                                   # the still image
          "mdr": {"input_kind": "mdr"},                                 # image + every DR head
          "mdr_vnorm": {"input_kind": "mdr", "dr_norm": "video"},       # DRs minus their per-video mean
+         "si_vnorm": {"input_kind": "si", "image_norm": "video"},      # image minus its per-video mean (control)
          "mdr_drop": {"input_kind": "mdr", "dr_dropout": 0.3},         # DR channels dropped in 30% of samples
          "mdr_feat": {"input_kind": "mdr", "arch": "small_drfeat"},    # DRs as 4x4-grid features, not maps
          "si_drenc": {"input_kind": "si", "arch": "dr_encoder"}}       # image, DR UNet encoder as init
