@@ -501,7 +501,7 @@ def _task_export(ck, rng):
     if ref.video_norm:
         raise DrkitError(f"{ck.path or 'this bundle'}: trained with per-video normalisation (--dr-norm video "
                          "or --image-norm video), its task network needs each "
-                         "video's mean DR, which one graph of crops cannot know; nothing written. Export "
+                         "video's mean, which one graph of crops cannot know; nothing written. Export "
                          "its DR networks instead (drkit export on each DR checkpoint) or use drkit predict")
     S, M, k = c.preprocess.crop_size, c.map_size, len(c.targets)
     graph = bundle_onnx(ref.mdr, ref.net, c, S)

@@ -144,19 +144,25 @@ class VGG16(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
+def small_cnn_features(in_ch: int, width: int) -> tuple[nn.Sequential, int]:
+    """The small CNN's four conv blocks (conv-norm-ReLU-pool; width, 2x, 4x, 4x channels) and
+    their output channels: SmallCNN's and SmallDRFeatures' image path (parameter names
+    ``features.*`` in both)."""
+    layers, c = [], in_ch
+    for i in range(4):
+        w = width * 2 ** min(i, 2)
+        layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), _norm(w), nn.ReLU(inplace=True), MaxPool2()]
+        c = w
+    return nn.Sequential(*layers), c
+
+
 class SmallCNN(nn.Module):
     """Four conv blocks (conv-norm-ReLU-pool) and an MLP head on a 4x4 map, which keeps where on
     the face a pattern is (brows vs mouth): trains in minutes on a CPU."""
 
     def __init__(self, in_ch: int = 3, n_out: int = 1, width: int = 32, dropout: float = 0.2):
         super().__init__()
-        layers, c = [], in_ch
-        for i in range(4):
-            w = width * 2 ** min(i, 2)
-            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), _norm(w), nn.ReLU(inplace=True),
-                       MaxPool2()]
-            c = w
-        self.features = nn.Sequential(*layers)
+        self.features, c = small_cnn_features(in_ch, width)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(c * 16, 128), nn.ReLU(inplace=True), nn.Linear(128, n_out))
 
@@ -176,13 +182,7 @@ class SmallDRFeatures(nn.Module):
         if not 0 < n_image < in_ch:
             raise ValueError(f"small_drfeat needs image and DR channels: n_image {n_image} of {in_ch}")
         self.n_image = n_image
-        layers, c = [], n_image
-        for i in range(4):
-            w = width * 2 ** min(i, 2)
-            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), _norm(w), nn.ReLU(inplace=True),
-                       MaxPool2()]
-            c = w
-        self.features = nn.Sequential(*layers)
+        self.features, c = small_cnn_features(n_image, width)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
         self.dr = nn.Sequential(nn.AdaptiveAvgPool2d(grid), nn.Flatten(),
                                 nn.Linear((in_ch - n_image) * grid * grid, dr_features), nn.ReLU(inplace=True))

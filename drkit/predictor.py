@@ -89,8 +89,11 @@ class Predictor:
         from . import precision as P
         from .export import resolve_engine
         c: TaskConfig = bundle.config
+        from .tasks import n_image_channels, video_norm_mask
         self.video_norm = c.video_norm   # DR and/or image channels minus their mean over the video
-        self.n_image = sum(str(n).startswith("image_") for n in c.store_channels)   # MDR channels before the DRs
+        self.n_image = n_image_channels(c.store_channels)   # MDR channels before the DRs
+        # 1 on the MDR channels a video_norm bundle subtracts the video's mean from, else 0
+        self._norm_mask = video_norm_mask(c.store_channels, c.dr_norm, c.image_norm).astype(np.float32)[:, None, None]
         self.bundle, self.config, self.device = bundle, c, torch.device(device)
         self.bundle_name = str(bundle.path or "bundle")   # for titles and messages
         self.precision = P.check(precision, self.device, warn=False)   # fp16 off CUDA: a DrkitError here
@@ -183,7 +186,7 @@ class Predictor:
     def video_mean(self, mdr: np.ndarray) -> np.ndarray:
         """The mean over a video's frames of its MDR stacks (n, C, M, M): (C, M, M) float32, of
         which a ``video_norm`` bundle subtracts the DR channels (--dr-norm video) and / or the
-        image channels (--image-norm video), as drkit.tasks.video_dr_mean on a DR store."""
+        image channels (--image-norm video), as drkit.tasks.video_mean on a DR store."""
         return np.asarray(mdr, np.float32).mean(0, dtype=np.float64).astype(np.float32)
 
     def _stack(self, crops: np.ndarray):
@@ -209,11 +212,7 @@ class Predictor:
             if mean.shape != tuple(m.shape[1:]):
                 raise DrkitError(f"video_mean has shape {mean.shape}; expected {tuple(m.shape[1:])} "
                                  "(Predictor.video_mean of the video's MDRs)")
-            mean = mean.copy()
-            if self.config.dr_norm != "video":
-                mean[self.n_image:] = 0
-            if self.config.image_norm != "video":
-                mean[:self.n_image] = 0
+            mean = mean * self._norm_mask   # only the channels the bundle normalises
             if isinstance(m, np.ndarray):
                 m = m - mean
             else:

@@ -163,6 +163,20 @@ def require_landmarks(s: Samples, why: str = "--arch hg_hmr") -> None:
                          "FACES -o DRSTORE --dr ... --overwrite` to add them")
 
 
+def n_image_channels(names) -> int:
+    """How many of a DR store's channels (its ``channels`` names) are the image: they come first
+    (gen-dr stacks the image before the DRs)."""
+    return sum(str(n).startswith("image_") for n in names)
+
+
+def video_norm_mask(names, dr_norm: str, image_norm: str) -> np.ndarray:
+    """(C,) bool over a DR store's channels: those a bundle subtracts the video's mean from
+    (``dr_norm`` "video": the DRs; ``image_norm`` "video": the image)."""
+    k = n_image_channels(names)
+    return np.array([(i < k and image_norm == "video") or (i >= k and dr_norm == "video")
+                     for i in range(len(names))], bool)
+
+
 class Batcher:
     """Batches (x normalised (B, C, H, W), y (B, k)) from a DR store's ``mdr`` array; with
     ``landmarks``, (x, y, landmarks (B, 68, 2) in map pixels) (see require_landmarks).
@@ -179,7 +193,7 @@ class Batcher:
         self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
         names = list(next(iter(s.stores.values())).typed_params.channels) if s.stores else []
-        self.n_image = sum(n.startswith("image_") for n in names)
+        self.n_image = n_image_channels(names)
         self.uses_dr = any(c >= self.n_image for c in channels)
         self.mirror = None
         if self.uses_dr and can_mirror(s):
@@ -196,7 +210,7 @@ class Batcher:
         if self.norm_dr or self.norm_image:
             for v, st in s.stores.items():
                 for arr in ("mdr",) + (("mdr_mirror",) if self.mirror is not None and self.norm_dr else ()):
-                    self.video_mean[(v, arr)] = video_dr_mean(st.video(v)[arr], 0)
+                    self.video_mean[(v, arr)] = video_mean(st.video(v)[arr])
 
     @property
     def can_flip(self) -> bool:
@@ -233,13 +247,13 @@ class Batcher:
         return x, y, torch.from_numpy(lm.astype(np.float32))
 
 
-def video_dr_mean(arr, first: int, chunk: int = 256) -> np.ndarray:
-    """The mean over a video's frames of channels ``first:`` of an mdr-like array (C, M, M) float32:
+def video_mean(arr, chunk: int = 256) -> np.ndarray:
+    """The mean over a video's frames of each channel of an mdr-like array (C, M, M) float32:
     what ``dr_norm="video"`` / ``image_norm="video"`` subtract (train-task and eval-task; predict
     per input, drkit.predictor)."""
     total, n = None, 0
     for i in range(0, len(arr), chunk):
-        x = np.asarray(arr[i:i + chunk], np.float32)[:, first:]
+        x = np.asarray(arr[i:i + chunk], np.float32)
         total = x.sum(0, dtype=np.float64) if total is None else total + x.sum(0, dtype=np.float64)
         n += len(x)
     return (total / max(n, 1)).astype(np.float32)

@@ -73,6 +73,7 @@ from ..tasks import (
     evaluate_bundle,
     labelled_frames,
     masked_mse,
+    n_image_channels,
     out_of_range,
     people_in,
     person_of,
@@ -273,7 +274,7 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
     if hg:
         require_landmarks(train_s)
     dr_nets = _bundled_dr_nets(stores[0])
-    n_image = sum(str(names[c]).startswith("image_") for c in ch)   # select_channels keeps the store's order: image first
+    n_image = n_image_channels([names[c] for c in ch])   # select_channels keeps the store's order: image first
     spec = _model_spec(cfg, len(ch), labels.targets, dr_nets[0] if dr_nets else None, n_image)
     torch.manual_seed(cfg.seed)
     model = create_model(spec.name, **spec.kwargs)
