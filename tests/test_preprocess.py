@@ -137,9 +137,11 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     p = subprocess.Popen([*DRKIT, "-q", "preprocess", str(src), "-o", str(out), "--size", "64"])
     deadline = time.time() + 120
     while time.time() < deadline:   # kill -9 once one video is complete and another half-written
+        p.send_signal(signal.SIGSTOP)   # freeze it, so the state checked is the state killed
         partial = [d for d in (out / "_partial").glob("v*") if d.is_dir()] if out.exists() else []
         if partial and any((out / f"v{i}.avi").exists() for i in range(4)):
             break
+        p.send_signal(signal.SIGCONT)
         time.sleep(0.01)
     p.send_signal(signal.SIGKILL)
     p.wait()
