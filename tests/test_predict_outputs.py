@@ -225,6 +225,48 @@ def test_predict_with_a_per_video_dr_norm_bundle_uses_each_inputs_own_mean(vnorm
     assert r.returncode == 0 and "still image" in " ".join(r.stderr.split())
 
 
+def test_a_long_input_waits_on_disk_not_in_memory(vnorm_bundle, clip, tmp_path, monkeypatch):
+    """With a per-video norm an input's maps, crops and frames wait for its end: past the memory
+    budget they go to a temporary file, and every output (CSV, DR pictures, annotated video) is
+    the same as when all of it fits in memory."""
+    from drkit.configs import PredictConfig
+    from drkit.stages import predict
+    spilled = []
+    real_put = predict.Spill.put
+
+    def put(self, a):   # what is kept in memory never exceeds the budget
+        out = real_put(self, a)
+        assert self.held <= self.budget
+        spilled.append(self.spilled)
+        return out
+
+    monkeypatch.setattr(predict.Spill, "put", put)
+    outs = {}
+    for budget in (1 << 30, 100_000):   # all in memory; about two crops' and frames' worth
+        monkeypatch.setattr(predict, "HOLD_BYTES", budget)
+        d = tmp_path / str(budget)
+        predict.run(PredictConfig(model=vnorm_bundle, inputs=[clip / "talk.mp4"], out=d / "p.csv",
+                                device="cpu", batch_size=4, save_dr=d / "pics",
+                                dr_frames="0,10-12", video_out=d / "vids"))
+        outs[budget] = {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+        assert (max(spilled) > 1_000_000) == (budget < 1 << 30)   # 28 faces' maps, crops and frames
+        spilled.clear()
+    assert sorted(outs[1 << 30]) == sorted(outs[100_000]) and len(outs[100_000]) == 6   # csv, 4 pictures, mp4
+    for k in outs[100_000]:
+        if k.suffix == ".mp4":   # the same frames, encoded again
+            a, b = (_video_frames(tmp_path / str(x) / k) for x in (1 << 30, 100_000))
+            assert len(a) == 30 and np.array_equal(a, b)
+        else:
+            assert outs[1 << 30][k] == outs[100_000][k], k
+
+
+def _video_frames(path: Path) -> np.ndarray:
+    cap, out = cv2.VideoCapture(str(path)), []
+    while (f := cap.read())[0]:
+        out.append(f[1])
+    return np.stack(out)
+
+
 def test_a_per_video_dr_norm_bundle_is_not_exported_as_one_graph(vnorm_bundle, tmp_path):
     pytest.importorskip("onnxruntime")
     r = cli("export", vnorm_bundle, "-o", tmp_path / "x")

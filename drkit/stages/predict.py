@@ -322,15 +322,75 @@ class Batches:
                 self.on_end(*item)
 
 
+HOLD_BYTES = 1 << 30   # VideoBatches: an input's maps, crops and frames kept in memory up to this, the rest on disk
+
+
+@dataclass
+class _OnDisk:
+    """Where Spill wrote an array."""
+    offset: int
+    shape: tuple
+    dtype: np.dtype
+
+
+class Spill:
+    """Arrays kept until an input ends: in memory up to ``budget`` bytes, the rest in an unnamed
+    temporary file (in $TMPDIR, or the system's temporary folder), which is gone once closed or
+    once the process dies. ``put`` returns the array or where it went; ``get`` the array back."""
+
+    def __init__(self, budget: int):
+        self.budget, self.held, self.file, self.size, self.spilled = budget, 0, None, 0, 0
+
+    def put(self, a: np.ndarray | None):
+        if a is None or isinstance(a, _OnDisk):
+            return a
+        if self.held + a.nbytes <= self.budget:
+            self.held += a.nbytes
+            return a
+        if self.file is None:
+            import tempfile
+            self.file = tempfile.TemporaryFile(prefix="drkit-predict-")
+        self.file.seek(self.size)
+        self.file.write(np.ascontiguousarray(a).data)
+        ref = _OnDisk(self.size, a.shape, a.dtype)
+        self.size += a.nbytes
+        self.spilled += a.nbytes
+        return ref
+
+    def get(self, x):
+        if not isinstance(x, _OnDisk):
+            return x
+        out = np.empty(x.shape, x.dtype)
+        self.file.seek(x.offset)
+        if self.file.readinto(memoryview(out).cast("B")) != out.nbytes:
+            raise DrkitError("predict: the temporary file of an input's maps was cut short (disk full?)")
+        return out
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.held, self.file, self.size, self.spilled = 0, None, 0, 0
+
+
 class VideoBatches(Batches):
     """Batches for a bundle trained with ``--dr-norm video`` or ``--image-norm video``: the MDR
     stacks as faces come (in batches), the task network once an input has ended, on its channels
-    minus their mean over the input's faces (what train-task and eval-task subtract per stored video). Holds an input's
-    MDR stacks until its end: C x M x M float32 per face (e.g. 196 KB for 12 channels of 64 px)."""
+    minus their mean over the input's faces (what train-task and eval-task subtract per stored
+    video). An input's MDR stacks (C x M x M float32 per face, e.g. 196 KB for 12 channels of
+    64 px), crops and, for --video-out, frames wait for its end: in memory up to ``hold_bytes``
+    (HOLD_BYTES, 1 GiB), beyond that in a temporary file (Spill), so a long video needs disk, not
+    memory. The mean is summed face by face (float64), so it does not depend on the batch size."""
+
+    def __init__(self, pred: Predictor, batch_size: int, on_row, on_end, hold_bytes: int | None = None):
+        super().__init__(pred, batch_size, on_row, on_end)
+        self.spill = Spill(HOLD_BYTES if hold_bytes is None else hold_bytes)
+        self.sums: dict[int, list] = {}   # unit -> [sum of its MDR stacks (float64), faces]
+        self.spilled = 0                  # bytes that went through a temporary file, all inputs
 
     def add(self, item) -> None:
         self.pending.append(item)
         if isinstance(item, Row):
+            item.bgr = self.spill.put(item.bgr)
             if item.face is not None:
                 self.n_faces += 1
                 if self.n_faces >= self.batch_size:
@@ -343,7 +403,11 @@ class VideoBatches(Batches):
         for i in range(0, len(faces), self.batch_size):
             part = faces[i:i + self.batch_size]
             for r, m in zip(part, self.pred.mdr_of(np.stack([r.face.crop for r in part]))):
-                r.mdr = m
+                acc = self.sums.setdefault(r.unit, [np.zeros(m.shape, np.float64), 0])
+                acc[0] += m
+                acc[1] += 1
+                r.mdr = self.spill.put(m)
+                r.face.crop = self.spill.put(r.face.crop)
         self.n_faces = 0
 
     def flush(self) -> None:
@@ -352,23 +416,40 @@ class VideoBatches(Batches):
         for r in self.pending:
             if isinstance(r, Row) and r.face is not None:
                 by_unit.setdefault(r.unit, []).append(r)
-        for faces in by_unit.values():
-            mdr = np.stack([r.mdr for r in faces])
-            mean = self.pred.video_mean(mdr)
+        get = self.spill.get
+        for unit, faces in by_unit.items():
+            total, n = self.sums.pop(unit)
+            mean = (total / n).astype(np.float32)
             for i in range(0, len(faces), self.batch_size):
-                ys = self.pred.values_of(mdr[i:i + self.batch_size], mean)
-                for r, y in zip(faces[i:i + self.batch_size], ys):
+                part = faces[i:i + self.batch_size]
+                for r, y in zip(part, self.pred.values_of(np.stack([get(r.mdr) for r in part]), mean)):
                     r.values = y
         pending, self.pending = self.pending, []
-        for item in pending:
+        for i, item in enumerate(pending):
+            pending[i] = None   # what went out is not held on to
             if isinstance(item, Row):
+                item.mdr, item.bgr = get(item.mdr), get(item.bgr)
+                if item.face is not None:
+                    item.face.crop = get(item.face.crop)
                 self.on_row(item)
             else:
                 self.on_end(*item)
+        self.spilled += self.spill.spilled
+        self.spill.close()
 
 
 def batches_for(pred: Predictor, batch_size: int, on_row, on_end) -> Batches:
     return (VideoBatches if pred.video_norm else Batches)(pred, batch_size, on_row, on_end)
+
+
+def _drain(b: Batches, events) -> None:
+    """Every event through ``b``, in order, and what is left at the end."""
+    for k, item in events:
+        b.add((k, *item) if isinstance(item, tuple) else item)
+    b.flush()
+    if getattr(b, "spilled", 0):
+        log.info(f"predict: {b.spilled / 2**20:.0f} MB of maps, crops and frames waited for their input's "
+                 "end in a temporary file (more than fits the memory budget; drkit.stages.predict.HOLD_BYTES)")
 
 
 def _timings(pred: Predictor, tm: dict, t_start: float, t_loop: float, pipeline: bool,
@@ -485,10 +566,7 @@ def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | Non
                 extras.finish(u, err)
             prog.advance(task)
 
-        b = batches_for(pred, cfg.batch_size, on_row, on_end)
-        for k, item in events:
-            b.add((k, *item) if isinstance(item, tuple) else item)
-        b.flush()
+        _drain(batches_for(pred, cfg.batch_size, on_row, on_end), events)
         if n["rows"] == 0:   # leave any earlier output as it was
             raise NothingProcessed(f"no input could be read; first error: {next(iter(failed.values()), '?')}")
     return PredictResult(n["rows"], n["faces"], failed, str(cfg.out),
@@ -547,10 +625,7 @@ def _run_per_video(cfg: PredictConfig, pred: Predictor, units: list[Unit], extra
                 written.append(f"{u.name}.csv")
             prog.advance(task)
 
-        b = batches_for(pred, cfg.batch_size, on_row, on_end)
-        for k, item in events:
-            b.add((k, *item) if isinstance(item, tuple) else item)
-        b.flush()
+        _drain(batches_for(pred, cfg.batch_size, on_row, on_end), events)
     if todo and not written:
         raise NothingProcessed(f"no input could be read; first error: {next(iter(failed.values()), '?')}")
     ok = [u for u in todo if f"{u.name}.csv" in written]
