@@ -44,6 +44,9 @@ class Checkpoint:
     optimizer: dict | None = None
     rng: torch.Tensor | None = None
     aux: dict | None = None               # last.pt only: extra training state (train.fit's ``aux``)
+    # task bundles trained with a per-video norm (0.3.0+): the mean over the training videos of each
+    # video's mean MDR stack (C, M, M), what predict subtracts for a still image (no video to average)
+    population_mean: torch.Tensor | None = None
     drkit_version: str = __version__
     path: Path | None = None              # where it was loaded from (not stored)
 
@@ -60,6 +63,8 @@ class Checkpoint:
             d["rng"] = self.rng
         if self.aux is not None:
             d["aux"] = self.aux
+        if self.population_mean is not None:
+            d["population_mean"] = self.population_mean
         return d
 
     @classmethod
@@ -76,7 +81,7 @@ class Checkpoint:
                    state_dict=d["state_dict"], train_state=dict(d.get("train_state") or {}),
                    dr_nets=[DRNet.from_dict(n, f"{where}: dr_nets[{i}]") for i, n in enumerate(d.get("dr_nets", []))],
                    optimizer=d.get("optimizer"), rng=d.get("rng"), aux=d.get("aux"),
-                   drkit_version=d.get("drkit_version", "?"))
+                   population_mean=d.get("population_mean"), drkit_version=d.get("drkit_version", "?"))
 
     def dr_net(self) -> DRNet:
         """This DR checkpoint as the DR network a task bundle embeds (weights included)."""

@@ -26,7 +26,9 @@ A bundle trained with ``train-task --dr-norm video`` or ``--image-norm video``
 ``predict_crops(crops, video_mean=...)`` subtracts the mean you give (``video_mean`` of the
 video's MDRs, from ``mdr_of``), or else the mean over ``crops`` as if they were the whole video.
 `drkit predict` holds each input's MDRs until the input ends, then answers with its own mean, as
-train-task and eval-task do.
+train-task and eval-task do. A still image has no video: ``predict_image`` and predict subtract
+``still_mean``, the training videos' mean the bundle carries (``population_mean``, bundles from
+0.3.0; older ones: the image's own, which leaves its DRs at 0).
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ class Predictor:
         # 1 on the MDR channels a video_norm bundle subtracts the video's mean from, else 0
         self._norm_mask = video_norm_mask(c.store_channels, c.dr_norm, c.image_norm).astype(np.float32)[:, None, None]
         self.bundle, self.config, self.device = bundle, c, torch.device(device)
+        # what a still image's channels are taken relative to (no video to average over): the
+        # training videos' mean (bundles from 0.3.0); None: the image's own (its DRs become 0)
+        self.still_mean = (None if bundle.population_mean is None or not self.video_norm
+                           else bundle.population_mean.float().numpy())
         self.bundle_name = str(bundle.path or "bundle")   # for titles and messages
         self.precision = P.check(precision, self.device, warn=False)   # fp16 off CUDA: a DrkitError here
         self.engine = resolve_engine(engine, self.device, self.precision, compile)   # torch | onnxruntime
@@ -264,5 +270,5 @@ class Predictor:
         face = self.find_face(bgr)
         if face is None:
             return None
-        y, m = self.predict_crops(face.crop[None])
+        y, m = self.predict_crops(face.crop[None], video_mean=self.still_mean)
         return Prediction(y[0], face.crop, m[0], face.landmarks, face.confidence)

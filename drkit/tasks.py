@@ -259,6 +259,14 @@ def video_mean(arr, chunk: int = 256) -> np.ndarray:
     return (total / max(n, 1)).astype(np.float32)
 
 
+def population_mean(b: "Batcher") -> np.ndarray:
+    """The mean over ``b``'s videos (each weighing one) of their mean MDR stacks, (C, M, M)
+    float32: what a bundle trained with a per-video norm subtracts from a still image, whose own
+    video is unknown (TaskBundle ``population_mean``; drkit.predictor)."""
+    means = [m for (v, arr), m in sorted(b.video_mean.items()) if arr == "mdr"]
+    return np.mean(np.stack(means), 0, dtype=np.float64).astype(np.float32)
+
+
 def can_mirror(s: Samples) -> bool:
     """Whether every video of ``s`` has mirrored DRs (``mdr_mirror``, gen-dr since 0.2.0)."""
     return all("mdr_mirror" in st.video(v) for v, st in s.stores.items())

@@ -225,6 +225,44 @@ def test_predict_with_a_per_video_dr_norm_bundle_uses_each_inputs_own_mean(vnorm
     assert r.returncode == 0 and "still image" in " ".join(r.stderr.split())
 
 
+def test_a_still_is_taken_relative_to_the_training_videos_mean(vnorm_bundle, task_data, clip, tmp_path):
+    """A per-video norm bundle carries the mean over its training videos of each video's mean MDR
+    (population_mean); a still image, which has no video, is taken relative to it (its own mean
+    would zero its DRs). A bundle from before 0.3.0 has none: the still's own mean, with a warning."""
+    import dataclasses
+    from drkit.checkpoint import load_checkpoint, save_checkpoint
+    from drkit.predictor import Predictor
+    from drkit.store import open_store
+    from drkit.tasks import Batcher, labelled_frames, population_mean
+    from drkit.labels import read_labels
+    st = open_store(task_data["mdr"])
+    s = labelled_frames([st], read_labels(task_data["labels"], ["t1", "t2"]))
+    b = Batcher(s, [0, 3], np.zeros(2), np.ones(2), dr_norm="video")
+    by_hand = np.mean([st.video(v)["mdr"][:].astype(np.float64).mean(0) for v in sorted(set(s.videos))], 0)
+    np.testing.assert_allclose(population_mean(b), by_hand, rtol=1e-5, atol=1e-6)
+
+    ck = load_checkpoint(vnorm_bundle, "task")
+    assert ck.population_mean is not None and tuple(ck.population_mean.shape) == st.video(st.videos[0])["mdr"].shape[1:]
+    p = Predictor.from_bundle(vnorm_bundle, device="cpu")
+    pred = p.predict_image(cv2.imread(str(clip / "still.png")))
+    np.testing.assert_allclose(pred.values, p.values_of(pred.mdr[None], ck.population_mean.numpy())[0], atol=1e-6)
+    own = p.values_of(pred.mdr[None], pred.mdr)[0]
+    assert np.abs(own - pred.values).max() > 1e-3
+    r = cli("predict", vnorm_bundle, clip / "still.png", "-o", tmp_path / "a.csv")
+    assert r.returncode == 0 and "training videos' mean" in " ".join(r.stderr.split())
+    with open(tmp_path / "a.csv") as f:
+        row = next(csv.DictReader(f))
+    np.testing.assert_allclose([float(row["t1"]), float(row["t2"])], pred.values, atol=6e-5)   # 4 decimals
+
+    old = tmp_path / "old.pt"   # as made before 0.3.0
+    save_checkpoint(dataclasses.replace(ck, population_mean=None), old)
+    r = cli("predict", old, clip / "still.png", "-o", tmp_path / "b.csv")
+    assert r.returncode == 0 and "carries no training mean" in " ".join(r.stderr.split())
+    with open(tmp_path / "b.csv") as f:
+        row = next(csv.DictReader(f))
+    np.testing.assert_allclose([float(row["t1"]), float(row["t2"])], own, atol=6e-5)
+
+
 def test_a_long_input_waits_on_disk_not_in_memory(vnorm_bundle, clip, tmp_path, monkeypatch):
     """With a per-video norm an input's maps, crops and frames wait for its end: past the memory
     budget they go to a temporary file, and every output (CSV, DR pictures, annotated video) is

@@ -419,7 +419,8 @@ class VideoBatches(Batches):
         get = self.spill.get
         for unit, faces in by_unit.items():
             total, n = self.sums.pop(unit)
-            mean = (total / n).astype(np.float32)
+            still = faces[0].frame is None and self.pred.still_mean is not None
+            mean = self.pred.still_mean if still else (total / n).astype(np.float32)
             for i in range(0, len(faces), self.batch_size):
                 part = faces[i:i + self.batch_size]
                 for r, y in zip(part, self.pred.values_of(np.stack([get(r.mdr) for r in part]), mean)):
@@ -530,8 +531,14 @@ def run(cfg: PredictConfig, pipeline: bool | None = None, net_threads: int | Non
         log.info(f"predict: this bundle was trained with per-video normalisation: each input's answers come "
                  f"when it ends, from its {what} minus their mean over the input")
         if any(u.src.kind == "image" for u in units):
-            log.warn(f"predict: a still image has no video to average over: its {what} equal their mean, so "
-                     "its answers are the model's answer for a person's average frame")
+            if pred.still_mean is not None:
+                log.info(f"predict: a still image has no video to average over: its {what} are taken relative "
+                         "to the training videos' mean (the bundle's population_mean)")
+            else:
+                log.warn(f"predict: a still image has no video to average over, and this bundle (made before "
+                         f"drkit 0.3.0) carries no training mean: the still's {what} equal their mean, so its "
+                         "answers are the model's answer for a person's average frame; retrain the bundle "
+                         "(train-task) for better answers on stills")
     extras = Extras(cfg, pred)
     tm = {"decode": 0.0, "track": 0.0}
     if pipeline is None:

@@ -68,6 +68,7 @@ from ..store import open_store
 from ..tasks import (
     TASK_RANGE,
     Batcher,
+    population_mean,
     EvalTaskResult,
     channel_stats,
     evaluate_bundle,
@@ -291,6 +292,8 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
              f"({len(ch)} channels), targets {', '.join(labels.targets)}, {cfg.arch}")
     tb = Batcher(train_s, ch, mean, std, landmarks=hg, dr_norm=cfg.dr_norm, image_norm=cfg.image_norm)
     vb = Batcher(val_s, ch, mean, std, dr_norm=cfg.dr_norm, image_norm=cfg.image_norm)
+    if tb.video_mean:   # a per-video norm: what a still image (no video to average over) subtracts
+        template.population_mean = torch.from_numpy(population_mean(tb))
     nb = n_batches(len(train_s), cfg.batch_size)
     dr_ch = [k for k, c in enumerate(ch) if c >= tb.n_image]   # positions of the DR channels in x
     if cfg.dr_dropout and not (0 < cfg.dr_dropout < 1 and dr_ch):
