@@ -287,14 +287,24 @@ def models(
     for c in ("name", "T, S", "px", "width", "held-out %", "SHA-256"):
         t.add_column(c, no_wrap=c != "px")
     for m in pretrained.models("dr"):
-        h = m.held_out
-        acc = " / ".join(f"{h[k]:.1f}" if isinstance(h.get(k), (int, float)) else "-" for k in ("dr", "identity", "ranksvm"))
-        t.add_row(pretrained.PREFIX + m.name, f"{m.T}, {m.stride}", str(m.net_size), str(m.width or "-"), acc,
-                  m.sha256[:12])
+        for i, (T, S) in enumerate(m.windows):   # a multi-scale network: one row per head
+            h = m.held_out_of(T, S)
+            acc = " / ".join(f"{h[k]:.1f}" if isinstance(h.get(k), (int, float)) else "-"
+                             for k in ("dr", "identity", "ranksvm"))
+            first = i == 0
+            t.add_row(pretrained.PREFIX + m.name if first else "", f"{T}, {S}", str(m.net_size) if first else "",
+                      str(m.width or "-") if first else "", acc, m.sha256[:12] if first else "")
     con.print(t)
     man = pretrained.manifest()
     if man.get("trained_on"):
-        con.print(f"DR models trained on: {man['trained_on']}", soft_wrap=True)
+        own = [m.name for m in pretrained.models("dr") if m.trained_on]
+        con.print(f"DR models trained on{' (all but ' + ', '.join(own) + ')' if own else ''}: "
+                  f"{man['trained_on']}", soft_wrap=True)
+    for m in pretrained.models("dr"):
+        if m.trained_on:
+            con.print(f"{pretrained.PREFIX}{m.name} trained on: {m.trained_on}", soft_wrap=True)
+        if m.description:
+            con.print(f"{pretrained.PREFIX}{m.name}: {m.description}", soft_wrap=True)
     if json_out:
         write_json_atomic(json_out, man)
 

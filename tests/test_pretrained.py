@@ -91,7 +91,7 @@ SHIPPED = {"T3": (3, 2), "T5": (5, 2), "T9": (9, 4), "T3-slim": (3, 2), "T5-slim
 
 def test_shipped_models_are_in_the_package_and_match_their_manifest():
     man = pretrained.manifest()
-    assert {m.name for m in pretrained.models("dr")} == set(SHIPPED)
+    assert {m.name for m in pretrained.models("dr")} == set(SHIPPED) | {"ms-slim"}
     for name, (T, S) in SHIPPED.items():
         m = man["models"][name]
         ck = load_checkpoint(f"pretrained:{name}", "dr")        # verifies the SHA-256
@@ -104,6 +104,26 @@ def test_shipped_models_are_in_the_package_and_match_their_manifest():
             assert m["model"]["kwargs"]["base"] * 2 == wide["model"]["kwargs"]["base"]
             assert h["dr"] >= wide["held_out"]["dr"] - 1.0, (name, h, wide["held_out"])
     assert not set(man["held_out_people"]) & {p for p in _people_of(man["train_clips"])}
+
+
+def test_shipped_multi_scale_dr_is_one_network_with_its_leave_one_source_out_figures():
+    """pretrained:ms-slim: one network whose heads give the T5S2, T3S2 and T9S4 DRs in that
+    order, held-out figures per head from the leave-one-source-out protocol (7 folds), each
+    beating identity; `drkit models` shows a row per head."""
+    m = pretrained.info("pretrained:ms-slim")
+    ck = load_checkpoint("pretrained:ms-slim", "dr")                # verifies the SHA-256
+    assert ck.config.windows == [(5, 2), (3, 2), (9, 4)] == m.windows
+    assert ck.optimizer is None and ck.path.stat().st_size < 4 << 20
+    assert m.trained_on and "every person" in m.trained_on
+    for T, S in m.windows:
+        h = m.held_out_of(T, S)
+        assert h["folds"] == 7 and h["dr"] >= h["identity"] + 3, (T, S, h)
+    r = cli("models")
+    assert r.returncode == 0
+    rows = [line for line in r.stdout.splitlines() if "9, 4" in line]
+    assert len(rows) == 3   # T9, T9-slim and ms-slim's third head
+    man = pretrained.manifest()
+    assert {"T5", "T5-slim"} <= set(man["models"])                   # the old names stay
 
 
 def _people_of(clips: list[str]) -> set[str]:

@@ -2,6 +2,9 @@
 
 - DR networks ``pretrained:T3``, ``pretrained:T5``, ``pretrained:T9`` (and ``-slim`` variants):
   `drkit gen-dr FACES -o MDR --dr pretrained:T5`, `drkit rank-eval pretrained:T9 FACES`;
+- the multi-scale DR network ``pretrained:ms-slim`` (one UNet, heads T5S2, T3S2, T9S4: one
+  forward pass gives the whole MDR), trained on every person of ../shared/data/faces, with the
+  leave-one-source-out accuracy as its held-out figure: `drkit gen-dr FACES -o MDR --dr pretrained:ms-slim`;
 - task bundles ``pretrained:au`` (image + DRs, every AU intensity OpenFace 2.2 reports) and its
   still-image twin ``pretrained:au-si``: `drkit predict pretrained:au clip.mp4 -o au.csv`.
 
@@ -36,6 +39,9 @@ class PretrainedModel:
     T: int | None = None                # dr: window half-length and stride (frames at 25 fps)
     stride: int | None = None
     net_size: int | None = None
+    heads: list[list[int]] = field(default_factory=list)   # dr, multi-scale: [T, stride] of each DR, in
+    #   channel order (T and stride above are the first's); held_out then has one entry per head ("T5S2")
+    trained_on: str | None = None       # when not the manifest's (top-level) training set
     model: dict[str, Any] = field(default_factory=dict)
     targets: list[str] = field(default_factory=list)     # task: what it predicts
     input: str | None = None            # task: si | mdr
@@ -46,6 +52,15 @@ class PretrainedModel:
     #   (reuse_mad, redetect_region; else as the bundle's training store was tracked)
     description: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def windows(self) -> list[tuple[int, int]]:
+        """(T, stride) of each DR the network outputs (dr models)."""
+        return [(int(t), int(s)) for t, s in self.heads] if self.heads else [(self.T, self.stride)]
+
+    def held_out_of(self, T: int, stride: int) -> dict[str, Any]:
+        """Held-out accuracy of the DR at (T, stride): a multi-scale model's per-head entry."""
+        return self.held_out.get(f"T{T}S{stride}", {}) if self.heads else self.held_out
 
     @property
     def width(self) -> int | None:
