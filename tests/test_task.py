@@ -418,3 +418,8 @@ def test_dr_norm_video_subtracts_each_videos_mean_dr(task_data, tmp_path):
     from drkit.tasks import evaluate_bundle
     ev = evaluate_bundle(ck, [task_data["mdr"]], task_data["labels"])
     assert np.isfinite(ev["icc"])
+    si = tmp_path / "si"   # no DR channel to normalise: not recorded, so predict goes frame by frame
+    train_task.run(train_task.TrainTaskConfig(input=[task_data["mdr"]], out=si, labels=task_data["labels"],
+                                              input_kind="si", epochs=1, val_share=0.25, dr_norm="video"))
+    ck = load_checkpoint(si / "best.pt", "task")
+    assert ck.config.dr_norm == "none" and not ck.config.video_norm and ck.population_mean is None

@@ -196,7 +196,9 @@ def _task_config(cfg: TrainTaskConfig, labels, ch, names, mean, std, dstore, tra
                         and (k not in OWN_SETTINGS or k in ARCHS[cfg.arch].own_settings)
                         and not (k == "dropout" and v is None)   # runs from before --dropout resume
                         and not (k in ("dr_norm", "image_norm", "dr_dropout") and v in ("none", 0.0))}),
-        dr_norm=cfg.dr_norm, image_norm=cfg.image_norm)
+        # a norm with no channel to act on is not recorded: the bundle then predicts frame by frame
+        dr_norm=cfg.dr_norm if any(c >= n_image_channels(names) for c in ch) else "none",
+        image_norm=cfg.image_norm if any(c < n_image_channels(names) for c in ch) else "none")
     config.train["data"] = training_data(train_s, labels)
     config.value_range = value_range(cfg.task, train_s.y)
     return config
@@ -290,6 +292,10 @@ def _train(cfg: TrainTaskConfig) -> TrainTaskResult:
     template = Checkpoint(kind="task", model=spec, config=config, state_dict={}, dr_nets=dr_nets)
     log.info(f"train-task: {len(train_s)} train / {len(val_s)} validation frames, input {cfg.input_kind} "
              f"({len(ch)} channels), targets {', '.join(labels.targets)}, {cfg.arch}")
+    for flag, value, kept in (("--dr-norm", cfg.dr_norm, config.dr_norm), ("--image-norm", cfg.image_norm, config.image_norm)):
+        if value != kept:
+            log.warn(f"train-task: {flag} {value} has no effect: input {cfg.input_kind} has no "
+                     f"{'DR' if flag == '--dr-norm' else 'image'} channels")
     tb = Batcher(train_s, ch, mean, std, landmarks=hg, dr_norm=cfg.dr_norm, image_norm=cfg.image_norm)
     vb = Batcher(val_s, ch, mean, std, dr_norm=cfg.dr_norm, image_norm=cfg.image_norm)
     if tb.video_mean:   # a per-video norm: what a still image (no video to average over) subtracts
