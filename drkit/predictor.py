@@ -169,7 +169,8 @@ class Predictor:
         Adds the seconds spent to ``self.timings`` (``dr``: the MDR stack, DR networks and their
         resizes; ``task``: the task network; on CUDA the split is of asynchronous launches).
         ``video_mean``: only for a ``video_norm`` bundle, the video's mean MDR (``video_mean``);
-        None: the mean over ``crops``."""
+        None: the mean over ``crops``. For still images pass ``self.still_mean`` (the training
+        videos' mean; predict_image does)."""
         m = self._stack(crops)
         return self._values(m, video_mean), (m if isinstance(m, np.ndarray) else m.cpu().numpy())
 
