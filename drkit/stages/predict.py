@@ -300,6 +300,7 @@ class Batches:
         self.pred, self.batch_size, self.on_row, self.on_end = pred, batch_size, on_row, on_end
         self.pending: list = []      # Rows and (unit, _END, error) markers, in order
         self.n_faces = 0
+        self.spilled = 0             # bytes that waited in a temporary file (VideoBatches)
 
     def add(self, item) -> None:
         self.pending.append(item)
@@ -385,7 +386,6 @@ class VideoBatches(Batches):
         super().__init__(pred, batch_size, on_row, on_end)
         self.spill = Spill(HOLD_BYTES if hold_bytes is None else hold_bytes)
         self.sums: dict[int, list] = {}   # unit -> [sum of its MDR stacks (float64), faces]
-        self.spilled = 0                  # bytes that went through a temporary file, all inputs
 
     def add(self, item) -> None:
         self.pending.append(item)
@@ -448,7 +448,7 @@ def _drain(b: Batches, events) -> None:
     for k, item in events:
         b.add((k, *item) if isinstance(item, tuple) else item)
     b.flush()
-    if getattr(b, "spilled", 0):
+    if b.spilled:
         log.info(f"predict: {b.spilled / 2**20:.0f} MB of maps, crops and frames waited for their input's "
                  "end in a temporary file (more than fits the memory budget; drkit.stages.predict.HOLD_BYTES)")
 

@@ -68,7 +68,6 @@ from ..store import open_store
 from ..tasks import (
     TASK_RANGE,
     Batcher,
-    population_mean,
     EvalTaskResult,
     channel_stats,
     evaluate_bundle,
@@ -78,6 +77,7 @@ from ..tasks import (
     out_of_range,
     people_in,
     person_of,
+    population_mean,
     person_split,
     predict_samples,
     require_landmarks,
@@ -187,6 +187,7 @@ def _train_val(cfg: TrainTaskConfig, stores, val_stores, labels):
 def _task_config(cfg: TrainTaskConfig, labels, ch, names, mean, std, dstore, train_s) -> TaskConfig:
     """What the bundle records: inputs, normalisation, the DR store's layout, the settings that
     made it (those a resume must match), its training data and label range."""
+    k = n_image_channels(names)   # the store's image channels come first
     config = TaskConfig(
         task=cfg.task, input_kind=cfg.input_kind, targets=labels.targets, channels=ch,
         store_channels=names, norm_mean=mean.tolist(), norm_std=std.tolist(), map_size=dstore.map_size,
@@ -197,8 +198,8 @@ def _task_config(cfg: TrainTaskConfig, labels, ch, names, mean, std, dstore, tra
                         and not (k == "dropout" and v is None)   # runs from before --dropout resume
                         and not (k in ("dr_norm", "image_norm", "dr_dropout") and v in ("none", 0.0))}),
         # a norm with no channel to act on is not recorded: the bundle then predicts frame by frame
-        dr_norm=cfg.dr_norm if any(c >= n_image_channels(names) for c in ch) else "none",
-        image_norm=cfg.image_norm if any(c < n_image_channels(names) for c in ch) else "none")
+        dr_norm=cfg.dr_norm if any(c >= k for c in ch) else "none",
+        image_norm=cfg.image_norm if any(c < k for c in ch) else "none")
     config.train["data"] = training_data(train_s, labels)
     config.value_range = value_range(cfg.task, train_s.y)
     return config
