@@ -350,7 +350,7 @@ class Spill:
             return a
         if self.file is None:
             import tempfile
-            self.file = tempfile.TemporaryFile(prefix="drkit-predict-")
+            self.file = tempfile.TemporaryFile(prefix="drkit-predict-")   # noqa: SIM115 (open until close())
         self.file.seek(self.size)
         self.file.write(np.ascontiguousarray(a).data)
         ref = _OnDisk(self.size, a.shape, a.dtype)
