@@ -345,6 +345,7 @@ def train_dr(
     gamma: Annotated[float, typer.Option(help="Weight of mean(d^2).")] = C.TrainDRConfig.gamma,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Mirror whole windows at random.")] = C.TrainDRConfig.flip,
     jitter: Annotated[float, typer.Option(help="Brightness/contrast jitter per window (0 = off).")] = C.TrainDRConfig.jitter,
+    shift: Annotated[float, typer.Option(help="Random shift and zoom per window, up to this fraction of the side, e.g. 0.05 (0 = off).")] = C.TrainDRConfig.shift,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default 1e-3 with betas 0.5, 0.9; "
                                                 "pix2pix 2e-4 with betas 0.5, 0.999).")] = None,
     seed: Seed = C.TrainDRConfig.seed,
@@ -373,7 +374,7 @@ def train_dr(
         perceptual_weights=perceptual_weights, l1_weight=l1_weight, disc_base=disc_base,
         val=val or None, net_size=net_size, epochs=epochs,
         time_budget=time_budget, batch_size=batch_size, base=base, depth=depth, param=param,
-        theta=theta, gamma=gamma, flip=flip, jitter=jitter, lr=lr, seed=seed, device=device,
+        theta=theta, gamma=gamma, flip=flip, jitter=jitter, shift=shift, lr=lr, seed=seed, device=device,
         resume=resume, overwrite=overwrite, precision=precision, channels_last=channels_last,
         compile=compile_))
     log.info(f"train-dr: {st.epoch} epoch(s), {st.global_step} steps, "

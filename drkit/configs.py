@@ -137,6 +137,7 @@ class TrainDRConfig:
     eps: float = 0.0
     flip: bool = True                # mirror whole windows at random
     jitter: float = 0.1              # brightness/contrast jitter per window (0 = off)
+    shift: float = 0.0               # random shift and zoom per window, up to this fraction of the side (0 = off)
     epochs: int = 10
     time_budget: float | None = None
     batch_size: int = 16

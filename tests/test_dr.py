@@ -289,3 +289,28 @@ def test_init_from_a_trained_network(blob_stores, tmp_path):
         torch.testing.assert_close(ms(x)[:, :3], src(x))
     train_dr.run(train_dr.TrainDRConfig(out=str(tmp_path / "t3"), T=3, epochs=1, init=tmp_path / "t1", **kw))
     assert "init_sha256_16" in load_checkpoint(tmp_path / "t3").config.train
+
+
+def test_shift_moves_every_frame_of_a_window_alike_and_off_changes_nothing():
+    """--shift: one shift and zoom per window, the same for its frames; a run without it sees the
+    numbers (flip, jitter) it always saw."""
+    from drkit.configs import TrainDRConfig
+    x = torch.zeros(4, 5, 3, 32, 32)
+    x[:, :, :, 15:17, 15:17] = 1.0     # a 2-pixel dot in the middle of every frame
+    x[:, 2, :, 15:17, 15:17] = 0.8     # the centre frame dimmer: frames differ, positions do not
+    base = dict(stores=[], out="o", flip=True, jitter=0.1)
+    off = train_dr.augmenter(TrainDRConfig(**base), 3)(x.clone(), 7)
+    on = train_dr.augmenter(TrainDRConfig(**base, shift=0.2), 3)(x.clone(), 7)
+    assert torch.equal(off, train_dr.augmenter(TrainDRConfig(**base, shift=0.0), 3)(x.clone(), 7))
+    assert not torch.allclose(on, off)
+    for w in range(4):
+        where = [tuple(torch.nonzero(on[w, k, 0] > 0).float().mean(0).tolist()) for k in range(5)]
+        assert all(np.allclose(p, where[0], atol=1e-4) for p in where)   # every frame moved alike
+        assert max(abs(where[0][0] - 15.5), abs(where[0][1] - 15.5)) <= 0.2 * 32 * 1.25 + 1
+    # by hand: +0.25 of the side in x is 8 pixels right, zoom 1 keeps the dot's size
+    moved = train_dr.shift_zoom(x[:1].clone(), torch.tensor([[0.25, 0.0, 0.0]]))
+    assert torch.equal(moved[0, 0, 0, 15:17, 23:25], torch.ones(2, 2))
+    assert moved[0, 0, 0].sum() == 4
+    # zoom 2 doubles the dot's side about the centre
+    big = train_dr.shift_zoom(x[:1].clone(), torch.tensor([[0.0, 0.0, 1.0]]))
+    assert (big[0, 0, 0] > 0.99).sum() >= 4 and (big[0, 0, 0] > 0).sum() > 4

@@ -37,7 +37,8 @@ from ..windows import (
 
 
 def augmenter(cfg: TrainDRConfig, epoch: int):
-    """Same random flip and brightness/contrast change for every frame of a window, drawn from
+    """Same random flip, brightness/contrast change and (``shift``) shift and zoom for every frame
+    of a window, drawn from
     (seed, epoch, batch) so a resumed run sees the same augmentation. The numbers are drawn for
     the whole global batch of ``n`` windows and ``x`` gets those of its part ``sl`` (a rank's
     share under torchrun, drkit.batching.part): the same augmentation however the batch is split."""
@@ -51,8 +52,24 @@ def augmenter(cfg: TrainDRConfig, epoch: int):
             c = (1 + cfg.jitter * (2 * torch.rand(B, 1, 1, 1, 1, generator=g) - 1))[sl]
             o = (cfg.jitter / 2 * (2 * torch.rand(B, 1, 1, 1, 1, generator=g) - 1))[sl]
             x = ((x - 0.5) * c + 0.5 + o) * (x > 0)   # keep the zero background zero
+        if cfg.shift:   # drawn after flip and jitter: runs without it see the numbers they always saw
+            x = shift_zoom(x, cfg.shift * (2 * torch.rand(B, 3, generator=g) - 1)[sl])
         return x
     return aug
+
+
+def shift_zoom(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Move and scale every frame of window ``i`` of ``x`` (B, N, C, H, W) alike: by ``u[i, :2]``
+    of the side (x, y) and zoom ``1 + u[i, 2]`` (> 1: the face larger), background zero."""
+    B, N, C, H, W = x.shape
+    z = 1 / (1 + u[:, 2])
+    theta = torch.zeros(B, 2, 3, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = z
+    theta[:, :, 2] = -2 * u[:, :2]
+    theta = theta.to(x.device).repeat_interleave(N, 0)
+    flat = x.reshape(B * N, C, H, W)
+    grid = torch.nn.functional.affine_grid(theta, list(flat.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(flat, grid, padding_mode="zeros", align_corners=False).reshape(x.shape)
 
 
 # the settings only one objective uses (recorded in the checkpoint for that objective only)
@@ -114,6 +131,8 @@ def run(cfg: TrainDRConfig) -> LoopState:
     multi = len(heads) > 1
     cfg.T, cfg.stride = heads[0]
     check_objective(cfg)
+    if not 0 <= cfg.shift < 0.5:
+        raise UsageError(f"--shift {cfg.shift}: give a fraction of the side in [0, 0.5), e.g. 0.05")
     if cfg.net_size % 2 ** cfg.depth:
         raise UsageError(f"--net-size {cfg.net_size} must be divisible by 2**depth = {2 ** cfg.depth}")
     stores = [open_store(p, "faces") for p in cfg.stores]
