@@ -8,7 +8,13 @@
   bundle's label ranges as `drkit predict` clips them (bundles without ranges: not clipped),
   ``raw_values`` (n, k) the task network's outputs (``--no-clip``), and ``mdr`` (n, C, M, M)
   float32, the image and DR channels (drkit.mdr.MDR: DR networks and their resizes). The task
-  network's channel selection and per-channel normalisation are inside the graph.
+  network's channel selection and per-channel normalisation are inside the graph. A bundle
+  trained with per-video normalisation (``--dr-norm video`` / ``--image-norm video``) needs each
+  video's mean MDR, which a graph of some crops cannot know: its model.onnx takes a second input,
+  ``video_mean`` (C, M, M), subtracted from the normalised channels; beside it ``task.onnx``
+  (``mdr``, ``video_mean`` -> values: the second pass over a video's kept MDRs, without running
+  the DR networks again) and ``population_mean.npy`` (the training videos' mean: the
+  ``video_mean`` of a still image). model.json's ``video_norm`` says which channels and how.
 - a DR checkpoint (file, run folder, ``pretrained:T5``): the DR network. Input ``images``
   (n, 3, s, s) float32 in [0, 1] at its net_size s; output ``dr`` (n, 3 * heads, s, s).
 
@@ -132,13 +138,21 @@ class OnnxEngine:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise DrkitError(f"{where}: onnxruntime cannot load it ({first[:200]})") from e
         self.input = self.session.get_inputs()[0]
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.provider = self.session.get_providers()[0]
         self.threads = so.intra_op_num_threads
 
-    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        dtype = np.uint8 if self.input.type == "tensor(uint8)" else np.float32
-        return dict(zip(self.outputs, self.session.run(None, {self.input.name: np.ascontiguousarray(x, dtype)})))
+    def __call__(self, x: np.ndarray, **more: np.ndarray) -> dict[str, np.ndarray]:
+        """``x`` to the graph's first input, ``more`` to its other inputs by name (a per-video
+        normalised bundle's ``video_mean``)."""
+        return self.run({self.input.name: x, **more})
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{input name: array} -> {output name: array}; arrays cast to each input's type."""
+        typed = {k: np.ascontiguousarray(v, np.uint8 if self.inputs[k].type == "tensor(uint8)" else np.float32)
+                 for k, v in feed.items()}
+        return dict(zip(self.outputs, self.session.run(None, typed)))
 
 
 _GRAPHS: dict[str, bytes] = {}   # graph key -> ONNX bytes: this process's recent exports
@@ -248,12 +262,17 @@ class MDRGraph(nn.Module):
 
 class TaskGraph(nn.Module):
     """The MDR stack (n, C, M, M) -> (values clipped to ``ranges``, raw values): the task part of
-    Predictor.predict_crops, channel selection and per-channel normalisation included."""
+    Predictor.predict_crops, channel selection and per-channel normalisation included. With
+    ``norm_mask`` (C,) (a per-video normalised bundle, --dr-norm / --image-norm video) it takes
+    a second input, ``video_mean`` (C, M, M), and subtracts ``norm_mask * video_mean`` first."""
 
     def __init__(self, net: nn.Module, n_channels: int, channels: list[int], mean: list[float],
-                 std: list[float], ranges: list[list[float]]):
+                 std: list[float], ranges: list[list[float]], norm_mask: np.ndarray | None = None):
         super().__init__()
         self.net = net
+        self.norm = norm_mask is not None
+        mask = np.zeros(n_channels, np.float32) if norm_mask is None else np.asarray(norm_mask, np.float32).reshape(-1)
+        self.register_buffer("norm_mask", torch.from_numpy(mask)[:, None, None])
         self.select = list(channels) != list(range(n_channels))
         self.register_buffer("channels", torch.tensor(channels, dtype=torch.long))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[None, :, None, None])
@@ -263,7 +282,9 @@ class TaskGraph(nn.Module):
         self.register_buffer("lo", r[:, 0])
         self.register_buffer("hi", r[:, 1])
 
-    def forward(self, m: torch.Tensor):
+    def forward(self, m: torch.Tensor, video_mean: torch.Tensor | None = None):
+        if self.norm:
+            m = m - (self.norm_mask * video_mean)[None]
         z = torch.index_select(m, 1, self.channels) if self.select else m
         y = self.net((z - self.mean) / self.std).float()
         v = torch.maximum(torch.minimum(y, self.hi), self.lo) if self.clip else y + 0   # + 0: its own output
@@ -275,14 +296,14 @@ class BundleGraph(nn.Module):
     in one module (MDRGraph, then TaskGraph)."""
 
     def __init__(self, mdr, net: nn.Module, channels: list[int], mean: list[float], std: list[float],
-                 ranges: list[list[float]], crop_size: int):
+                 ranges: list[list[float]], crop_size: int, norm_mask: np.ndarray | None = None):
         super().__init__()
         self.mdr = MDRGraph(mdr, crop_size)
-        self.task = TaskGraph(net, _n_channels(mdr), channels, mean, std, ranges)
+        self.task = TaskGraph(net, _n_channels(mdr), channels, mean, std, ranges, norm_mask)
 
-    def forward(self, crops: torch.Tensor):
+    def forward(self, crops: torch.Tensor, video_mean: torch.Tensor | None = None):
         m = self.mdr(crops)
-        v, y = self.task(m)
+        v, y = self.task(m, video_mean)
         return v, y, m
 
 
@@ -378,22 +399,26 @@ def _onnx_optional():
         U._add_onnxscript_fn = old
 
 
-def onnx_bytes(module: nn.Module, example: torch.Tensor, input_name: str, output_names: list[str]) -> bytes:
+def onnx_bytes(module: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], input_name: str | list[str],
+               output_names: list[str]) -> bytes:
     """``module`` (eval mode) as an ONNX graph (opset :data:`OPSET`) with a dynamic batch
     dimension, in memory. Traced once on ``example`` (its batch size does not matter), on the
-    device of the module's parameters."""
+    device of the module's parameters. Several inputs: a tuple of examples and a list of names;
+    only the first has a batch dimension (the others, e.g. ``video_mean``, are fixed)."""
     f = io.BytesIO()
     dev = next((q.device for q in module.parameters()), torch.device("cpu"))
-    module, example = module.to(dev), example.to(dev)
-    axes = {n: {0: "n"} for n in [input_name, *output_names]}
+    examples = tuple(e.to(dev) for e in (example if isinstance(example, tuple) else (example,)))
+    names = [input_name] if isinstance(input_name, str) else list(input_name)
+    module = module.to(dev)
+    axes = {n: {0: "n"} for n in [names[0], *output_names]}
     log_to = getattr(torch._C, "_jit_set_onnx_log_output_stream", None)
     try:
         if log_to:   # its graph dump on failure: to stderr, which the CLI shows only with -v
             log_to("stderr")
         with _onnx_optional(), warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
             warnings.simplefilter("ignore")   # the exporter's deprecation notice and tracer warnings
-            torch.onnx.export(module.eval(), (example,), f, dynamo=False, opset_version=OPSET,
-                              input_names=[input_name], output_names=output_names, dynamic_axes=axes,
+            torch.onnx.export(module.eval(), examples, f, dynamo=False, opset_version=OPSET,
+                              input_names=names, output_names=output_names, dynamic_axes=axes,
                               do_constant_folding=True)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -414,37 +439,49 @@ def mdr_onnx(mdr, crop_size: int) -> bytes:
     return cached(key, lambda: onnx_bytes(MDRGraph(mdr, crop_size), ex, "crops", ["mdr"]))
 
 
-def bundle_onnx(mdr, net: nn.Module, config, crop_size: int | None = None) -> bytes:
+def bundle_onnx(mdr, net: nn.Module, config, crop_size: int | None = None,
+                norm_mask: np.ndarray | None = None) -> bytes:
     """A task bundle's MDR stack (``mdr``) and task network ``net`` (TaskConfig ``config``) as one
-    graph: crops -> ``values``, ``raw_values``, ``mdr``."""
+    graph: crops -> ``values``, ``raw_values``, ``mdr``. With ``norm_mask`` (a per-video
+    normalised bundle's channels, Predictor._norm_mask) a second input ``video_mean`` (C, M, M)."""
     S = crop_size or config.preprocess.crop_size
-    z = torch.zeros(1, len(config.channels), config.map_size, config.map_size)
+    C, M = _n_channels(mdr), config.map_size
+    z = torch.zeros(1, len(config.channels), M, M)
+    names = ["crops", "video_mean"] if norm_mask is not None else "crops"
 
     def make() -> bytes:
         with exportable_pools(net.eval(), z):
-            g = BundleGraph(mdr, net, config.channels, config.norm_mean, config.norm_std, config.value_range, S)
+            g = BundleGraph(mdr, net, config.channels, config.norm_mean, config.norm_std, config.value_range, S,
+                            norm_mask)
             ex = torch.zeros(2, S, S, 3, dtype=torch.uint8)
-            return onnx_bytes(g, ex, "crops", ["values", "raw_values", "mdr"])
+            return onnx_bytes(g, (ex, torch.zeros(C, M, M)) if norm_mask is not None else ex, names,
+                              ["values", "raw_values", "mdr"])
 
     key = graph_key([*mdr.nets, net], kind="bundle", sizes=list(mdr.net_sizes), map_size=mdr.map_size,
                     image=mdr.image, crop_size=S, channels=list(config.channels), mean=list(config.norm_mean),
-                    std=list(config.norm_std), ranges=list(config.value_range))
+                    std=list(config.norm_std), ranges=list(config.value_range),
+                    norm=None if norm_mask is None else np.asarray(norm_mask).reshape(-1).tolist())
     return cached(key, make)
 
 
-def task_onnx(mdr, net: nn.Module, config) -> bytes:
+def task_onnx(mdr, net: nn.Module, config, norm_mask: np.ndarray | None = None) -> bytes:
     """A task bundle's network (``config``: its TaskConfig) on the MDR stack of ``mdr``: ``mdr``
-    (n, C, M, M) float32 -> ``values``, ``raw_values``."""
+    (n, C, M, M) float32 -> ``values``, ``raw_values``; with ``norm_mask`` a second input
+    ``video_mean`` (C, M, M) as in bundle_onnx."""
     C, M = _n_channels(mdr), config.map_size
     z = torch.zeros(1, len(config.channels), M, M)
 
     def make() -> bytes:
         with exportable_pools(net.eval(), z):
-            g = TaskGraph(net, C, config.channels, config.norm_mean, config.norm_std, config.value_range)
-            return onnx_bytes(g, torch.zeros(2, C, M, M), "mdr", ["values", "raw_values"])
+            g = TaskGraph(net, C, config.channels, config.norm_mean, config.norm_std, config.value_range, norm_mask)
+            if norm_mask is None:
+                return onnx_bytes(g, torch.zeros(2, C, M, M), "mdr", ["values", "raw_values"])
+            return onnx_bytes(g, (torch.zeros(2, C, M, M), torch.zeros(C, M, M)), ["mdr", "video_mean"],
+                              ["values", "raw_values"])
 
     key = graph_key([net], kind="task", n_channels=C, map_size=M, channels=list(config.channels),
-                    mean=list(config.norm_mean), std=list(config.norm_std), ranges=list(config.value_range))
+                    mean=list(config.norm_mean), std=list(config.norm_std), ranges=list(config.value_range),
+                    norm=None if norm_mask is None else np.asarray(norm_mask).reshape(-1).tolist())
     return cached(key, make)
 
 
@@ -472,15 +509,26 @@ def _diffs(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict[str,
     return {k: float(np.abs(got[k] - want[k]).max()) if want[k].size else 0.0 for k in want}
 
 
-def _verify(graph: bytes, inputs: list[np.ndarray], reference: Callable[[np.ndarray], dict],
+@dataclass
+class _Graph:
+    """One graph to write: its file name, bytes, torch reference ({input: array} -> {output:
+    array}) and the inputs it is checked on."""
+    file: str
+    graph: bytes
+    reference: Callable[[dict], dict]
+    feeds: list[dict[str, np.ndarray]]
+    what: str = "uniform random"   # how the check inputs were made (model.json "verified")
+
+
+def _verify(graph: bytes, feeds: list[dict[str, np.ndarray]], reference: Callable[[dict], dict],
             threads: int | None) -> dict[str, float]:
-    """Largest |onnxruntime - torch| per output over ``inputs``; a DrkitError beyond TOLERANCE."""
+    """Largest |onnxruntime - torch| per output over ``feeds``; a DrkitError beyond TOLERANCE."""
     eng = OnnxEngine(graph, threads, ["CPUExecutionProvider"])
     worst: dict[str, float] = {}
     scale: dict[str, float] = {}
-    for x in inputs:
-        want = reference(x)
-        got = eng(x)
+    for feed in feeds:
+        want = reference(feed)
+        got = eng.run(feed)
         for k, d in _diffs(got, want).items():
             worst[k] = max(worst.get(k, 0.0), d)
             scale[k] = max(scale.get(k, 1.0), float(np.abs(want[k]).max()) if want[k].size else 0.0)
@@ -492,47 +540,85 @@ def _verify(graph: bytes, inputs: list[np.ndarray], reference: Callable[[np.ndar
 
 
 def _task_export(ck, rng):
-    """A task bundle's graph (crops -> values, raw values, MDR), its torch reference, check
-    inputs and model.json fields."""
+    """A task bundle's graphs (model.onnx: crops -> values, raw values, MDR; a per-video
+    normalised bundle also task.onnx: MDR -> values), their torch references and check inputs,
+    the arrays to write beside them, and the model.json fields."""
     from .predictor import Predictor
     from .tasks import clip_values
     ref = Predictor(ck, "cpu", channels_last=False, clip=False)   # the torch path, standard layout
     c = ref.config
-    if ref.video_norm:
-        raise DrkitError(f"{ck.path or 'this bundle'}: trained with per-video normalisation (--dr-norm video "
-                         "or --image-norm video), its task network needs each "
-                         "video's mean, which one graph of crops cannot know; nothing written. Export "
-                         "its DR networks instead (drkit export on each DR checkpoint) or use drkit predict")
     S, M, k = c.preprocess.crop_size, c.map_size, len(c.targets)
-    graph = bundle_onnx(ref.mdr, ref.net, c, S)
+    C = len(c.store_channels)
+    mask = ref._norm_mask.reshape(-1) if ref.video_norm else None
     ranges = ref.ranges
-
-    def reference(x):
-        y, m = ref.predict_crops(x)
-        return {"values": clip_values(y, ranges), "raw_values": y, "mdr": m}
-
-    inputs = [rng.integers(0, 256, (n, S, S, 3), dtype=np.uint8) for n in (1, 3)]
+    crops = [rng.integers(0, 256, (n, S, S, 3), dtype=np.uint8) for n in (1, 3)]
     vr = [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None
+    values_spec = _spec("values", ["n", k], "float32", vr, "one value per target (targets), each clipped to "
+                        "its value_range [lo, hi] as drkit predict does" if ranges else
+                        "one value per target (targets); this bundle records no label range: not clipped")
+    raw_spec = _spec("raw_values", ["n", k], "float32", None, "the task network's outputs, not clipped "
+                     "(drkit predict --no-clip)")
+    mean_spec = _spec("video_mean", [C, M, M], "float32", None,
+                      "the mean over one video's frames of the mdr output (float64 sum, then float32), as "
+                      "drkit predict takes it; for a still image, population_mean.npy. The graph subtracts "
+                      "it from the channels in video_norm.channels only")
+    if mask is None:
+        def reference(feed):
+            y, m = ref.predict_crops(feed["crops"])
+            return {"values": clip_values(y, ranges), "raw_values": y, "mdr": m}
+        feeds = [{"crops": x} for x in crops]
+    else:
+        def reference(feed):
+            y, m = ref.predict_crops(feed["crops"], video_mean=feed["video_mean"])
+            return {"values": clip_values(y, ranges), "raw_values": y, "mdr": m}
+
+        def task_reference(feed):
+            y = ref.values_of(feed["mdr"], feed["video_mean"])
+            return {"values": clip_values(y, ranges), "raw_values": y}
+        # video means of the scale of real ones: the mean MDR of other random crops
+        means = [ref.mdr_of(rng.integers(0, 256, (4, S, S, 3), dtype=np.uint8)).mean(0) for _ in crops]
+        feeds = [{"crops": x, "video_mean": vm} for x, vm in zip(crops, means)]
+        task_feeds = [{"mdr": ref.mdr_of(x), "video_mean": vm} for x, vm in zip(crops, means)]
+    what = "uniform random crops" + ("; video_mean: the mean mdr of 4 other such crops" if mask is not None else "")
+    graphs = [_Graph("model.onnx", bundle_onnx(ref.mdr, ref.net, c, S, mask), reference, feeds, what)]
+    arrays: dict[str, np.ndarray] = {}
     meta = {
         "task": c.task, "input_kind": c.input_kind, "targets": list(c.targets), "value_range": ranges,
         "crop_size": S, "map_size": M, "preprocess": c.preprocess.to_dict(),
         "inputs": [_spec("crops", ["n", S, S, 3], "uint8", [0, 255],
                          "RGB masked face crops as drkit preprocess makes them (the bundle's crop size, "
-                         "alignment and face backend: see preprocess)")],
+                         "alignment and face backend: see preprocess)")] + ([mean_spec] if mask is not None else []),
         "outputs": [
-            _spec("values", ["n", k], "float32", vr, "one value per target (targets), each clipped to "
-                  "its value_range [lo, hi] as drkit predict does" if ranges else
-                  "one value per target (targets); this bundle records no label range: not clipped"),
-            _spec("raw_values", ["n", k], "float32", None, "the task network's outputs, not clipped "
-                  "(drkit predict --no-clip)"),
-            _spec("mdr", ["n", len(c.store_channels), M, M], "float32", None,
+            values_spec, raw_spec,
+            _spec("mdr", ["n", C, M, M], "float32", None,
                   "the image and DR channels the task network's input is taken from (before its "
                   "channel selection and normalisation, which are in the graph)",
                   channels=list(c.store_channels))],
         "dr_nets": [{"T": n.config.T, "stride": n.config.stride, "windows": n.config.windows,
                      "net_size": n.config.net_size, "model": n.model.to_dict()} for n in ck.dr_nets],
+        "video_norm": None,
     }
-    return graph, reference, inputs, meta
+    if mask is not None:
+        graphs.append(_Graph("task.onnx", task_onnx(ref.mdr, ref.net, c, mask), task_reference, task_feeds,
+                             "mdr: the stack of " + what))
+        meta["video_norm"] = {
+            "dr": c.dr_norm, "image": c.image_norm, "channels": [int(i) for i in np.flatnonzero(mask)],
+            "how": "per video: run model.onnx on every frame with video_mean = population_mean (or zeros), keep "
+                   "mdr, average it over the video, then run task.onnx on the kept mdr with that mean (the "
+                   "values of the first pass are not the video's); a still image: model.onnx with "
+                   "video_mean = population_mean",
+            "task_graph": {"file": "task.onnx",
+                           "inputs": [_spec("mdr", ["n", C, M, M], "float32", None, "model.onnx's mdr output"),
+                                      mean_spec],
+                           "outputs": [values_spec, raw_spec]},
+            "population_mean": None}
+        if ref.still_mean is not None:
+            arrays["population_mean.npy"] = np.asarray(ref.still_mean, np.float32)
+            meta["video_norm"]["population_mean"] = {
+                "file": "population_mean.npy", "shape": [C, M, M], "dtype": "float32",
+                "meaning": "the mean over the training videos of each video's mean mdr: the video_mean "
+                           "for still images (numpy.load)"}
+    return graphs, arrays, meta
 
 
 def _dr_export(ck, rng):
@@ -544,10 +630,10 @@ def _dr_export(ck, rng):
     C = _dr_channels(net)
 
     @torch.inference_mode()
-    def reference(x):
-        return {"dr": net(torch.from_numpy(x)).float().numpy()}
+    def reference(feed):
+        return {"dr": net(torch.from_numpy(feed["images"])).float().numpy()}
 
-    inputs = [rng.random((n, 3, s, s), dtype=np.float32) for n in (1, 3)]
+    feeds = [{"images": rng.random((n, 3, s, s), dtype=np.float32)} for n in (1, 3)]
     meta = {
         "T": ck.config.T, "stride": ck.config.stride, "windows": ck.config.windows, "net_size": s,
         "model": ck.model.to_dict(),
@@ -556,7 +642,7 @@ def _dr_export(ck, rng):
         "outputs": [_spec("dr", ["n", C, s, s], "float32", None,
                           "one 3-channel dynamic representation per window (windows), in that order")],
     }
-    return graph, reference, inputs, meta
+    return [_Graph("model.onnx", graph, reference, feeds)], {}, meta
 
 
 def run(cfg) -> ExportResult:
@@ -576,24 +662,37 @@ def run(cfg) -> ExportResult:
     meta: dict = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": ck.kind,
                   "drkit_version": __version__, "torch_version": torch.__version__, "opset": OPSET,
                   "source": {"checkpoint": str(cfg.model), "file": str(src.resolve()), "sha256": sha256_file(src)}}
-    graph, reference, inputs, extra = (_task_export if ck.kind == "task" else _dr_export)(ck, rng)
+    graphs, arrays, extra = (_task_export if ck.kind == "task" else _dr_export)(ck, rng)
     meta.update(extra)
+    diffs: dict[str, float] = {}
     if have_onnxruntime():
-        diffs = _verify(graph, inputs, reference, cfg.threads)
-        meta["verified"] = {"crops": sum(len(x) for x in inputs), "batch_sizes": [len(x) for x in inputs],
-                            "input": "uniform random", "seed": cfg.seed, "max_abs_diff": diffs,
-                            "onnxruntime_version": onnxruntime().__version__}
-        log.info("export: onnxruntime vs torch on random inputs, max abs difference: "
-                 + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+        for g in graphs:   # every graph checked before any file is written
+            d = _verify(g.graph, g.feeds, g.reference, cfg.threads)
+            sizes = [len(next(iter(f.values()))) for f in g.feeds]   # the batch of each check
+            check = {"crops": sum(sizes), "batch_sizes": sizes, "input": g.what, "seed": cfg.seed,
+                     "max_abs_diff": d, "onnxruntime_version": onnxruntime().__version__}
+            if g.file == "model.onnx":
+                diffs, meta["verified"] = d, check
+            else:
+                meta["video_norm"]["task_graph"]["verified"] = check
+            log.info(f"export: {g.file}: onnxruntime vs torch on random inputs, max abs difference: "
+                     + ", ".join(f"{k} {v:.2e}" for k, v in d.items()))
     else:
-        diffs = {}
         meta["verified"] = None
         log.warn("export: onnxruntime is not installed, so the graph was not checked against torch "
                  "(pip install onnxruntime, then rerun)")
     cfg.out.mkdir(parents=True, exist_ok=True)
+    for g in graphs[1:]:   # the side files first: model.json, written last, names what is complete
+        with atomic_path(cfg.out / g.file) as tmp:
+            tmp.write_bytes(g.graph)
+        meta["video_norm"]["task_graph"]["sha256"] = sha256_file(cfg.out / g.file)
+    for name, a in arrays.items():
+        with atomic_path(cfg.out / name) as tmp, open(tmp, "wb") as f:
+            np.save(f, a)
+        meta["video_norm"]["population_mean"]["sha256"] = sha256_file(cfg.out / name)
     onnx_path, json_path = cfg.out / "model.onnx", cfg.out / "model.json"
     with atomic_path(onnx_path) as tmp:
-        tmp.write_bytes(graph)
+        tmp.write_bytes(graphs[0].graph)
     meta["file"] = onnx_path.name
     meta["sha256"] = sha256_file(onnx_path)
     write_json_atomic(json_path, meta)

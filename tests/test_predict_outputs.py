@@ -16,6 +16,7 @@ import pytest
 from conftest import REAL, cli, face_frames, write_video
 
 from drkit.checkpoint import load_checkpoint, save_checkpoint
+from drkit.fsutil import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -305,10 +306,50 @@ def _video_frames(path: Path) -> np.ndarray:
     return np.stack(out)
 
 
-def test_a_per_video_dr_norm_bundle_is_not_exported_as_one_graph(vnorm_bundle, tmp_path):
+def test_a_per_video_norm_bundle_exports_with_the_video_mean_as_an_input(vnorm_bundle, task_data, tmp_path):
+    """drkit export of a --dr-norm video bundle: model.onnx takes the crops and the video's mean
+    MDR, task.onnx the kept MDRs and the mean, population_mean.npy answers stills; the two-pass
+    recipe of model.json gives what drkit's predictor gives for the whole video and for a still."""
+    ort = pytest.importorskip("onnxruntime")
+    from drkit.predictor import Predictor
+    from drkit.store import open_store
+    out = tmp_path / "x"
+    r = cli("export", vnorm_bundle, "-o", out)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "model.json").read_text())
+    p = Predictor.from_bundle(vnorm_bundle, device="cpu", channels_last=False)
+    C, M = len(p.config.store_channels), p.config.map_size
+    vn = meta["video_norm"]
+    assert [i["name"] for i in meta["inputs"]] == ["crops", "video_mean"] and meta["inputs"][1]["shape"] == [C, M, M]
+    assert vn["dr"] == "video" and vn["channels"] == list(range(3, C))   # the DR channels, not the image
+    assert vn["task_graph"]["sha256"] == sha256_file(out / "task.onnx")
+    assert max(vn["task_graph"]["verified"]["max_abs_diff"].values()) < 1e-4
+    pop = np.load(out / vn["population_mean"]["file"])
+    np.testing.assert_array_equal(pop, p.still_mean)
+    crops = open_store(task_data["faces"]).video("p2.avi")["frames"][:]
+    model = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    task = ort.InferenceSession(str(out / "task.onnx"), providers=["CPUExecutionProvider"])
+    # a video: pass 1 keeps the MDRs, their mean, pass 2 the values
+    mdr = np.concatenate([model.run(["mdr"], {"crops": crops[i:i + 16], "video_mean": pop})[0]
+                          for i in range(0, len(crops), 16)])
+    mean = mdr.mean(0, dtype=np.float64).astype(np.float32)
+    values = task.run(["values"], {"mdr": mdr, "video_mean": mean})[0]
+    want, m = p.predict_crops(crops)
+    np.testing.assert_allclose(mdr, m, atol=1e-5)
+    np.testing.assert_allclose(values, want, atol=1e-4)
+    # a still: the population mean
+    still = model.run(["values"], {"crops": crops[:1], "video_mean": pop})[0]
+    np.testing.assert_allclose(still, p.predict_crops(crops[:1], video_mean=p.still_mean)[0], atol=1e-4)
+    assert np.abs(still - want[:1]).max() > 1e-3     # the mean matters: not the video's answer
+
+
+def test_a_bundle_without_video_norm_exports_one_graph_of_one_input(task_bundle, tmp_path):
     pytest.importorskip("onnxruntime")
-    r = cli("export", vnorm_bundle, "-o", tmp_path / "x")
-    assert r.returncode == 1 and "--dr-norm video" in r.stderr and not (tmp_path / "x" / "model.onnx").exists()
+    r = cli("export", task_bundle, "-o", tmp_path / "x")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "x" / "model.json").read_text())
+    assert meta["video_norm"] is None and [i["name"] for i in meta["inputs"]] == ["crops"]
+    assert sorted(q.name for q in (tmp_path / "x").iterdir()) == ["model.json", "model.onnx"]
 
 
 def test_training_data_recognises_synth_output(tmp_path):
