@@ -16,13 +16,14 @@ examples/generalisation/RESULTS.md. The manifest's other models are kept.
 
 import argparse
 import csv
-import hashlib
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from shipping import licences, ship_checkpoint
 
 
 def held_out(files: list[Path], heads: list[tuple[int, int]]) -> dict:
@@ -56,25 +57,22 @@ def main() -> None:
     ap.add_argument("--name", default="ms-slim")
     ap.add_argument("-o", "--out", type=Path, required=True)
     a = ap.parse_args()
-    ck = torch.load(a.run / "best.pt", map_location="cpu", weights_only=True)
+    stores = torch.load(a.run / "best.pt", map_location="cpu", weights_only=True)["config"]["train"]["train_stores"]
+    people = sorted(Path(s).name.removesuffix(".zarr") for s in stores)
+    rows = [r for r in csv.DictReader(open(a.faces / "manifest.csv")) if r["person"] in people]
+    dest = a.out / f"{a.name}.pt"
+    ck, sha = ship_checkpoint(a.run / "best.pt", dest, f"<{len(people)} people of ../shared/data/faces, see MANIFEST.json>")
     c = ck["config"]
     heads = [tuple(h) for h in c["heads"]]
-    people = sorted(Path(s).name.removesuffix(".zarr") for s in c["train"]["train_stores"])
-    rows = [r for r in csv.DictReader(open(a.faces / "manifest.csv")) if r["person"] in people]
-    for k in ("optimizer", "rng", "aux"):      # training state: not needed to run the model
-        ck.pop(k, None)
-    c["train"]["train_stores"] = [f"<{len(people)} people of ../shared/data/faces, see MANIFEST.json>"]
-    dest = a.out / f"{a.name}.pt"
-    torch.save(ck, dest)
     base = ck["model"]["kwargs"]["base"]
     heads_arg = ",".join(f"T{T}S{S}" for T, S in heads)
     entry = {
-        "file": dest.name, "sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),
+        "file": dest.name, "sha256": sha,
         "T": heads[0][0], "stride": heads[0][1], "heads": [list(h) for h in heads],
         "net_size": c["net_size"], "model": ck["model"], "train_steps": ck["train_state"].get("global_step"),
         "trained_on": (f"{len(rows)} clips of {len(people)} people: every person of ../shared/data/faces, "
                        "preprocessed with `drkit preprocess --crop-size 112` (dlib, one store per person); "
-                       "licences " + ", ".join(f"{k} x{v}" for k, v in sorted(Counter(r["licence"] for r in rows).items()))),
+                       "licences " + licences(rows)),
         "command": (f"drkit train-dr PERSONS/*.zarr -o {a.name} --heads {heads_arg} --net-size {c['net_size']} "
                     f"--base {base} --epochs {c['train'].get('epochs', 3)} --seed {c['train'].get('seed', 0)}"),
         "held_out": held_out(a.loso, heads),

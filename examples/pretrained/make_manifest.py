@@ -10,13 +10,11 @@ from WORK_DIR/T<T>-slim. The manifest's other models are kept.
 
 import argparse
 import csv
-import hashlib
 import json
 import re
-from collections import Counter
 from pathlib import Path
 
-import torch
+from shipping import licences, ship_checkpoint
 
 ap = argparse.ArgumentParser()
 ap.add_argument("work")
@@ -43,17 +41,13 @@ old = out / "MANIFEST.json"
 models = json.loads(old.read_text())["models"] if old.is_file() else {}
 for T, S in ((3, 2), (5, 2), (9, 4)):
     name = f"T{T}{suffix}"
-    ck = torch.load(work / name / "best.pt", map_location="cpu", weights_only=True)
-    assert ck["model"]["kwargs"]["base"] == a.base, f"{work / name}: UNet width {ck['model']['kwargs']['base']}, not {a.base}"
-    for k in ("optimizer", "rng", "aux"):      # training state: not needed to run the model
-        ck.pop(k, None)
-    ck["config"]["train"]["train_stores"] = ["<26 training people of ../shared/data/faces, see MANIFEST.json>"]
     dest = out / f"{name}.pt"
-    torch.save(ck, dest)
+    ck, sha = ship_checkpoint(work / name / "best.pt", dest, "<26 training people of ../shared/data/faces, see MANIFEST.json>")
+    assert ck["model"]["kwargs"]["base"] == a.base, f"{work / name}: UNet width {ck['model']['kwargs']['base']}, not {a.base}"
     res = json.loads((work / f"{name}.json").read_text())
     acc = {r["method"]: round(100 * r["accuracy"], 2) for r in res if r["T"] == T and r["stride"] == S}
     models[name] = {
-        "file": dest.name, "sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),
+        "file": dest.name, "sha256": sha,
         "T": T, "stride": S, "net_size": ck["config"]["net_size"], "model": ck["model"],
         "train_steps": ck["train_state"].get("global_step"),
         "command": (f"drkit train-dr train112.zarr -o {name} --T {T} --stride {S} --net-size 64"
@@ -66,7 +60,7 @@ manifest = {
     "trained_on": (f"{len(train_rows)} clips of {len({r['person'] for r in train_rows})} people of "
                    "../shared/data/faces (person split of examples/real_faces/person_split.py, seed 0), "
                    "preprocessed with `drkit preprocess --crop-size 112` (dlib); licences "
-                   + ", ".join(f"{k} x{v}" for k, v in sorted(Counter(r["licence"] for r in train_rows).items()))),
+                   + licences(train_rows)),
     "train_clips": sorted(r["path"] for r in train_rows),
     "held_out_people": test_people,
     "build": "bash examples/pretrained/build.sh WORK_DIR (slim models: BASE=8 bash examples/pretrained/build.sh WORK_DIR)",
