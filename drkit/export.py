@@ -679,6 +679,8 @@ def run(cfg) -> ExportResult:
                      + ", ".join(f"{k} {v:.2e}" for k, v in d.items()))
     else:
         meta["verified"] = None
+        if meta.get("video_norm"):
+            meta["video_norm"]["task_graph"]["verified"] = None
         log.warn("export: onnxruntime is not installed, so the graph was not checked against torch "
                  "(pip install onnxruntime, then rerun)")
     cfg.out.mkdir(parents=True, exist_ok=True)

@@ -343,6 +343,17 @@ def test_a_per_video_norm_bundle_exports_with_the_video_mean_as_an_input(vnorm_b
     assert np.abs(still - want[:1]).max() > 1e-3     # the mean matters: not the video's answer
 
 
+def test_a_per_video_norm_bundle_exports_unchecked_without_onnxruntime(vnorm_bundle, tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)   # `import onnxruntime` raises ImportError
+    r = cli("export", vnorm_bundle, "-o", tmp_path / "x")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "x" / "model.json").read_text())
+    assert meta["verified"] is None and meta["video_norm"]["task_graph"]["verified"] is None
+    assert sorted(q.name for q in (tmp_path / "x").iterdir()) == [
+        "model.json", "model.onnx", "population_mean.npy", "task.onnx"]
+
+
 def test_a_bundle_without_video_norm_exports_one_graph_of_one_input(task_bundle, tmp_path):
     pytest.importorskip("onnxruntime")
     r = cli("export", task_bundle, "-o", tmp_path / "x")
