@@ -307,6 +307,10 @@ def test_shift_moves_every_frame_of_a_window_alike_and_off_changes_nothing():
         where = [tuple(torch.nonzero(on[w, k, 0] > 0).float().mean(0).tolist()) for k in range(5)]
         assert all(np.allclose(p, where[0], atol=1e-4) for p in where)   # every frame moved alike
         assert max(abs(where[0][0] - 15.5), abs(where[0][1] - 15.5)) <= 0.2 * 32 * 1.25 + 1
+    # recorded in the checkpoint only when used (a run without it resumes across versions)
+    heads = [(1, 1)]
+    assert "shift" not in train_dr._dr_config(TrainDRConfig(**base), heads, 1e-3, []).train
+    assert train_dr._dr_config(TrainDRConfig(**base, shift=0.1), heads, 1e-3, []).train["shift"] == 0.1
     # by hand: +0.25 of the side in x is 8 pixels right, zoom 1 keeps the dot's size
     moved = train_dr.shift_zoom(x[:1].clone(), torch.tensor([[0.25, 0.0, 0.0]]))
     assert torch.equal(moved[0, 0, 0, 15:17, 23:25], torch.ones(2, 2))

@@ -114,7 +114,8 @@ def _dr_config(cfg: TrainDRConfig, heads: list[tuple[int, int]], lr: float, stor
     train = {k: v for k, v in asdict(cfg).items()
              if k not in ("stores", "out", "val", "resume", "overwrite", "device", "cache_mb", "epochs",
                           "time_budget", "T", "stride", "net_size", "objective", "target", "heads", *others)
-             and not (k == "init" and v is None)}
+             and not (k == "init" and v is None) and not (k == "shift" and not v)}   # recorded only when used:
+    # a run without them has the record (and resumes across versions) as before they existed
     train["lr"] = lr
     if cfg.perceptual_weights:
         train["perceptual_weights_sha256_16"] = sha256_16(cfg.perceptual_weights)
