@@ -53,6 +53,7 @@ KINDS = {"si": {"input_kind": "si"},                                   # the sti
          "si_vnorm": {"input_kind": "si", "image_norm": "video"},      # image minus its per-video mean (control)
          "mdr_drop": {"input_kind": "mdr", "dr_dropout": 0.3},         # DR channels dropped in 30% of samples
          "mdr_vnorm_drop": {"input_kind": "mdr", "dr_norm": "video", "dr_dropout": 0.3},   # both: a still image's case trained
+         "mdr_vnorm_all": {"input_kind": "mdr", "dr_norm": "video", "image_norm": "video"},   # image and DRs minus their video mean
          "mdr_feat": {"input_kind": "mdr", "arch": "small_drfeat"},    # DRs as 4x4-grid features, not maps
          "si_drenc": {"input_kind": "si", "arch": "dr_encoder"}}       # image, DR UNet encoder as init
 
