@@ -439,6 +439,14 @@ def mdr_onnx(mdr, crop_size: int) -> bytes:
     return cached(key, lambda: onnx_bytes(MDRGraph(mdr, crop_size), ex, "crops", ["mdr"]))
 
 
+def _with_mean(example: torch.Tensor, name: str, norm_mask: np.ndarray | None, C: int, M: int):
+    """The graph's example inputs and names: ``name`` (batched), plus ``video_mean`` (C, M, M) for
+    a per-video normalised bundle (``norm_mask``); and the mask as a graph-key setting."""
+    if norm_mask is None:
+        return example, name, None
+    return (example, torch.zeros(C, M, M)), [name, "video_mean"], np.asarray(norm_mask).reshape(-1).tolist()
+
+
 def bundle_onnx(mdr, net: nn.Module, config, crop_size: int | None = None,
                 norm_mask: np.ndarray | None = None) -> bytes:
     """A task bundle's MDR stack (``mdr``) and task network ``net`` (TaskConfig ``config``) as one
@@ -447,20 +455,17 @@ def bundle_onnx(mdr, net: nn.Module, config, crop_size: int | None = None,
     S = crop_size or config.preprocess.crop_size
     C, M = _n_channels(mdr), config.map_size
     z = torch.zeros(1, len(config.channels), M, M)
-    names = ["crops", "video_mean"] if norm_mask is not None else "crops"
+    ex, names, norm = _with_mean(torch.zeros(2, S, S, 3, dtype=torch.uint8), "crops", norm_mask, C, M)
 
     def make() -> bytes:
         with exportable_pools(net.eval(), z):
             g = BundleGraph(mdr, net, config.channels, config.norm_mean, config.norm_std, config.value_range, S,
                             norm_mask)
-            ex = torch.zeros(2, S, S, 3, dtype=torch.uint8)
-            return onnx_bytes(g, (ex, torch.zeros(C, M, M)) if norm_mask is not None else ex, names,
-                              ["values", "raw_values", "mdr"])
+            return onnx_bytes(g, ex, names, ["values", "raw_values", "mdr"])
 
     key = graph_key([*mdr.nets, net], kind="bundle", sizes=list(mdr.net_sizes), map_size=mdr.map_size,
                     image=mdr.image, crop_size=S, channels=list(config.channels), mean=list(config.norm_mean),
-                    std=list(config.norm_std), ranges=list(config.value_range),
-                    norm=None if norm_mask is None else np.asarray(norm_mask).reshape(-1).tolist())
+                    std=list(config.norm_std), ranges=list(config.value_range), norm=norm)
     return cached(key, make)
 
 
@@ -470,18 +475,16 @@ def task_onnx(mdr, net: nn.Module, config, norm_mask: np.ndarray | None = None) 
     ``video_mean`` (C, M, M) as in bundle_onnx."""
     C, M = _n_channels(mdr), config.map_size
     z = torch.zeros(1, len(config.channels), M, M)
+    ex, names, norm = _with_mean(torch.zeros(2, C, M, M), "mdr", norm_mask, C, M)
 
     def make() -> bytes:
         with exportable_pools(net.eval(), z):
             g = TaskGraph(net, C, config.channels, config.norm_mean, config.norm_std, config.value_range, norm_mask)
-            if norm_mask is None:
-                return onnx_bytes(g, torch.zeros(2, C, M, M), "mdr", ["values", "raw_values"])
-            return onnx_bytes(g, (torch.zeros(2, C, M, M), torch.zeros(C, M, M)), ["mdr", "video_mean"],
-                              ["values", "raw_values"])
+            return onnx_bytes(g, ex, names, ["values", "raw_values"])
 
     key = graph_key([net], kind="task", n_channels=C, map_size=M, channels=list(config.channels),
                     mean=list(config.norm_mean), std=list(config.norm_std), ranges=list(config.value_range),
-                    norm=None if norm_mask is None else np.asarray(norm_mask).reshape(-1).tolist())
+                    norm=norm)
     return cached(key, make)
 
 
@@ -518,6 +521,7 @@ class _Graph:
     reference: Callable[[dict], dict]
     feeds: list[dict[str, np.ndarray]]
     what: str = "uniform random"   # how the check inputs were made (model.json "verified")
+    record: dict | None = None     # the model.json entry of its "verified" and "sha256"; None: the top level
 
 
 def _verify(graph: bytes, feeds: list[dict[str, np.ndarray]], reference: Callable[[dict], dict],
@@ -562,16 +566,12 @@ def _task_export(ck, rng):
                       "the mean over one video's frames of the mdr output (float64 sum, then float32), as "
                       "drkit predict takes it; for a still image, population_mean.npy. The graph subtracts "
                       "it from the channels in video_norm.channels only")
-    if mask is None:
-        def reference(feed):
-            y, m = ref.predict_crops(feed["crops"])
-            return {"values": clip_values(y, ranges), "raw_values": y, "mdr": m}
-        feeds = [{"crops": x} for x in crops]
-    else:
-        def reference(feed):
-            y, m = ref.predict_crops(feed["crops"], video_mean=feed["video_mean"])
-            return {"values": clip_values(y, ranges), "raw_values": y, "mdr": m}
+    def reference(feed):   # video_mean: only a per-video normalised bundle's feeds have one
+        y, m = ref.predict_crops(feed["crops"], video_mean=feed.get("video_mean"))
+        return {"values": clip_values(y, ranges), "raw_values": y, "mdr": m}
 
+    feeds = [{"crops": x} for x in crops]
+    if mask is not None:
         def task_reference(feed):
             y = ref.values_of(feed["mdr"], feed["video_mean"])
             return {"values": clip_values(y, ranges), "raw_values": y}
@@ -581,7 +581,7 @@ def _task_export(ck, rng):
         task_feeds = [{"mdr": ref.mdr_of(x), "video_mean": vm} for x, vm in zip(crops, means)]
     what = "uniform random crops" + ("; video_mean: the mean mdr of 4 other such crops" if mask is not None else "")
     graphs = [_Graph("model.onnx", bundle_onnx(ref.mdr, ref.net, c, S, mask), reference, feeds, what)]
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, tuple[np.ndarray, dict]] = {}   # file -> (array, its model.json entry)
     meta = {
         "task": c.task, "input_kind": c.input_kind, "targets": list(c.targets), "value_range": ranges,
         "crop_size": S, "map_size": M, "preprocess": c.preprocess.to_dict(),
@@ -599,8 +599,6 @@ def _task_export(ck, rng):
         "video_norm": None,
     }
     if mask is not None:
-        graphs.append(_Graph("task.onnx", task_onnx(ref.mdr, ref.net, c, mask), task_reference, task_feeds,
-                             "mdr: the stack of " + what))
         meta["video_norm"] = {
             "dr": c.dr_norm, "image": c.image_norm, "channels": [int(i) for i in np.flatnonzero(mask)],
             "how": "per video: run model.onnx on every frame with video_mean = population_mean (or zeros), keep "
@@ -612,12 +610,14 @@ def _task_export(ck, rng):
                                       mean_spec],
                            "outputs": [values_spec, raw_spec]},
             "population_mean": None}
+        graphs.append(_Graph("task.onnx", task_onnx(ref.mdr, ref.net, c, mask), task_reference, task_feeds,
+                             "mdr: the stack of " + what, meta["video_norm"]["task_graph"]))
         if ref.still_mean is not None:
-            arrays["population_mean.npy"] = np.asarray(ref.still_mean, np.float32)
             meta["video_norm"]["population_mean"] = {
                 "file": "population_mean.npy", "shape": [C, M, M], "dtype": "float32",
                 "meaning": "the mean over the training videos of each video's mean mdr: the video_mean "
                            "for still images (numpy.load)"}
+            arrays["population_mean.npy"] = (np.asarray(ref.still_mean, np.float32), meta["video_norm"]["population_mean"])
     return graphs, arrays, meta
 
 
@@ -664,39 +664,32 @@ def run(cfg) -> ExportResult:
                   "source": {"checkpoint": str(cfg.model), "file": str(src.resolve()), "sha256": sha256_file(src)}}
     graphs, arrays, extra = (_task_export if ck.kind == "task" else _dr_export)(ck, rng)
     meta.update(extra)
-    diffs: dict[str, float] = {}
-    if have_onnxruntime():
-        for g in graphs:   # every graph checked before any file is written
+    checked = have_onnxruntime()
+    for g in graphs:   # every graph checked before any file is written
+        rec = meta if g.record is None else g.record
+        rec["verified"] = None
+        if checked:
             d = _verify(g.graph, g.feeds, g.reference, cfg.threads)
             sizes = [len(next(iter(f.values()))) for f in g.feeds]   # the batch of each check
-            check = {"crops": sum(sizes), "batch_sizes": sizes, "input": g.what, "seed": cfg.seed,
-                     "max_abs_diff": d, "onnxruntime_version": onnxruntime().__version__}
-            if g.file == "model.onnx":
-                diffs, meta["verified"] = d, check
-            else:
-                meta["video_norm"]["task_graph"]["verified"] = check
+            rec["verified"] = {"crops": sum(sizes), "batch_sizes": sizes, "input": g.what, "seed": cfg.seed,
+                               "max_abs_diff": d, "onnxruntime_version": onnxruntime().__version__}
             log.info(f"export: {g.file}: onnxruntime vs torch on random inputs, max abs difference: "
                      + ", ".join(f"{k} {v:.2e}" for k, v in d.items()))
-    else:
-        meta["verified"] = None
-        if meta.get("video_norm"):
-            meta["video_norm"]["task_graph"]["verified"] = None
+    if not checked:
         log.warn("export: onnxruntime is not installed, so the graph was not checked against torch "
                  "(pip install onnxruntime, then rerun)")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    for g in graphs[1:]:   # the side files first: model.json, written last, names what is complete
-        with atomic_path(cfg.out / g.file) as tmp:
-            tmp.write_bytes(g.graph)
-        meta["video_norm"]["task_graph"]["sha256"] = sha256_file(cfg.out / g.file)
-    for name, a in arrays.items():
+    meta["file"] = graphs[0].file
+    for name, (a, rec) in arrays.items():   # side files first: model.json, written last, names what is complete
         with atomic_path(cfg.out / name) as tmp, open(tmp, "wb") as f:
             np.save(f, a)
-        meta["video_norm"]["population_mean"]["sha256"] = sha256_file(cfg.out / name)
-    onnx_path, json_path = cfg.out / "model.onnx", cfg.out / "model.json"
-    with atomic_path(onnx_path) as tmp:
-        tmp.write_bytes(graphs[0].graph)
-    meta["file"] = onnx_path.name
-    meta["sha256"] = sha256_file(onnx_path)
+        rec["sha256"] = sha256_file(cfg.out / name)
+    for g in graphs[::-1]:                  # model.onnx (graphs[0]) last of the graphs
+        with atomic_path(cfg.out / g.file) as tmp:
+            tmp.write_bytes(g.graph)
+        (meta if g.record is None else g.record)["sha256"] = sha256_file(cfg.out / g.file)
+    json_path = cfg.out / "model.json"
     write_json_atomic(json_path, meta)
-    return ExportResult(onnx_path, json_path, ck.kind, diffs, time.perf_counter() - t0)
+    diffs = meta["verified"]["max_abs_diff"] if meta["verified"] else {}
+    return ExportResult(cfg.out / graphs[0].file, json_path, ck.kind, diffs, time.perf_counter() - t0)
 
