@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import types
 import warnings
-from dataclasses import InitVar, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Union, get_args, get_origin, get_type_hints
+from typing import ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 from .contracts import (
     Arch,
@@ -80,6 +80,15 @@ def _renamed(cfg, name: str, size) -> None:
 # installed, the device is the CPU, at fp32 without --compile (there it ran 1.1-1.7x torch's
 # crops/s on one core, several times torch's on two busy cores: benchmarks/engine_speed.py), else torch
 Engine = Literal["auto", "torch", "onnxruntime"]
+
+
+def recorded_settings(cfg, skip) -> dict:
+    """The settings of a training config that its checkpoint or bundle records: every field but
+    ``skip``, and but each setting of ``cfg.RECORDED_WHEN_USED`` left at its off value, so a run
+    that does not use a later-added setting keeps the record it always had (and resumes across
+    versions)."""
+    off = getattr(cfg, "RECORDED_WHEN_USED", {})
+    return {k: v for k, v in asdict(cfg).items() if k not in skip and not (k in off and v == off[k])}
 
 
 @dataclass
@@ -152,6 +161,8 @@ class TrainDRConfig:
     channels_last: bool = True       # the network in channels_last memory format (1.13x a training step on CPU, benchmarks/dr_speed.py)
     compile: bool = False            # torch.compile the network
     size: InitVar[int | None] = None   # drkit 0.2 name of net_size (deprecated)
+    # settings added after checkpoints existed: recorded only when not at this value (recorded_settings)
+    RECORDED_WHEN_USED: ClassVar[dict] = {"init": None, "shift": 0.0}
 
     def __post_init__(self, size):
         check_choices(self)
@@ -249,6 +260,8 @@ class TrainTaskConfig:
     channels_last: bool = False           # run the network in channels_last memory format
     compile: bool = False                 # torch.compile the network
     eval_only: Path | None = None         # deprecated (0.2): use `drkit eval-task`
+    # settings added after bundles existed: recorded only when not at this value (recorded_settings)
+    RECORDED_WHEN_USED: ClassVar[dict] = {"dropout": None, "dr_norm": "none", "image_norm": "none", "dr_dropout": 0.0}
 
     def __post_init__(self):
         check_choices(self)

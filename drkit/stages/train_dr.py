@@ -11,14 +11,12 @@ same UNet, windows, loop, checkpoints and metrics (training and validation ranki
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import torch
 
 from .. import distributed, log
 from ..batching import batch_generator, batches, epoch_order, flip_mask, n_batches, part
 from ..checkpoint import Checkpoint, load_checkpoint, sha256_16
-from ..configs import TrainDRConfig, check_choices
+from ..configs import TrainDRConfig, check_choices, recorded_settings
 from ..contracts import DRConfig, ModelSpec
 from ..errors import DrkitError, UsageError
 from ..fsutil import jsonable
@@ -111,11 +109,8 @@ def _dr_config(cfg: TrainDRConfig, heads: list[tuple[int, int]], lr: float, stor
     """What the checkpoint records: the windows, net size, objective, and the settings that made
     it (those of other objectives left out; hashes of the files it read)."""
     others = {k for o, keys in OWN_SETTINGS.items() if o != cfg.objective for k in keys}
-    train = {k: v for k, v in asdict(cfg).items()
-             if k not in ("stores", "out", "val", "resume", "overwrite", "device", "cache_mb", "epochs",
-                          "time_budget", "T", "stride", "net_size", "objective", "target", "heads", *others)
-             and not (k == "init" and v is None) and not (k == "shift" and not v)}   # recorded only when used:
-    # a run without them has the record (and resumes across versions) as before they existed
+    train = recorded_settings(cfg, ("stores", "out", "val", "resume", "overwrite", "device", "cache_mb", "epochs",
+                                    "time_budget", "T", "stride", "net_size", "objective", "target", "heads", *others))
     train["lr"] = lr
     if cfg.perceptual_weights:
         train["perceptual_weights_sha256_16"] = sha256_16(cfg.perceptual_weights)

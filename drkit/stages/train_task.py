@@ -26,7 +26,6 @@ produces (DR networks are not mirror-symmetric) and made MDR models generalise w
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ from ..batching import (
     part,
 )
 from ..checkpoint import Checkpoint, load_checkpoint, sha256_16
-from ..configs import TrainTaskConfig, check_choices
+from ..configs import TrainTaskConfig, check_choices, recorded_settings
 from ..contracts import (
     TASK_MONITOR,
     DRNet,
@@ -192,11 +191,8 @@ def _task_config(cfg: TrainTaskConfig, labels, ch, names, mean, std, dstore, tra
         task=cfg.task, input_kind=cfg.input_kind, targets=labels.targets, channels=ch,
         store_channels=names, norm_mean=mean.tolist(), norm_std=std.tolist(), map_size=dstore.map_size,
         image=dstore.image, preprocess=dstore.face_params, missing=list(cfg.missing),
-        train=jsonable({k: v for k, v in dataclasses.asdict(cfg).items()
-                        if k not in ("resume", "overwrite", "device", "eval_only", "epochs", "time_budget", "patience")
-                        and (k not in OWN_SETTINGS or k in ARCHS[cfg.arch].own_settings)
-                        and not (k == "dropout" and v is None)   # runs from before --dropout resume
-                        and not (k in ("dr_norm", "image_norm", "dr_dropout") and v in ("none", 0.0))}),
+        train=jsonable(recorded_settings(cfg, ("resume", "overwrite", "device", "eval_only", "epochs", "time_budget",
+                                               "patience", *(OWN_SETTINGS - set(ARCHS[cfg.arch].own_settings))))),
         # a norm with no channel to act on is not recorded: the bundle then predicts frame by frame
         dr_norm=cfg.dr_norm if any(c >= k for c in ch) else "none",
         image_norm=cfg.image_norm if any(c < k for c in ch) else "none")
