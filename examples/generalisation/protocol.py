@@ -211,9 +211,23 @@ def _task_kwargs(text: str) -> dict:
 
 # ------------------------------------------------------------------ report
 
+def _results(work: Path) -> list[dict]:
+    return [json.loads(x) for x in (work / "results.jsonl").read_text().splitlines()]
+
+
+def _same_folds(work: Path, other: Path) -> None:
+    if json.loads((work / "folds.json").read_text()) != json.loads((other / "folds.json").read_text()):
+        sys.exit(f"{other}/folds.json differs from {work}/folds.json: its test windows are not these")
+
+
 def report(a) -> None:
     work = Path(a.work)
-    recs = [json.loads(x) for x in (work / "results.jsonl").read_text().splitlines()]
+    recs = _results(work)
+    for other in map(Path, a.baselines_from or []):   # identity / RankSVM are seed- and network-independent
+        _same_folds(work, other)
+        have, mine = {(r["fold"], r["what"]) for r in recs}, {r["fold"] for r in recs}
+        recs += [r for r in _results(other) if r["what"].startswith("baselines_") and r["fold"] in mine
+                 and (r["fold"], r["what"]) not in have]
     by = defaultdict(list)
     for r in recs:
         by[(r["fold"], r["what"])].append(r)
@@ -221,32 +235,53 @@ def report(a) -> None:
     print("### Ranking accuracy (%), test people of sources no network saw\n")
     print("| fold | test people | " + " | ".join(f"T{T}S{S} DR / identity / RankSVM" for T, S in HEADS) + " |")
     print("|---|---|" + "---|" * len(HEADS))
-    means = defaultdict(list)
+    means = defaultdict(list)   # (T, S) -> [(fold's DR mean, its seeds' DRs)]
+    base = defaultdict(list)    # (T, S) -> [(identity, RankSVM)]
     for f in folds + (["insource"] if any(r["fold"] == "insource" for r in recs) else []):
         cells = []
         for T, S in HEADS:
             d = [r["dr"] for r in by[(f, f"rank_T{T}S{S}")]]
             b = by[(f, f"baselines_T{T}S{S}")]
-            if not d or not b:
+            if not d and not b:
                 cells.append("-")
                 continue
-            cells.append(f"{100 * np.mean(d):.1f} ± {100 * np.std(d):.1f} / {100 * b[0]['identity']:.1f} / "
-                         f"{100 * b[0]['ranksvm']:.1f}")
+            dr = f"{100 * np.mean(d):.1f} ± {100 * np.std(d):.1f}" if d else "-"
+            bl = f"{100 * b[0]['identity']:.1f} / {100 * b[0]['ranksvm']:.1f}" if b else "- / -"
+            cells.append(f"{dr} / {bl}")
             if f != "insource":
-                means[(T, S)].append((np.mean(d), b[0]["identity"], b[0]["ranksvm"], d))
-        n = (by[(f, f"baselines_T{HEADS[0][0]}S{HEADS[0][1]}")] or [{}])[0].get("test_people", "?")
+                if d:
+                    means[(T, S)].append((np.mean(d), d))
+                if b:
+                    base[(T, S)].append((b[0]["identity"], b[0]["ranksvm"]))
+        n = next((r["test_people"] for T, S in HEADS for r in by[(f, f"rank_T{T}S{S}")] + by[(f, f"baselines_T{T}S{S}")]), "?")
         print(f"| {f} | {n} | " + " | ".join(cells) + " |")
     cells = []
     for T, S in HEADS:
-        m = means[(T, S)]
+        m, b = means[(T, S)], base[(T, S)]
         if not m:
             cells.append("-")
             continue
-        dr, idn, svm = (np.array([x[i] for x in m]) for i in range(3))
-        seeds = np.array([np.mean([x[3][k] for x in m]) for k in range(min(len(x[3]) for x in m))])
-        cells.append(f"**{100 * dr.mean():.1f}** (folds ± {100 * dr.std():.1f}, seeds ± {100 * seeds.std():.1f}) / "
-                     f"{100 * idn.mean():.1f} / {100 * svm.mean():.1f}")
+        dr = np.array([x[0] for x in m])
+        seeds = np.array([np.mean([x[1][k] for x in m]) for k in range(min(len(x[1]) for x in m))])
+        bl = (f"{100 * np.mean([x[0] for x in b]):.1f} / {100 * np.mean([x[1] for x in b]):.1f}" if b else "- / -")
+        note = "" if len(b) == len(m) else f" (DR over {len(m)} folds, baselines over {len(b)})"
+        cells.append(f"**{100 * dr.mean():.1f}** (folds ± {100 * dr.std():.1f}, seeds ± {100 * seeds.std():.1f}) / {bl}{note}")
     print("| **mean over folds** | | " + " | ".join(cells) + " |\n")
+    for other in map(Path, a.against or []):   # a lever's run against the recipe's: same fold, same seed
+        _same_folds(work, other)
+        ob = defaultdict(dict)
+        for r in _results(other):
+            if r["what"].startswith("rank_"):
+                ob[(r["fold"], r["what"])][r["seed"]] = r["dr"]
+        for T, S in HEADS:
+            per = {f: [r["dr"] - ob[(f, f"rank_T{T}S{S}")][r["seed"]] for r in by[(f, f"rank_T{T}S{S}")]
+                       if r["seed"] in ob[(f, f"rank_T{T}S{S}")]] for f in folds}
+            per = {f: np.mean(v) for f, v in per.items() if v}
+            if per:
+                x = 100 * np.array(list(per.values()))
+                print(f"T{T}S{S}: this run − {other} over {len(x)} folds: {x.mean():+.2f} ± {x.std():.2f} points "
+                      f"(ahead in {int((x > 0).sum())}; " + ", ".join(f"{f.split('__')[-1]} {100 * v:+.1f}" for f, v in per.items()) + ")")
+        print()
     kinds = sorted({r["what"][3:] for r in recs if r["what"].startswith("au_")})
     if not kinds:
         return
@@ -308,6 +343,10 @@ def main(argv=None) -> None:
     r.add_argument("--no-baselines", action="store_true", help="skip identity / RankSVM (already reported)")
     p = sub.add_parser("report")
     p.add_argument("work")
+    p.add_argument("--baselines-from", action="append", metavar="WORK",
+                   help="take identity / RankSVM from this work folder where this one has none (same folds.json)")
+    p.add_argument("--against", action="append", metavar="WORK",
+                   help="per fold and seed, this run's DR accuracy minus that work folder's (a lever against the recipe)")
     a = ap.parse_args(argv)
     if a.cmd == "folds":
         out = Path(a.out)

@@ -1,0 +1,62 @@
+"""examples/generalisation/protocol.py report: the numbers its tables and comparisons give."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location(
+    "gen_protocol", Path(__file__).resolve().parents[1] / "examples" / "generalisation" / "protocol.py")
+protocol = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(protocol)
+
+FOLDS = {"loso": {"A": {"train": ["p2"], "test": ["p1"]}, "B": {"train": ["p1"], "test": ["p2"]}}}
+
+
+def work(tmp_path, name, recs, folds=FOLDS):
+    w = tmp_path / name
+    w.mkdir()
+    (w / "folds.json").write_text(json.dumps(folds))
+    (w / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return w
+
+
+def rank(fold, seed, T, S, dr):
+    return {"fold": fold, "seed": seed, "what": f"rank_T{T}S{S}", "T": T, "stride": S, "dr": dr, "test_people": 3}
+
+
+def base(fold, T, S, idn, svm):
+    return {"fold": fold, "seed": -1, "what": f"baselines_T{T}S{S}", "T": T, "stride": S, "identity": idn,
+            "ranksvm": svm, "test_people": 3}
+
+
+def test_a_lever_is_compared_fold_by_fold_and_seed_by_seed(tmp_path, capsys):
+    recipe = work(tmp_path, "recipe", [base("A", 9, 4, 0.60, 0.80), base("B", 9, 4, 0.70, 0.90),
+                                       rank("A", 0, 9, 4, 0.70), rank("A", 1, 9, 4, 0.72), rank("B", 0, 9, 4, 0.80)])
+    # the lever: fold A seeds 0, 1 and 2 (seed 2 has no recipe run to pair with), fold B seed 0
+    lever = work(tmp_path, "lever", [rank("A", 0, 9, 4, 0.71), rank("A", 1, 9, 4, 0.75), rank("A", 2, 9, 4, 0.99),
+                                     rank("B", 0, 9, 4, 0.78)])
+    protocol.main(["report", str(lever), "--baselines-from", str(recipe), "--against", str(recipe)])
+    out = capsys.readouterr().out
+    # A: mean of +1 and +3 = +2 points; B: -2 points -> mean over folds 0.00, sd 2.00, ahead in 1
+    assert "T9S4: this run − " + str(recipe) + " over 2 folds: +0.00 ± 2.00 points (ahead in 1; A +2.0, B -2.0)" in out
+    # the lever's own table borrows the recipe's baselines: A (71+75+99)/3 = 81.7 (sd 12.4) beside 60.0 / 80.0
+    assert "| A | 3 | - | - | 81.7 ± 12.4 / 60.0 / 80.0 |" in out
+    mean = next(x for x in out.splitlines() if x.startswith("| **mean over folds**"))
+    assert mean.endswith("| **79.8** (folds ± 1.8, seeds ± 0.0) / 65.0 / 85.0 |")   # (81.7 + 78) / 2 beside 65 / 85
+
+
+def test_a_table_without_baselines_still_shows_its_dr_and_says_what_it_averages(tmp_path, capsys):
+    w = work(tmp_path, "w", [base("A", 5, 2, 0.70, 0.80), rank("A", 0, 5, 2, 0.85), rank("B", 0, 5, 2, 0.75)])
+    protocol.main(["report", str(w)])
+    out = capsys.readouterr().out
+    assert "| B | 3 | - | 75.0 ± 0.0 / - / - | - |" in out
+    assert "**80.0** (folds ± 5.0, seeds ± 0.0) / 70.0 / 80.0 (DR over 2 folds, baselines over 1)" in out
+
+
+def test_baselines_from_a_work_folder_of_other_folds_are_refused(tmp_path):
+    a = work(tmp_path, "a", [rank("A", 0, 5, 2, 0.85)])
+    b = work(tmp_path, "b", [base("A", 5, 2, 0.7, 0.8)], folds={"loso": {"A": {"train": ["p9"], "test": ["p1"]}}})
+    with pytest.raises(SystemExit, match="folds.json differs"):
+        protocol.main(["report", str(a), "--baselines-from", str(b)])
