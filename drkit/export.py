@@ -451,7 +451,7 @@ def bundle_onnx(mdr, net: nn.Module, config, crop_size: int | None = None,
                 norm_mask: np.ndarray | None = None) -> bytes:
     """A task bundle's MDR stack (``mdr``) and task network ``net`` (TaskConfig ``config``) as one
     graph: crops -> ``values``, ``raw_values``, ``mdr``. With ``norm_mask`` (a per-video
-    normalised bundle's channels, Predictor._norm_mask) a second input ``video_mean`` (C, M, M)."""
+    normalised bundle's channels, Predictor.norm_mask) a second input ``video_mean`` (C, M, M)."""
     S = crop_size or config.preprocess.crop_size
     C, M = _n_channels(mdr), config.map_size
     z = torch.zeros(1, len(config.channels), M, M)
@@ -553,7 +553,7 @@ def _task_export(ck, rng):
     c = ref.config
     S, M, k = c.preprocess.crop_size, c.map_size, len(c.targets)
     C = len(c.store_channels)
-    mask = ref._norm_mask.reshape(-1) if ref.video_norm else None
+    mask = ref.norm_mask.reshape(-1) if ref.video_norm else None
     ranges = ref.ranges
     crops = [rng.integers(0, 256, (n, S, S, 3), dtype=np.uint8) for n in (1, 3)]
     vr = [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None

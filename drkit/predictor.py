@@ -95,7 +95,7 @@ class Predictor:
         self.video_norm = c.video_norm   # DR and/or image channels minus their mean over the video
         self.n_image = n_image_channels(c.store_channels)   # MDR channels before the DRs
         # 1 on the MDR channels a video_norm bundle subtracts the video's mean from, else 0
-        self._norm_mask = video_norm_mask(c.store_channels, c.dr_norm, c.image_norm).astype(np.float32)[:, None, None]
+        self.norm_mask = video_norm_mask(c.store_channels, c.dr_norm, c.image_norm).astype(np.float32)[:, None, None]
         self.bundle, self.config, self.device = bundle, c, torch.device(device)
         # what a still image's channels are taken relative to (no video to average over): the
         # training videos' mean (bundles from 0.3.0); None: the image's own (its DRs become 0)
@@ -219,7 +219,7 @@ class Predictor:
             if mean.shape != tuple(m.shape[1:]):
                 raise DrkitError(f"video_mean has shape {mean.shape}; expected {tuple(m.shape[1:])} "
                                  "(Predictor.video_mean of the video's MDRs)")
-            mean = mean * self._norm_mask   # only the channels the bundle normalises
+            mean = mean * self.norm_mask   # only the channels the bundle normalises
             if isinstance(m, np.ndarray):
                 m = m - mean
             else:
