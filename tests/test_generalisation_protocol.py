@@ -60,3 +60,22 @@ def test_baselines_from_a_work_folder_of_other_folds_are_refused(tmp_path):
     b = work(tmp_path, "b", [base("A", 5, 2, 0.7, 0.8)], folds={"loso": {"A": {"train": ["p9"], "test": ["p1"]}}})
     with pytest.raises(SystemExit, match="folds.json differs"):
         protocol.main(["report", str(a), "--baselines-from", str(b)])
+
+
+def au(fold, seed, kind, icc5, icc):
+    return {"fold": fold, "seed": seed, "what": f"au_{kind}", "icc5": icc5, "icc": icc}
+
+
+def test_inputs_are_compared_by_fold_then_over_folds_and_against_the_normalised_image(tmp_path, capsys):
+    w = work(tmp_path, "w", [au("A", 0, "si", 0.50, 0.30), au("A", 1, "si", 0.40, 0.30), au("B", 0, "si", 0.60, 0.20),
+                             au("A", 0, "mdr_vnorm", 0.60, 0.40), au("A", 1, "mdr_vnorm", 0.60, 0.40),
+                             au("B", 0, "mdr_vnorm", 0.50, 0.30), au("A", 0, "si_vnorm", 0.55, 0.45),
+                             au("B", 0, "si_vnorm", 0.40, 0.30), au("A", 2, "mdr_vnorm", 0.90, 0.90)])  # no si seed 2
+    protocol.main(["report", str(w), "--minus", "si_vnorm:si"])
+    out = capsys.readouterr().out
+    # pairs: A0 +0.10, A1 +0.20, B0 -0.10 -> mean +0.067; folds: A +0.15, B -0.10 -> +0.025, sd 0.125
+    assert "mdr_vnorm − si over 3 (fold, seed): 5 AUs +0.067 ± 0.125 (ahead in 2)" in out
+    assert "5 AUs +0.025 ± 0.125 over folds (ahead in 1); all 17 AUs +0.100 ± 0.000 (ahead in 2)" in out
+    # the control, always printed for a normalised input: A0 +0.05 / -0.05, B0 +0.10 / 0.00
+    assert "mdr_vnorm − si_vnorm over 2 (fold, seed): 5 AUs +0.075 ± 0.025 (ahead in 2); all 17 AUs -0.025" in out
+    assert out.count("si_vnorm − si over 2 (fold, seed)") == 1   # printed by default; asking again adds no copy

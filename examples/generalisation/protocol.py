@@ -290,38 +290,38 @@ def report(a) -> None:
     print("(cells: 5 AUs mean ± sd over seeds / all 17 AUs; - : not run)\n")
     print("| fold | " + " | ".join(f"{k} 5 AUs / all" for k in kinds) + " |")
     print("|---|" + "---|" * len(kinds))
-    diffs = defaultdict(lambda: defaultdict(list))
-    per_fold = defaultdict(lambda: defaultdict(list))   # kind -> fold -> [(d5, d_all)] over seeds
     for f in folds + ["insource"]:
         rows = {k: by[(f, f"au_{k}")] for k in kinds}
-        if not any(rows.values()):
-            continue
-        cells = []
-        for k in kinds:
-            if not rows[k]:
-                cells.append("-")
-                continue
-            v5, va = [r["icc5"] for r in rows[k]], [r["icc"] for r in rows[k]]
-            cells.append(f"{np.mean(v5):.3f} ± {np.std(v5):.3f} / {np.mean(va):.3f}")
-            si = {r["seed"]: r for r in rows.get("si", [])}
-            if k != "si" and f != "insource":
-                for r in rows[k]:
-                    if r["seed"] in si:
-                        diffs[k]["icc5"].append(r["icc5"] - si[r["seed"]]["icc5"])
-                        diffs[k]["icc"].append(r["icc"] - si[r["seed"]]["icc"])
-                        per_fold[k][f].append((r["icc5"] - si[r["seed"]]["icc5"], r["icc"] - si[r["seed"]]["icc"]))
-        print(f"| {f} | " + " | ".join(cells) + " |")
-    for k, d in diffs.items():
-        x5, xa = np.array(d["icc5"]), np.array(d["icc"])
-        print(f"\n{k} − si over {len(x5)} (fold, seed): 5 AUs {x5.mean():+.3f} ± {x5.std():.3f} (ahead in "
-              f"{int((x5 > 0).sum())}); all 17 AUs {xa.mean():+.3f} ± {xa.std():.3f} (ahead in {int((xa > 0).sum())})")
-        pf = per_fold[k]
-        f5 = np.array([np.mean([x[0] for x in v]) for v in pf.values()])
-        fa = np.array([np.mean([x[1] for x in v]) for v in pf.values()])
-        seeds = ", ".join(f"{f.split('__')[-1]} {len(v)}" for f, v in sorted(pf.items()))
-        print(f"{k} − si, mean over {len(pf)} folds (each fold its seeds' mean; seeds: {seeds}): 5 AUs "
-              f"{f5.mean():+.3f} ± {f5.std():.3f} over folds (ahead in {int((f5 > 0).sum())}); all 17 AUs "
-              f"{fa.mean():+.3f} ± {fa.std():.3f} (ahead in {int((fa > 0).sum())})")
+        if any(rows.values()):
+            print(f"| {f} | " + " | ".join(
+                f"{np.mean([r['icc5'] for r in v]):.3f} ± {np.std([r['icc5'] for r in v]):.3f} / "
+                f"{np.mean([r['icc'] for r in v]):.3f}" if v else "-" for v in rows.values()) + " |")
+    pairs = [(k, "si") for k in kinds if k != "si"] + [(k, "si_vnorm") for k in kinds if "vnorm" in k and k != "si_vnorm"]
+    for k, ref in dict.fromkeys(pairs + [tuple(x.split(":")) for x in a.minus or []]):
+        _difference(by, folds, k, ref)
+
+
+def _difference(by, folds, k: str, ref: str) -> None:
+    """``k`` minus ``ref`` (ICC, 5 AUs and all 17) on the left-out sources, paired by fold and
+    seed: over the (fold, seed) pairs, and as the issue's mean over folds (each fold's seeds
+    averaged first)."""
+    per_fold = {}
+    for f in folds:
+        other = {r["seed"]: r for r in by[(f, f"au_{ref}")]}
+        d = [(r["icc5"] - other[r["seed"]]["icc5"], r["icc"] - other[r["seed"]]["icc"])
+             for r in by[(f, f"au_{k}")] if r["seed"] in other]
+        if d:
+            per_fold[f] = d
+    if not per_fold:
+        return
+    x5, xa = (np.array([x[i] for v in per_fold.values() for x in v]) for i in (0, 1))
+    print(f"\n{k} − {ref} over {len(x5)} (fold, seed): 5 AUs {x5.mean():+.3f} ± {x5.std():.3f} (ahead in "
+          f"{int((x5 > 0).sum())}); all 17 AUs {xa.mean():+.3f} ± {xa.std():.3f} (ahead in {int((xa > 0).sum())})")
+    f5, fa = (np.array([np.mean([x[i] for x in v]) for v in per_fold.values()]) for i in (0, 1))
+    seeds = ", ".join(f"{f.split('__')[-1]} {len(v)}" for f, v in sorted(per_fold.items()))
+    print(f"{k} − {ref}, mean over {len(per_fold)} folds (each fold its seeds' mean; seeds: {seeds}): 5 AUs "
+          f"{f5.mean():+.3f} ± {f5.std():.3f} over folds (ahead in {int((f5 > 0).sum())}); all 17 AUs "
+          f"{fa.mean():+.3f} ± {fa.std():.3f} (ahead in {int((fa > 0).sum())})")
 
 
 def main(argv=None) -> None:
@@ -347,6 +347,9 @@ def main(argv=None) -> None:
                    help="take identity / RankSVM from this work folder where this one has none (same folds.json)")
     p.add_argument("--against", action="append", metavar="WORK",
                    help="per fold and seed, this run's DR accuracy minus that work folder's (a lever against the recipe)")
+    p.add_argument("--minus", action="append", metavar="KIND:REF",
+                   help="also print input KIND minus input REF, e.g. mdr_vnorm_all:si_vnorm (each input minus si, "
+                        "and the vnorm inputs minus si_vnorm, are always printed)")
     a = ap.parse_args(argv)
     if a.cmd == "folds":
         out = Path(a.out)
