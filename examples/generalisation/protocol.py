@@ -26,6 +26,12 @@ Per fold and seed (``run``):
 Every step calls the stage's library function with the settings the printed command line would
 give, and skips work whose result is already in WORK (a rerun resumes). Results: one JSON line per
 (fold, seed, what) in WORK/results.jsonl.
+
+``report`` prints the tables and each input minus SI (and each per-video normalised input minus
+``si_vnorm``, its control), paired by fold and seed, over the pairs and as the mean over folds
+(each fold's seeds averaged first). A lever (one changed setting, its own WORK_LEVER with the same
+folds.json, ``run ... --no-task --no-baselines --dr-args "... LEVER"``) is read against the recipe
+with ``report WORK_LEVER --baselines-from WORK --against WORK``.
 """
 
 from __future__ import annotations
