@@ -83,9 +83,9 @@ Engine = Literal["auto", "torch", "onnxruntime"]
 
 
 def recorded_settings(cfg, skip) -> dict:
-    """The settings of a training config that its checkpoint or bundle records: every field but
-    ``skip``, and but each setting of ``cfg.RECORDED_WHEN_USED`` left at its off value, so a run
-    that does not use a later-added setting keeps the record it always had (and resumes across
+    """The settings of a training config that its checkpoint or bundle records: every field except
+    those in ``skip`` and those of ``cfg.RECORDED_WHEN_USED`` left at their off value. A run that
+    does not use a later-added setting so keeps the record it always had (and resumes across
     versions)."""
     off = getattr(cfg, "RECORDED_WHEN_USED", {})
     return {k: v for k, v in asdict(cfg).items() if k not in skip and not (k in off and v == off[k])}

@@ -221,3 +221,19 @@ def test_predict_tracks_as_the_training_store_was_tracked(bundle):
     ck.config.preprocess.redetect_region = True
     tr = Predictor(ck).tracker()
     assert (tr.reuse_mad, tr.max_reuse, tr.redetect_region) == (3.0, 4, True)
+
+
+@pytest.mark.parametrize("kind, setting, off, on", [
+    ("dr", "init", None, "runs/t5/best.pt"), ("dr", "shift", 0.0, 0.05),
+    ("task", "dropout", None, 0.3), ("task", "dr_norm", "none", "video"),
+    ("task", "image_norm", "none", "video"), ("task", "dr_dropout", 0.0, 0.3)])
+def test_a_later_setting_is_recorded_only_when_used(kind, setting, off, on):
+    """A run that leaves a later-added setting off keeps the record (and so the resume check) that
+    runs made before the setting existed have; one that uses it records it."""
+    from drkit.configs import TrainDRConfig, TrainTaskConfig, recorded_settings
+    make = ((lambda **kw: TrainDRConfig(stores=["a.zarr"], out="o", **kw)) if kind == "dr"
+            else (lambda **kw: TrainTaskConfig(input=["a.zarr"], out="o", labels="l.csv", **kw)))
+    assert setting not in recorded_settings(make(**{setting: off}), ())
+    rec = recorded_settings(make(**{setting: on}), ())
+    assert str(rec[setting]) == str(on if setting != "init" else make(init=on).init)
+    assert "seed" in rec and "out" not in recorded_settings(make(), ("out",))

@@ -34,17 +34,19 @@ def base(fold, T, S, idn, svm):
 def test_a_lever_is_compared_fold_by_fold_and_seed_by_seed(tmp_path, capsys):
     recipe = work(tmp_path, "recipe", [base("A", 9, 4, 0.60, 0.80), base("B", 9, 4, 0.70, 0.90),
                                        rank("A", 0, 9, 4, 0.70), rank("A", 1, 9, 4, 0.72), rank("B", 0, 9, 4, 0.80)])
-    # the lever: fold A seeds 0, 1 and 2 (seed 2 has no recipe run to pair with), fold B seed 0
+    # the lever: fold A seeds 0, 1 and 2 (seed 2 has no recipe run to pair with), fold B seeds 0 and 1 (1 unpaired)
     lever = work(tmp_path, "lever", [rank("A", 0, 9, 4, 0.71), rank("A", 1, 9, 4, 0.75), rank("A", 2, 9, 4, 0.99),
-                                     rank("B", 0, 9, 4, 0.78)])
+                                     rank("B", 0, 9, 4, 0.78), rank("B", 1, 9, 4, 0.80)])
     protocol.main(["report", str(lever), "--baselines-from", str(recipe), "--against", str(recipe)])
     out = capsys.readouterr().out
     # A: mean of +1 and +3 = +2 points; B: -2 points -> mean over folds 0.00, sd 2.00, ahead in 1
     assert "T9S4: this run − " + str(recipe) + " over 2 folds: +0.00 ± 2.00 points (ahead in 1; A +2.0, B -2.0)" in out
     # the lever's own table borrows the recipe's baselines: A (71+75+99)/3 = 81.7 (sd 12.4) beside 60.0 / 80.0
     assert "| A | 3 | - | - | 81.7 ± 12.4 / 60.0 / 80.0 |" in out
+    # mean over folds (81.67 + 79.0) / 2 = 80.3, sd 1.3; over the seeds both folds have (0, 1): seed 0
+    # (71 + 78) / 2 = 74.5, seed 1 (75 + 80) / 2 = 77.5 -> sd 1.5; baselines (60 + 70) / 2, (80 + 90) / 2
     mean = next(x for x in out.splitlines() if x.startswith("| **mean over folds**"))
-    assert mean.endswith("| **79.8** (folds ± 1.8, seeds ± 0.0) / 65.0 / 85.0 |")   # (81.7 + 78) / 2 beside 65 / 85
+    assert mean.endswith("| **80.3** (folds ± 1.3, seeds ± 1.5 over 2) / 65.0 / 85.0 |")
 
 
 def test_a_table_without_baselines_still_shows_its_dr_and_says_what_it_averages(tmp_path, capsys):
@@ -52,14 +54,32 @@ def test_a_table_without_baselines_still_shows_its_dr_and_says_what_it_averages(
     protocol.main(["report", str(w)])
     out = capsys.readouterr().out
     assert "| B | 3 | - | 75.0 ± 0.0 / - / - | - |" in out
-    assert "**80.0** (folds ± 5.0, seeds ± 0.0) / 70.0 / 80.0 (DR over 2 folds, baselines over 1)" in out
+    assert "**80.0** (folds ± 5.0, seeds ± 0.0 over 1) / 70.0 / 80.0 (DR over 2 folds, baselines over 1: not the same folds)" in out
 
 
-def test_baselines_from_a_work_folder_of_other_folds_are_refused(tmp_path):
+def test_baselines_from_a_work_folder_of_other_folds_or_other_test_people_are_refused(tmp_path):
     a = work(tmp_path, "a", [rank("A", 0, 5, 2, 0.85)])
     b = work(tmp_path, "b", [base("A", 5, 2, 0.7, 0.8)], folds={"loso": {"A": {"train": ["p9"], "test": ["p1"]}}})
     with pytest.raises(SystemExit, match="folds.json differs"):
         protocol.main(["report", str(a), "--baselines-from", str(b)])
+    c = work(tmp_path, "c", [{**base("A", 5, 2, 0.7, 0.8), "test_people": 2}])
+    with pytest.raises(SystemExit, match="different stores"):
+        protocol.main(["report", str(a), "--baselines-from", str(c)])
+
+
+def test_own_baselines_win_over_borrowed_ones_and_only_this_runs_folds_borrow(tmp_path, capsys):
+    a = work(tmp_path, "a", [rank("A", 0, 5, 2, 0.85), base("A", 5, 2, 0.70, 0.80)])
+    b = work(tmp_path, "b", [base("A", 5, 2, 0.10, 0.20), base("B", 5, 2, 0.50, 0.60)])
+    protocol.main(["report", str(a), "--baselines-from", str(b)])
+    out = capsys.readouterr().out
+    assert "| A | 3 | - | 85.0 ± 0.0 / 70.0 / 80.0 | - |" in out and "| B |" not in out
+
+
+def test_a_malformed_input_pair_is_refused_by_name(capsys):
+    for bad in ("mdr_vnorm", "mdr_vnorm:si:si", "mdr_vnorm:nope"):
+        with pytest.raises(SystemExit):
+            protocol.main(["report", "w", "--minus", bad])
+        assert "give two inputs as KIND:REF" in capsys.readouterr().err
 
 
 def au(fold, seed, kind, icc5, icc):

@@ -231,9 +231,15 @@ def report(a) -> None:
     recs = _results(work)
     for other in map(Path, a.baselines_from or []):   # identity / RankSVM are seed- and network-independent
         _same_folds(work, other)
-        have, mine = {(r["fold"], r["what"]) for r in recs}, {r["fold"] for r in recs}
-        recs += [r for r in _results(other) if r["what"].startswith("baselines_") and r["fold"] in mine
-                 and (r["fold"], r["what"]) not in have]
+        have = {(r["fold"], r["what"]) for r in recs}
+        people = {r["fold"]: r["test_people"] for r in recs if "test_people" in r}
+        borrowed = [r for r in _results(other) if r["what"].startswith("baselines_") and r["fold"] in people
+                    and (r["fold"], r["what"]) not in have]
+        for r in borrowed:
+            if r["test_people"] != people[r["fold"]]:
+                sys.exit(f"{other}: fold {r['fold']} has {r['test_people']} test people, {work} {people[r['fold']]}: "
+                         "the two runs had different stores (--persons)")
+        recs += borrowed
     by = defaultdict(list)
     for r in recs:
         by[(r["fold"], r["what"])].append(r)
@@ -241,8 +247,8 @@ def report(a) -> None:
     print("### Ranking accuracy (%), test people of sources no network saw\n")
     print("| fold | test people | " + " | ".join(f"T{T}S{S} DR / identity / RankSVM" for T, S in HEADS) + " |")
     print("|---|---|" + "---|" * len(HEADS))
-    means = defaultdict(list)   # (T, S) -> [(fold's DR mean, its seeds' DRs)]
-    base = defaultdict(list)    # (T, S) -> [(identity, RankSVM)]
+    means = defaultdict(dict)   # (T, S) -> fold -> {seed: DR}
+    base = defaultdict(dict)    # (T, S) -> fold -> (identity, RankSVM)
     for f in folds + (["insource"] if any(r["fold"] == "insource" for r in recs) else []):
         cells = []
         for T, S in HEADS:
@@ -256,9 +262,9 @@ def report(a) -> None:
             cells.append(f"{dr} / {bl}")
             if f != "insource":
                 if d:
-                    means[(T, S)].append((np.mean(d), d))
+                    means[(T, S)][f] = {r["seed"]: r["dr"] for r in by[(f, f"rank_T{T}S{S}")]}
                 if b:
-                    base[(T, S)].append((b[0]["identity"], b[0]["ranksvm"]))
+                    base[(T, S)][f] = (b[0]["identity"], b[0]["ranksvm"])
         n = next((r["test_people"] for T, S in HEADS for r in by[(f, f"rank_T{T}S{S}")] + by[(f, f"baselines_T{T}S{S}")]), "?")
         print(f"| {f} | {n} | " + " | ".join(cells) + " |")
     cells = []
@@ -267,27 +273,29 @@ def report(a) -> None:
         if not m:
             cells.append("-")
             continue
-        dr = np.array([x[0] for x in m])
-        seeds = np.array([np.mean([x[1][k] for x in m]) for k in range(min(len(x[1]) for x in m))])
-        bl = (f"{100 * np.mean([x[0] for x in b]):.1f} / {100 * np.mean([x[1] for x in b]):.1f}" if b else "- / -")
-        note = "" if len(b) == len(m) else f" (DR over {len(m)} folds, baselines over {len(b)})"
-        cells.append(f"**{100 * dr.mean():.1f}** (folds ± {100 * dr.std():.1f}, seeds ± {100 * seeds.std():.1f}) / {bl}{note}")
+        dr = np.array([np.mean(list(v.values())) for v in m.values()])
+        shared = sorted(set.intersection(*(set(v) for v in m.values())))   # seeds every fold has
+        seeds = np.array([np.mean([v[k] for v in m.values()]) for k in shared])
+        bl = (f"{100 * np.mean([x[0] for x in b.values()]):.1f} / {100 * np.mean([x[1] for x in b.values()]):.1f}"
+              if b else "- / -")
+        note = "" if set(b) == set(m) else f" (DR over {len(m)} folds, baselines over {len(b)}: not the same folds)"
+        cells.append(f"**{100 * dr.mean():.1f}** (folds ± {100 * dr.std():.1f}, seeds ± {100 * seeds.std():.1f} over "
+                     f"{len(shared)}) / {bl}{note}")
     print("| **mean over folds** | | " + " | ".join(cells) + " |\n")
     for other in map(Path, a.against or []):   # a lever's run against the recipe's: same fold, same seed
         _same_folds(work, other)
-        ob = defaultdict(dict)
+        ob = defaultdict(list)
         for r in _results(other):
-            if r["what"].startswith("rank_"):
-                ob[(r["fold"], r["what"])][r["seed"]] = r["dr"]
+            ob[(r["fold"], r["what"])].append(r)
         for T, S in HEADS:
-            per = {f: [r["dr"] - ob[(f, f"rank_T{T}S{S}")][r["seed"]] for r in by[(f, f"rank_T{T}S{S}")]
-                       if r["seed"] in ob[(f, f"rank_T{T}S{S}")]] for f in folds}
-            per = {f: np.mean(v) for f, v in per.items() if v}
+            w = f"rank_T{T}S{S}"
+            per = _paired(folds, lambda f, w=w: by[(f, w)], lambda f, w=w, ob=ob: ob[(f, w)],
+                          lambda r, o: 100 * (r["dr"] - o["dr"]))
             if per:
-                x = 100 * np.array(list(per.values()))
+                x = np.array([np.mean(v) for v in per.values()])
                 print(f"T{T}S{S}: this run − {other} over {len(x)} folds: {x.mean():+.2f} ± {x.std():.2f} points "
-                      f"(ahead in {int((x > 0).sum())}; " + ", ".join(f"{f.split('__')[-1]} {100 * v:+.1f}" for f, v in per.items()) + ")")
-        print()
+                      f"(ahead in {int((x > 0).sum())}; " + ", ".join(f"{f.split('__')[-1]} {np.mean(v):+.1f}"
+                                                                    for f, v in per.items()) + ")\n")
     kinds = sorted({r["what"][3:] for r in recs if r["what"].startswith("au_")})
     if not kinds:
         return
@@ -302,22 +310,33 @@ def report(a) -> None:
             print(f"| {f} | " + " | ".join(
                 f"{np.mean([r['icc5'] for r in v]):.3f} ± {np.std([r['icc5'] for r in v]):.3f} / "
                 f"{np.mean([r['icc'] for r in v]):.3f}" if v else "-" for v in rows.values()) + " |")
-    pairs = [(k, "si") for k in kinds if k != "si"] + [(k, "si_vnorm") for k in kinds if "vnorm" in k and k != "si_vnorm"]
-    for k, ref in dict.fromkeys(pairs + [tuple(x.split(":")) for x in a.minus or []]):
+    normalised = [k for k in kinds if "video" in (KINDS.get(k, {}).get("dr_norm"), KINDS.get(k, {}).get("image_norm"))]
+    pairs = [(k, "si") for k in kinds if k != "si"] + [(k, "si_vnorm") for k in normalised if k != "si_vnorm"]
+    for k, ref in dict.fromkeys(pairs + (a.minus or [])):
+        if k not in kinds or ref not in kinds:
+            print(f"\n(--minus {k}:{ref}: no results for {k if k not in kinds else ref})", file=sys.stderr)
+            continue
         _difference(by, folds, k, ref)
+
+
+def _paired(folds, mine, other, value) -> dict:
+    """fold -> [value(record, other's record of the same seed)] over the seeds both have, for the
+    folds with any such pair; ``mine`` / ``other``: fold -> records."""
+    out = {}
+    for f in folds:
+        o = {r["seed"]: r for r in other(f)}
+        d = [value(r, o[r["seed"]]) for r in mine(f) if r["seed"] in o]
+        if d:
+            out[f] = d
+    return out
 
 
 def _difference(by, folds, k: str, ref: str) -> None:
     """``k`` minus ``ref`` (ICC, 5 AUs and all 17) on the left-out sources, paired by fold and
     seed: over the (fold, seed) pairs, and as the issue's mean over folds (each fold's seeds
     averaged first)."""
-    per_fold = {}
-    for f in folds:
-        other = {r["seed"]: r for r in by[(f, f"au_{ref}")]}
-        d = [(r["icc5"] - other[r["seed"]]["icc5"], r["icc"] - other[r["seed"]]["icc"])
-             for r in by[(f, f"au_{k}")] if r["seed"] in other]
-        if d:
-            per_fold[f] = d
+    per_fold = _paired(folds, lambda f: by[(f, f"au_{k}")], lambda f: by[(f, f"au_{ref}")],
+                       lambda r, o: (r["icc5"] - o["icc5"], r["icc"] - o["icc"]))
     if not per_fold:
         return
     x5, xa = (np.array([x[i] for v in per_fold.values() for x in v]) for i in (0, 1))
@@ -328,6 +347,13 @@ def _difference(by, folds, k: str, ref: str) -> None:
     print(f"{k} − {ref}, mean over {len(per_fold)} folds (each fold its seeds' mean; seeds: {seeds}): 5 AUs "
           f"{f5.mean():+.3f} ± {f5.std():.3f} over folds (ahead in {int((f5 > 0).sum())}); all 17 AUs "
           f"{fa.mean():+.3f} ± {fa.std():.3f} (ahead in {int((fa > 0).sum())})")
+
+
+def _kind_pair(text: str) -> tuple[str, str]:
+    k, sep, ref = text.partition(":")
+    if not sep or not k or not ref or ":" in ref or not {k, ref} <= set(KINDS):
+        raise argparse.ArgumentTypeError(f"{text!r}: give two inputs as KIND:REF, each one of {', '.join(KINDS)}")
+    return k, ref
 
 
 def main(argv=None) -> None:
@@ -353,9 +379,9 @@ def main(argv=None) -> None:
                    help="take identity / RankSVM from this work folder where this one has none (same folds.json)")
     p.add_argument("--against", action="append", metavar="WORK",
                    help="per fold and seed, this run's DR accuracy minus that work folder's (a lever against the recipe)")
-    p.add_argument("--minus", action="append", metavar="KIND:REF",
-                   help="also print input KIND minus input REF, e.g. mdr_vnorm_all:si_vnorm (each input minus si, "
-                        "and the vnorm inputs minus si_vnorm, are always printed)")
+    p.add_argument("--minus", action="append", metavar="KIND:REF", type=_kind_pair,
+                   help="also print input KIND minus input REF, e.g. mdr_vnorm_all:mdr_vnorm (each input minus si, "
+                        "and the per-video normalised inputs minus si_vnorm, are always printed)")
     a = ap.parse_args(argv)
     if a.cmd == "folds":
         out = Path(a.out)
