@@ -523,6 +523,10 @@ class _Graph:
     what: str = "uniform random"   # how the check inputs were made (model.json "verified")
     record: dict | None = None     # the model.json entry of its "verified" and "sha256"; None: the top level
 
+    def entry(self, meta: dict) -> dict:
+        """Where in model.json (``meta``) this graph's "verified" and "sha256" go."""
+        return meta if self.record is None else self.record
+
 
 def _verify(graph: bytes, feeds: list[dict[str, np.ndarray]], reference: Callable[[dict], dict],
             threads: int | None) -> dict[str, float]:
@@ -666,7 +670,7 @@ def run(cfg) -> ExportResult:
     meta.update(extra)
     checked = have_onnxruntime()
     for g in graphs:   # every graph checked before any file is written
-        rec = meta if g.record is None else g.record
+        rec = g.entry(meta)
         rec["verified"] = None
         if checked:
             d = _verify(g.graph, g.feeds, g.reference, cfg.threads)
@@ -687,7 +691,7 @@ def run(cfg) -> ExportResult:
     for g in graphs[::-1]:                  # model.onnx (graphs[0]) last of the graphs
         with atomic_path(cfg.out / g.file) as tmp:
             tmp.write_bytes(g.graph)
-        (meta if g.record is None else g.record)["sha256"] = sha256_file(cfg.out / g.file)
+        g.entry(meta)["sha256"] = sha256_file(cfg.out / g.file)
     json_path = cfg.out / "model.json"
     write_json_atomic(json_path, meta)
     diffs = meta["verified"]["max_abs_diff"] if meta["verified"] else {}
