@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))   # the tests' synthetic stores
 from conftest import labelled_blobs, make_face_store, moving_blob_frames
 
+from drkit import distributed
 from drkit.checkpoint import load_checkpoint
 from drkit.configs import EvalTaskConfig, GenDRConfig, TrainTaskConfig
 from drkit.stages import eval_task, gen_dr, train_dr, train_task
@@ -132,14 +130,9 @@ def ddp_check(c: Ctx, n: int) -> dict:
         train_dr.run(c.dr_cfg(ref, epochs=1, batch_size=8))
     finally:
         torch.set_num_threads(threads)
-    exe = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    cmd = [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
-    cmd += ["--standalone", f"--nproc_per_node={n}", "-m", "drkit.cli", "train-dr", str(c.train), "-o", str(out),
-            "--T", "3", "--stride", "1", "--size", "32", "--base", "8", "--depth", "2", "--epochs", "1",
-            "--batch-size", "8", "--no-flip", "--jitter", "0", "--lr", "0.003", "--device", c.device]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    r = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
-                       check=False)
+    r = distributed.launch(n, "train-dr", [
+        c.train, "-o", out, "--T", "3", "--stride", "1", "--size", "32", "--base", "8", "--depth", "2",
+        "--epochs", "1", "--batch-size", "8", "--no-flip", "--jitter", "0", "--lr", "0.003", "--device", c.device])
     if r.returncode:
         return {"ok": False, "error": (r.stderr or r.stdout)[-1200:]}
     world = json.loads((out / "config.json").read_text())["world_size"]

@@ -17,6 +17,9 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +46,23 @@ class Context:
 
 
 _CTX: Context | None = None
+
+
+def launch(n: int, stage: str, args: list, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``drkit <stage> <args>`` under ``torchrun --standalone --nproc_per_node n`` and wait.
+
+    The launcher is the ``torchrun`` beside this Python (``python -m torch.distributed.run`` where
+    there is none); the children get ``OMP_NUM_THREADS=1`` and none of a surrounding launch's
+    ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*`` variables. Output is captured, not raised on:
+    the caller reads ``returncode``, ``stdout`` and ``stderr``. Used by the DDP tests and the GPU check.
+    """
+    exe = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    cmd = [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
+    cmd += ["--standalone", f"--nproc_per_node={n}", "-m", "drkit.cli", stage, *map(str, args)]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def launched() -> bool:

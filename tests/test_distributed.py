@@ -5,16 +5,14 @@ drkit.train.fit)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_face_store, moving_blob_frames
 
+from drkit import distributed
 from drkit.batching import part
 from drkit.checkpoint import load_checkpoint
 from drkit.stages import train_dr
@@ -35,17 +33,8 @@ def test_part_splits_every_batch_into_contiguous_weighted_pieces():
     assert part(1, 1, 2) == (slice(0, 1), 0.0)   # nothing left: one sample, weight 0
 
 
-def _torchrun() -> list[str]:
-    exe = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    return [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
-
-
 def _launch(n: int, args: list, stage: str = "train-dr") -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    cmd = [*_torchrun(), "--standalone", f"--nproc_per_node={n}", "-m", "drkit.cli", stage, *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return distributed.launch(n, stage, args)
 
 
 @pytest.fixture(scope="module")
