@@ -5,7 +5,6 @@ drkit.train.fit)."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
@@ -33,10 +32,6 @@ def test_part_splits_every_batch_into_contiguous_weighted_pieces():
     assert part(1, 1, 2) == (slice(0, 1), 0.0)   # nothing left: one sample, weight 0
 
 
-def _launch(n: int, args: list, stage: str = "train-dr") -> subprocess.CompletedProcess:
-    return distributed.launch(n, stage, args)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
@@ -58,14 +53,14 @@ def test_two_processes_train_resume_and_match_one_process(store, tmp_path):
                                             batch_size=8, device="cpu", jitter=0.2, epochs=2))
     finally:
         torch.set_num_threads(threads)
-    r = _launch(2, [store, "-o", two, *OPTS, "--epochs", "1"])
+    r = distributed.launch(2, "train-dr", [store, "-o", two, *OPTS, "--epochs", "1"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stderr.count("epoch 1:") == 1          # rank 0 alone logs
     ck = torch.load(two / "last.pt", weights_only=True)
     assert len(ck["train_state"]["rng_ranks"]) == 2 and ck["train_state"]["global_step"] == 5
     ck["train_state"]["finished"] = False         # continue the finished 1-epoch run to 2 epochs
     torch.save(ck, two / "last.pt")
-    r = _launch(2, [store, "-o", two, *OPTS, "--epochs", "2", "--resume"])
+    r = distributed.launch(2, "train-dr", [store, "-o", two, *OPTS, "--epochs", "2", "--resume"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resuming" in r.stderr
     a, b = load_checkpoint(one / "last.pt"), load_checkpoint(two / "last.pt")
@@ -106,8 +101,8 @@ def test_train_task_two_processes_match_one_process(task_data, tmp_path):
         train_task.run(TrainTaskConfig(input=[task_data["mdr"]], out=one, **opts))
     finally:
         torch.set_num_threads(threads)
-    r = _launch(2, [task_data["mdr"], "--labels", labels, "-o", two, "--epochs", "1", "--batch-size", "16",
-                    "--width", "8", "--dropout", "0", "--device", "cpu"], stage="train-task")
+    r = distributed.launch(2, "train-task", [task_data["mdr"], "--labels", labels, "-o", two, "--epochs", "1",
+                                             "--batch-size", "16", "--width", "8", "--dropout", "0", "--device", "cpu"])
     assert r.returncode == 0, r.stdout + r.stderr
     a, b = load_checkpoint(one / "last.pt"), load_checkpoint(two / "last.pt")
     assert a.train_state["global_step"] == b.train_state["global_step"] > 1
