@@ -99,3 +99,13 @@ def test_inputs_are_compared_by_fold_then_over_folds_and_against_the_normalised_
     # the control, always printed for a normalised input: A0 +0.05 / -0.05, B0 +0.10 / 0.00
     assert "mdr_vnorm − si_vnorm over 2 (fold, seed): 5 AUs +0.075 ± 0.025 (ahead in 2); all 17 AUs -0.025" in out
     assert out.count("si_vnorm − si over 2 (fold, seed)") == 1   # printed by default; asking again adds no copy
+
+
+def test_only_a_requested_difference_with_no_results_is_reported_missing(tmp_path, capsys):
+    # si and mdr_vnorm only: the automatic mdr_vnorm − si_vnorm has no control to read, and says nothing
+    w = work(tmp_path, "w", [au("A", 0, "si", 0.50, 0.30), au("A", 0, "mdr_vnorm", 0.60, 0.40)])
+    protocol.main(["report", str(w)])
+    out, err = capsys.readouterr()
+    assert "mdr_vnorm − si over 1 (fold, seed)" in out and "si_vnorm" not in out + err
+    protocol.main(["report", str(w), "--minus", "mdr_vnorm:si_vnorm"])
+    assert "(--minus mdr_vnorm:si_vnorm: no results for si_vnorm)" in capsys.readouterr().err

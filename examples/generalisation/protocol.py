@@ -312,11 +312,12 @@ def report(a) -> None:
                 f"{np.mean([r['icc'] for r in v]):.3f}" if v else "-" for v in rows.values()) + " |")
     normalised = [k for k in kinds if "video" in (KINDS.get(k, {}).get("dr_norm"), KINDS.get(k, {}).get("image_norm"))]
     pairs = [(k, "si") for k in kinds if k != "si"] + [(k, "si_vnorm") for k in normalised if k != "si_vnorm"]
-    for k, ref in dict.fromkeys(pairs + (a.minus or [])):
+    for k, ref in a.minus or []:
         if k not in kinds or ref not in kinds:
             print(f"\n(--minus {k}:{ref}: no results for {k if k not in kinds else ref})", file=sys.stderr)
-            continue
-        _difference(by, folds, k, ref)
+    for k, ref in dict.fromkeys(pairs + (a.minus or [])):
+        if k in kinds and ref in kinds:
+            _difference(by, folds, k, ref)
 
 
 def _paired(folds, mine, other, value) -> dict:
