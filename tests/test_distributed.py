@@ -94,7 +94,7 @@ def test_train_task_two_processes_match_one_process(task_data, tmp_path):
         c[-1] = "" if i % 5 == 0 else c[-1]
         out.append(",".join(c))
     labels.write_text("\n".join(out) + "\n")
-    opts = dict(labels=labels, epochs=1, batch_size=16, width=8, dropout=0.0, device="cpu")
+    opts = {"labels": labels, "epochs": 1, "batch_size": 16, "width": 8, "dropout": 0.0, "device": "cpu"}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

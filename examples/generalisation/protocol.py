@@ -45,6 +45,7 @@ import shlex
 import sys
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,9 @@ KINDS = {"si": {"input_kind": "si"},                                   # the sti
 
 def make_folds(faces: Path, min_people: int = 6, seed: int = 0) -> dict:
     people, repo = defaultdict(list), {}
-    for r in csv.DictReader(open(faces / "manifest.csv")):
+    with open(faces / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
         people[r["repo"]].append(r["person"])
         repo[r["person"]] = r["repo"]
     by_repo = {k: sorted(set(v)) for k, v in people.items()}
@@ -118,15 +121,26 @@ def _record(path: Path, rec: dict) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
+def _zarrs(folder: Path, people) -> list[Path]:
+    return [folder / f"{p}.zarr" for p in people]
+
+
 def run(a) -> None:
-    from drkit.configs import EvalTaskConfig, GenDRConfig, RankEvalConfig, TrainDRConfig, TrainTaskConfig
+    from drkit.configs import (
+        EvalTaskConfig,
+        GenDRConfig,
+        RankEvalConfig,
+        TrainDRConfig,
+        TrainTaskConfig,
+    )
     from drkit.stages import eval_task, gen_dr, rank_eval, train_dr, train_task
     work = Path(a.work)
     folds = json.loads((work / "folds.json").read_text())
     repo = folds["repo_of"]
     persons = Path(a.persons)
     have = {p.stem for p in persons.glob("*.zarr")}
-    labelled = {r["person"] for r in csv.DictReader(open(a.labels))}
+    with open(a.labels, newline="") as fh:
+        labelled = {r["person"] for r in csv.DictReader(fh)}
     res = work / "results.jsonl"
     done = _done(res)
     names = [f for f in folds["loso"]] if a.folds == "all" else a.folds.split(",")
@@ -137,7 +151,7 @@ def run(a) -> None:
         test = [p for p in part["test"] if p in have]
         fd = work / fold
         fd.mkdir(parents=True, exist_ok=True)
-        stores = lambda ps: [persons / f"{p}.zarr" for p in ps]   # noqa: E731
+        stores = partial(_zarrs, persons)
         for T, S in HEADS:       # baselines: seed-independent
             if (fold, -1, f"baselines_T{T}S{S}") in done or a.no_baselines:
                 continue
@@ -182,7 +196,7 @@ def run(a) -> None:
                 if key in done:
                     continue
                 run_dir = sd / f"au_{kind}"
-                ms = lambda ps: [mdr / f"{p}.zarr" for p in ps]   # noqa: E731
+                ms = partial(_zarrs, mdr)
                 kw = {**_task_kwargs(a.task_args), **KINDS[kind]}
                 flags = [x for k, v in KINDS[kind].items() if k != "input_kind"
                          for x in ("--" + k.replace("_", "-"), v)]
