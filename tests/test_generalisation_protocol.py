@@ -109,3 +109,55 @@ def test_only_a_requested_difference_with_no_results_is_reported_missing(tmp_pat
     assert "mdr_vnorm − si over 1 (fold, seed)" in out and "si_vnorm" not in out + err
     protocol.main(["report", str(w), "--minus", "mdr_vnorm:si_vnorm"])
     assert "(--minus mdr_vnorm:si_vnorm: no results for si_vnorm)" in capsys.readouterr().err
+
+
+def test_run_resumes_and_drop_mdr_deletes_only_a_finished_pairs_generated_stores(tmp_path, monkeypatch):
+    """`run` with the stages replaced by recorders: every step once, nothing again on a rerun, and
+    --drop-mdr removes WORK/FOLD/sSEED/mdr (and nothing else) once the pair's inputs are recorded."""
+    from types import SimpleNamespace
+
+    from drkit.stages import eval_task, gen_dr, rank_eval, train_dr, train_task
+    calls = []
+
+    def fake_train_dr(cfg):
+        calls.append("train_dr")
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        (cfg.out / "best.pt").write_bytes(b"x")
+
+    def fake_gen_dr(cfg):
+        calls.append("gen_dr")
+        cfg.out.mkdir(parents=True)
+
+    monkeypatch.setattr(train_dr, "run", fake_train_dr)
+    monkeypatch.setattr(rank_eval, "run", lambda cfg: calls.append("rank") or [{"accuracy": 0.8, "windows": 5}])
+    monkeypatch.setattr(gen_dr, "run", fake_gen_dr)
+    monkeypatch.setattr(train_task, "run", lambda cfg: calls.append("train_task"))
+    monkeypatch.setattr(eval_task, "run", lambda cfg: calls.append("eval") or SimpleNamespace(
+        to_dict=lambda: {f"icc/{a}": 0.5 for a in protocol.AUS5}))
+    people = ["a1", "a2", "b1", "b2", "b3", "c1"]
+    persons = tmp_path / "persons"
+    for p in people:
+        (persons / f"{p}.zarr").mkdir(parents=True)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("person,video,frame,AU06\n" + "".join(f"{p},v,0,1\n" for p in people))
+    folds = {"repo_of": {"a1": "A", "a2": "A", "b1": "B", "b2": "B", "b3": "B", "c1": "C"},
+             "loso": {"C": {"train": people[:5], "test": ["c1"]}}}
+    w = work(tmp_path, "w", [], folds)
+    args = ["run", str(w), "--persons", str(persons), "--labels", str(labels), "--folds", "C", "--seeds", "0",
+            "--no-baselines", "--inputs", "si,mdr", "--drop-mdr"]
+    protocol.main(args)
+    assert calls.count("train_dr") == 1 and calls.count("rank") == 3 and calls.count("gen_dr") == 6
+    assert calls.count("train_task") == 2 and calls.count("eval") == 2
+    recs = [json.loads(x) for x in (w / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["what"] for r in recs) == ["au_mdr", "au_si", "rank_T3S2", "rank_T5S2", "rank_T9S4"]
+    assert not (w / "C" / "s0" / "mdr").exists()
+    assert (w / "C" / "s0" / "dr" / "best.pt").is_file() and all((persons / f"{p}.zarr").is_dir() for p in people)
+    calls.clear()
+    protocol.main(args)       # everything is recorded: nothing runs, nothing is regenerated
+    assert calls == []
+    (w / "C" / "s0" / "mdr").mkdir()     # a leftover of a run without --drop-mdr
+    protocol.main(args)
+    assert calls == [] and not (w / "C" / "s0" / "mdr").exists()
+    protocol.main([x for x in args if x != "--drop-mdr"] + ["--inputs", "si,mdr,si_vnorm"])   # a new input
+    assert calls.count("gen_dr") == 6 and calls.count("train_task") == 1 and "train_dr" not in calls
+    assert (w / "C" / "s0" / "mdr").is_dir()

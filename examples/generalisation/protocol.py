@@ -25,7 +25,9 @@ Per fold and seed (``run``):
    source, held out for validation), `drkit eval-task` on the test people.
 Every step calls the stage's library function with the settings the printed command line would
 give, and skips work whose result is already in WORK (a rerun resumes). Results: one JSON line per
-(fold, seed, what) in WORK/results.jsonl.
+(fold, seed, what) in WORK/results.jsonl. Disk: a (fold, seed)'s MDR stores take ~3.6 GB on the
+shared clips (7 folds x 3 seeds: ~75 GB); ``--drop-mdr`` deletes them once that pair's results are
+recorded.
 
 ``report`` prints the tables and each input minus SI (and each per-video normalised input minus
 ``si_vnorm``, its control), paired by fold and seed, over the pairs and as the mean over folds
@@ -42,6 +44,7 @@ import json
 import random
 import re
 import shlex
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -145,6 +148,10 @@ def run(a) -> None:
     done = _done(res)
     names = [f for f in folds["loso"]] if a.folds == "all" else a.folds.split(",")
     dr_args = shlex.split(a.dr_args)
+    inputs = a.inputs.split(",")
+    for kind in inputs:
+        if kind not in KINDS:
+            raise SystemExit(f"--inputs: unknown {kind!r}; choose from {', '.join(KINDS)}")
     for fold in names:
         part = folds["insource"] if fold == "insource" else folds["loso"][fold]
         train = [p for p in part["train"] if p in have]
@@ -179,7 +186,12 @@ def run(a) -> None:
                               "dr": recs[0]["accuracy"], "windows": recs[0]["windows"], "test_people": len(test)})
             if a.no_task:
                 continue
+            kinds = [k for k in inputs if (fold, seed, f"au_{k}") not in done]
             mdr = sd / "mdr"
+            if not kinds:       # every input asked for is recorded: no MDR store is needed
+                if a.drop_mdr and mdr.exists():
+                    shutil.rmtree(mdr)
+                continue
             mdr.mkdir(exist_ok=True)
             for p in train + test:    # a marker per finished store (gen-dr itself resumes a killed one)
                 if p in labelled and not (mdr / f"{p}.done").is_file():
@@ -189,12 +201,7 @@ def run(a) -> None:
             va = val_people(tr, repo)
             tr = [p for p in tr if p not in va]
             te = [p for p in test if p in labelled]
-            for kind in a.inputs.split(","):
-                if kind not in KINDS:
-                    raise SystemExit(f"--inputs: unknown {kind!r}; choose from {', '.join(KINDS)}")
-                key = (fold, seed, f"au_{kind}")
-                if key in done:
-                    continue
+            for kind in kinds:
                 run_dir = sd / f"au_{kind}"
                 ms = partial(_zarrs, mdr)
                 kw = {**_task_kwargs(a.task_args), **KINDS[kind]}
@@ -209,6 +216,8 @@ def run(a) -> None:
                 ev = eval_task.run(EvalTaskConfig(model=run_dir, stores=ms(te), labels=Path(a.labels), json=js)).to_dict()
                 _record(res, {"fold": fold, "seed": seed, "what": f"au_{kind}", **ev,
                               "icc5": float(np.mean([ev[f"icc/{x}"] for x in AUS5])), "test_people": len(te)})
+            if a.drop_mdr:    # every input asked for is recorded: the pair's MDR stores are regenerable scratch
+                shutil.rmtree(mdr)
 
 
 def _train_dr_config(cls, train, persons, out, dr_args, seed):
@@ -388,6 +397,9 @@ def main(argv=None) -> None:
     r.add_argument("--inputs", default="si,mdr", help="comma list of " + ", ".join(KINDS))
     r.add_argument("--no-task", action="store_true", help="ranking only")
     r.add_argument("--no-baselines", action="store_true", help="skip identity / RankSVM (already reported)")
+    r.add_argument("--drop-mdr", action="store_true",
+                   help="delete a (fold, seed)'s generated MDR stores (WORK/FOLD/sSEED/mdr, ~3.6 GB on the shared "
+                        "clips) once every --inputs result of it is recorded; a later run with new inputs regenerates them")
     p = sub.add_parser("report")
     p.add_argument("work")
     p.add_argument("--baselines-from", action="append", metavar="WORK",
