@@ -43,6 +43,22 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
+@contextlib.contextmanager
+def flush_denormals(device: torch.device):
+    """Denormal (subnormal) floats flushed to zero in CPU arithmetic for the block, the default
+    (off) restored after. Weights that weight decay or a dead unit drive towards zero pass through
+    the denormal range (below 1.2e-38), where x86 CPUs compute many times slower: a third of a
+    train-task network's weights were denormal by its 20th epoch, and its training steps ran 6x
+    slower than with flush-to-zero (CHANGELOG 0.3.0). Values that small change no result. No-op
+    on other devices and where the CPU cannot flush."""
+    on = device.type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if on:
+            torch.set_flush_denormal(False)
+
+
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     """Loss scaling for fp16 training (a pass-through scaler otherwise)."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")

@@ -232,7 +232,7 @@ def fit(model: torch.nn.Module, cfg: LoopConfig, template: Checkpoint, batches: 
         run.t_start = time.perf_counter() - state.elapsed
         run.last_save = time.perf_counter()
         prog = log.progress(TextColumn("{task.fields[info]}"))
-        with prog:
+        with prog, precision.flush_denormals(run.device):
             bar = prog.add_task("train", total=cfg.epochs * n_batches,
                                 completed=state.epoch * n_batches + state.batch, info="")
             while state.epoch < cfg.epochs and not state.finished:

@@ -141,3 +141,22 @@ def test_compile_saves_the_original_modules_weights(blobs, tmp_path, monkeypatch
     assert ck.config.train["compile"] is True
     assert not any("_orig_mod" in k for k in ck.state_dict)
     create_model(ck.model.name, **ck.model.kwargs).load_state_dict(ck.state_dict)
+
+
+def _flushing() -> bool:
+    return float(torch.tensor(1e-39) * torch.tensor(1.0)) == 0.0
+
+
+def test_training_flushes_denormals_and_restores_the_default(blobs, tmp_path, monkeypatch):
+    """Denormal weights made CPU training steps 6x slower (CHANGELOG 0.3.0): the loop runs with
+    flush-to-zero on the CPU, and a Python caller's process is left as it was."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    torch.set_flush_denormal(False)
+    import drkit.objectives as objectives
+    seen, real = [], objectives.rank_loss
+    monkeypatch.setattr(objectives, "rank_loss", lambda *a, **k: (seen.append(_flushing()), real(*a, **k))[1])
+    assert not _flushing()
+    train_dr.run(_dr(blobs[0], tmp_path / "r", epochs=1))
+    assert seen and all(seen)
+    assert not _flushing()
