@@ -161,3 +161,20 @@ def test_run_resumes_and_drop_mdr_deletes_only_a_finished_pairs_generated_stores
     protocol.main([x for x in args if x != "--drop-mdr"] + ["--inputs", "si,mdr,si_vnorm"])   # a new input
     assert calls.count("gen_dr") == 6 and calls.count("train_task") == 1 and "train_dr" not in calls
     assert (w / "C" / "s0" / "mdr").is_dir()
+
+
+def test_run_refuses_a_fold_name_that_leaves_the_work_folder(tmp_path):
+    """Fold names become WORK/FOLD, under which run deletes (--drop-mdr, train-dr --overwrite): a
+    crafted folds.json cannot point them elsewhere, and an unknown --folds name is one clear line."""
+    outside = tmp_path / "precious" / "s0" / "mdr"
+    outside.mkdir(parents=True)
+    w = work(tmp_path, "w", [], {"repo_of": {}, "loso": {"../precious": {"train": [], "test": []}}})
+    (tmp_path / "persons").mkdir()
+    (tmp_path / "labels.csv").write_text("person,video,frame,AU06\n")
+    args = ["run", str(w), "--persons", str(tmp_path / "persons"), "--labels", str(tmp_path / "labels.csv"),
+            "--seeds", "0", "--no-baselines", "--inputs", "si", "--drop-mdr"]
+    with pytest.raises(SystemExit, match="not a plain folder name"):
+        protocol.main(args + ["--folds", "../precious"])
+    with pytest.raises(SystemExit, match="is not a fold of"):
+        protocol.main(args + ["--folds", "nosuch"])
+    assert outside.is_dir()

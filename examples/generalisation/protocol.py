@@ -152,7 +152,12 @@ def run(a) -> None:
     for kind in inputs:
         if kind not in KINDS:
             raise SystemExit(f"--inputs: unknown {kind!r}; choose from {', '.join(KINDS)}")
-    for fold in names:
+    for fold in names:     # a fold's name becomes WORK/FOLD, which train-dr --overwrite and --drop-mdr delete in
+        if fold != "insource" and fold not in folds["loso"]:
+            raise SystemExit(f"--folds: {fold!r} is not a fold of {work}/folds.json ({', '.join(folds['loso'])})")
+        if Path(fold).name != fold or fold in (".", ".."):
+            raise SystemExit(f"{work}/folds.json: fold {fold!r} is not a plain folder name; "
+                             "rebuild the file with `protocol.py folds`")
         part = folds["insource"] if fold == "insource" else folds["loso"][fold]
         train = [p for p in part["train"] if p in have]
         test = [p for p in part["test"] if p in have]
